@@ -1,0 +1,40 @@
+"""Balance: choose one endpoint among the healthy candidates, by a policy named in the config.
+
+Build one policy per backend group: policies that cache a fleet reference or a schedule
+(everything but least_request) hold it for the candidates they were last refreshed with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.balancer.base import Candidate, Policy, SimpleCandidate
+from gateway.balancer.least_request import LeastRequest
+from gateway.balancer.peak_ewma import PeakEwma
+from gateway.balancer.random_pick import RandomPick
+from gateway.balancer.round_robin import RoundRobin
+from gateway.balancer.settings import BalancerSettings
+from gateway.balancer.weighted_score import WeightedScore
+
+POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
+    "weighted_score": lambda s: WeightedScore(s.alpha, s.beta, s.selection, s.default_latency_s),
+    "round_robin": lambda s: RoundRobin(),
+    "random": lambda s: RandomPick(),
+    "least_request": lambda s: LeastRequest(),
+    "peak_ewma": lambda s: PeakEwma(s.default_latency_s),
+}
+
+
+def build_policy(settings: BalancerSettings) -> Policy:
+    """A fresh policy object for one backend group."""
+    return POLICIES[settings.policy](settings)
+
+
+__all__ = [
+    "POLICIES",
+    "BalancerSettings",
+    "Candidate",
+    "Policy",
+    "SimpleCandidate",
+    "build_policy",
+]

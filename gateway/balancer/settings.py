@@ -1,0 +1,31 @@
+"""The balancer's settings, built by the config layer from the `balancer:` YAML section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICY_NAMES = ("weighted_score", "round_robin", "random", "least_request", "peak_ewma")
+SELECTIONS = ("best", "p2c")
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    """`alpha` and `beta` weigh the latency and queue terms of `weighted_score`; `selection`
+    applies to it only (least_request and peak_ewma always use power of two choices);
+    `default_latency_s` is the prior until any endpoint of the fleet has been measured."""
+
+    policy: str = "weighted_score"
+    alpha: float = 0.6
+    beta: float = 0.4
+    selection: str = "p2c"
+    default_latency_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"balancer.policy: {self.policy!r} is not one of {POLICY_NAMES}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"balancer.selection: {self.selection!r} is not one of {SELECTIONS}")
+        if not (self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta > 0):
+            raise ValueError("balancer.alpha and balancer.beta must be >= 0 and not both 0")
+        if not self.default_latency_s > 0:
+            raise ValueError("balancer.default_latency_s must be > 0")

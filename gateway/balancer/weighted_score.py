@@ -1,0 +1,74 @@
+"""weighted_score, tailgate's default policy: latency and queue, each relative to the fleet.
+
+    score = alpha * latency_term + beta * queue_term        (lowest wins, ties at random)
+
+    latency_term = latency_i / median_latency
+    queue_term   = (queue_depth_i / effective_weight_i) / max(1, median_queue_per_weight)
+
+Why these terms:
+  * Both terms are dimensionless and equal 1 for a typical endpoint of a busy fleet, so
+    `alpha` and `beta` are exchange rates an operator can reason about: with the defaults
+    (0.6, 0.4), being twice the median latency costs as much as carrying 1.5 times the median
+    load per unit of weight.
+  * Latency is a property of a request, so it is not divided by weight; queue depth is load,
+    and `weight` is capacity, so it is. `effective_weight = weight * slow_start_factor`: a
+    warming endpoint looks more loaded than it is and is eased in.
+  * The queue normaliser is floored at 1 request per unit of weight. When the fleet is nearly
+    idle the median is 0 or a fraction, and dividing by it would turn the first request on an
+    endpoint into an unbounded (or 1/median-fold) penalty that drowns the latency term. With
+    the floor, below one request per unit of weight the queue term counts requests: one extra
+    request weighs as much as being one median latency slower, which is about what it costs a
+    batching inference server. Above that, it is relative to the fleet, like the latency term.
+  * An endpoint without samples (new, or recovered from ejection) has latency_term = 1 exactly
+    (the prior is the fleet median): never zero, so a fresh pod does not draw a stampede.
+
+Selection: `best` is the argmin over all candidates, O(n) per pick; `p2c` compares two distinct
+random candidates, O(1) per pick, and spreads load better when many gateways share a fleet
+(each sees slightly stale signals; `best` sends all of them to the same endpoint). Either way the
+medians come from refresh(), so a pick reads only the live signals of the endpoints it scores.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from gateway.balancer.base import Candidate, effective_weight, pick_best, pick_p2c
+from gateway.balancer.fleet import FleetReference
+
+
+class WeightedScore:
+    name = "weighted_score"
+
+    def __init__(self, alpha: float, beta: float, selection: str, default_latency_s: float):
+        if selection not in ("best", "p2c"):
+            raise ValueError(f"unknown selection {selection!r}")
+        self.alpha = alpha
+        self.beta = beta
+        self.selection = selection
+        # Until the first refresh(): the default prior and an idle fleet, which is what a
+        # gateway that has sent nothing yet knows.
+        self._fleet = FleetReference.initial(default_latency_s)
+
+    @property
+    def fleet(self) -> FleetReference:
+        return self._fleet
+
+    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
+        self._fleet = FleetReference.compute(candidates, now, self._fleet)
+
+    def score(self, candidate: Candidate, now: float) -> float:
+        fleet = self._fleet
+        signals = candidate.signals
+        latency_term = signals.latency_s(now, fleet.latency_s) / fleet.latency_s
+        load = signals.queue_depth(now) / effective_weight(candidate, now)
+        queue_term = load / max(1.0, fleet.queue_per_weight)
+        return self.alpha * latency_term + self.beta * queue_term
+
+    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+        def cost(candidate: Candidate) -> float:
+            return self.score(candidate, now)
+
+        if self.selection == "best":
+            return pick_best(candidates, cost, rng)
+        return pick_p2c(candidates, cost, rng)

@@ -1,0 +1,5 @@
+"""Load: what one endpoint's signals say about it (pure, clock passed in)."""
+
+from gateway.load.signals import EndpointSignals, SignalSettings
+
+__all__ = ["EndpointSignals", "SignalSettings"]

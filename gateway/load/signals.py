@@ -1,0 +1,200 @@
+"""Per-endpoint load signals: in-flight count, decaying latency, reported queue depth, slow start.
+
+Everything here is pure: the clock (`now`, seconds on a monotonic clock) is passed in, so the
+gateway's single observe path drives it in production and tests drive it with a fake clock.
+
+Latency (peak-EWMA, after Linkerd's balancer):
+  * A sample `x` that arrives `dt` seconds after the previous one moves the estimate by
+    `est = est * w + x * (1 - w)` with `w = exp(-dt / decay_s)`: the weight of the old estimate
+    depends on elapsed *time*, not on how many samples arrived, so a burst of fast responses
+    cannot wash out a slow one in a millisecond.
+  * With `peak_sensitive`, a sample above the estimate replaces it at once: an endpoint that
+    turned slow is avoided on its first slow response; recovery then follows the decay above.
+  * Before the first sample the estimate *is* the prior the reader passes in (the fleet median),
+    never zero, so a new endpoint is neither a magnet nor shunned.
+  * Without samples for a while, the estimate fades toward that prior with time constant
+    `idle_decay_s`, so an endpoint that was slow once and then starved of traffic gets tried
+    again. The fade is applied when read (the prior belongs to the fleet, not to the endpoint);
+    the stored estimate is what the next sample updates. That sample's weight after an idle
+    gap `dt` is `1 - exp(-dt / decay_s)`, so with `decay_s <= idle_decay_s` (the defaults) the
+    new sample dominates what the fade left, and the read value moves smoothly.
+
+Queue depth: see `EndpointSignals.queue_depth`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SignalSettings:
+    """How the signals of every endpoint decay; built by the config layer (all times in seconds)."""
+
+    decay_s: float = 10.0
+    peak_sensitive: bool = True
+    idle_decay_s: float = 30.0
+    report_fresh_s: float = 2.0
+    report_stale_s: float = 10.0
+    slow_start_s: float = 0.0
+    slow_start_min_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        # The config layer reports field paths to operators; these checks guard the arithmetic
+        # below for any other caller.
+        if not self.decay_s > 0 or not self.idle_decay_s > 0:
+            raise ValueError("decay_s and idle_decay_s must be > 0")
+        if not 0 <= self.report_fresh_s <= self.report_stale_s:
+            raise ValueError("need 0 <= report_fresh_s <= report_stale_s")
+        if not self.slow_start_s >= 0:
+            raise ValueError("slow_start_s must be >= 0")
+        if not 0 < self.slow_start_min_weight <= 1:
+            raise ValueError("slow_start_min_weight must be in (0, 1]")
+
+
+class EndpointSignals:
+    """The measured load of one backend; mutated only by the gateway's observe path."""
+
+    __slots__ = (
+        "_in_flight_at_report",
+        "_latency_s",
+        "_ramp_started_at",
+        "_reported_at",
+        "_reported_depth",
+        "_sampled_at",
+        "in_flight",
+        "samples",
+        "settings",
+    )
+
+    def __init__(self, settings: SignalSettings, now: float) -> None:
+        self.settings = settings
+        self.in_flight = 0
+        self.samples = 0
+        self._latency_s: float | None = None
+        self._sampled_at = now
+        self._reported_depth: float | None = None
+        self._reported_at = now
+        self._in_flight_at_report = 0
+        self._ramp_started_at = now
+
+    # -- the observe path -------------------------------------------------------------------
+
+    def request_started(self, now: float) -> None:
+        self.in_flight += 1
+
+    def request_finished(self, latency_s: float | None, now: float) -> None:
+        """Record the end of a request; `latency_s` is None when there is no sample.
+
+        No sample means the request was cancelled or failed before its first byte: its
+        duration says nothing about how fast the backend serves.
+        """
+        # Clamped so that a double-finish bug cannot make an endpoint look infinitely idle.
+        self.in_flight = max(0, self.in_flight - 1)
+        if latency_s is not None and math.isfinite(latency_s):
+            self._add_sample(max(0.0, latency_s), now)
+
+    def report_queue_depth(self, depth: float, now: float) -> None:
+        """Record the backend's own count of requests it holds (waiting + running).
+
+        Call it when the report arrives (a response header, while that request is still in
+        flight, or a /metrics scrape); our in-flight count at that moment is remembered.
+        """
+        if not math.isfinite(depth):
+            return
+        self._reported_depth = max(0.0, depth)
+        self._reported_at = now
+        self._in_flight_at_report = self.in_flight
+
+    def reset_for_recovery(self, now: float) -> None:
+        """Forget what was learnt before an ejection: start again from the prior, restart slow
+        start. In-flight requests are kept: they still finish and are counted out."""
+        self._latency_s = None
+        self.samples = 0
+        self._sampled_at = now
+        self._reported_depth = None
+        self._ramp_started_at = now
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @property
+    def has_latency(self) -> bool:
+        """True once a latency sample has been recorded since creation or recovery."""
+        return self._latency_s is not None
+
+    def latency_s(self, now: float, prior_s: float) -> float:
+        """The latency estimate in seconds; `prior_s` (the fleet median) stands in before the
+        first sample and is what the estimate fades toward while no samples arrive."""
+        if self._latency_s is None:
+            return prior_s
+        idle_s = now - self._sampled_at
+        if idle_s <= 0:
+            return self._latency_s
+        remaining = math.exp(-idle_s / self.settings.idle_decay_s)
+        return prior_s + (self._latency_s - prior_s) * remaining
+
+    def queue_depth(self, now: float) -> float:
+        """Requests at this backend: ours exactly, plus others' as last reported, faded by age.
+
+        A report `R` taken while we had `I_r` requests in flight says the backend held
+        `R - I_r` requests that are not ours (never below 0: a backend that counts only waiting
+        requests must not cancel out our own). Our own count is exact and current, so the depth
+        is `in_flight + freshness * max(0, R - I_r)` — that is, the report adjusted by the change
+        in our in-flight count since it was taken. `freshness` is 1 up to `report_fresh_s`, then
+        falls linearly to 0 at `report_stale_s`: an old report fades out instead of steering
+        traffic forever, and the result is never below our exact in-flight count.
+        """
+        if self._reported_depth is None:
+            return float(self.in_flight)
+        others = max(0.0, self._reported_depth - self._in_flight_at_report)
+        return self.in_flight + self._report_freshness(now) * others
+
+    def slow_start_factor(self, now: float) -> float:
+        """Share of its weight a new or recovered endpoint gets, rising linearly from
+        `slow_start_min_weight` to 1 over `slow_start_s` (always 1 when slow start is off)."""
+        ramp_s = self.settings.slow_start_s
+        if ramp_s <= 0:
+            return 1.0
+        progress = (now - self._ramp_started_at) / ramp_s
+        if progress >= 1:
+            return 1.0
+        floor = self.settings.slow_start_min_weight
+        return floor + (1.0 - floor) * max(0.0, progress)
+
+    def snapshot(self, now: float, prior_s: float) -> dict[str, float | int | None]:
+        """A JSON-able view for /admin/backends; ages in seconds, None where nothing is known."""
+        reported = self._reported_depth is not None
+        return {
+            "in_flight": self.in_flight,
+            "latency_s": self.latency_s(now, prior_s),
+            "latency_samples": self.samples,
+            "latency_sample_age_s": now - self._sampled_at if self.has_latency else None,
+            "reported_queue_depth": self._reported_depth,
+            "report_age_s": now - self._reported_at if reported else None,
+            "queue_depth": self.queue_depth(now),
+            "slow_start_factor": self.slow_start_factor(now),
+        }
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _add_sample(self, sample_s: float, now: float) -> None:
+        previous = self._latency_s
+        if previous is None or (self.settings.peak_sensitive and sample_s > previous):
+            self._latency_s = sample_s
+        else:
+            elapsed_s = max(0.0, now - self._sampled_at)
+            keep = math.exp(-elapsed_s / self.settings.decay_s)
+            self._latency_s = previous * keep + sample_s * (1.0 - keep)
+        self._sampled_at = now
+        self.samples += 1
+
+    def _report_freshness(self, now: float) -> float:
+        age_s = now - self._reported_at
+        fresh_s = self.settings.report_fresh_s
+        if age_s <= fresh_s:
+            return 1.0
+        fade_s = self.settings.report_stale_s - fresh_s
+        if fade_s <= 0:
+            return 0.0
+        return max(0.0, 1.0 - (age_s - fresh_s) / fade_s)
