@@ -1,0 +1,112 @@
+"""The admin listener (127.0.0.1 by default): metrics, backend state, liveness and readiness.
+
+Never served on the public listener. With ``admin.token`` set, every path but ``/healthz``
+needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.errors import error_response
+from gateway.health.transition import CircuitState
+from gateway.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+METRICS_RENDER = web.AppKey("metrics_render", Callable[[], bytes])  # type: ignore[arg-type]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def backends_snapshot(runtime: Runtime) -> dict[str, object]:
+    """Every backend's state, signals and score, as JSON-able data."""
+    now = runtime.clock()
+    groups: dict[str, object] = {}
+    for group, members in runtime.fleet.groups.items():
+        policy = runtime.policy_for(group)
+        candidates, panic = runtime.fleet.candidates(group, now)
+        prior = getattr(getattr(policy, "fleet", None), "latency_s", None)
+        prior_s = prior if prior is not None else runtime.balancer_settings.default_latency_s
+        entries = []
+        for endpoint in members:
+            entries.append(
+                {
+                    "name": endpoint.name,
+                    "url": str(endpoint.url),
+                    "weight": endpoint.weight,
+                    "routable": endpoint.routable(now),
+                    "score": policy.score(endpoint, now),
+                    "signals": endpoint.signals.snapshot(now, prior_s),
+                    "health": endpoint.health.snapshot(now),
+                }
+            )
+        groups[group] = {
+            "policy": runtime.balancer_settings.policy,
+            "selection": runtime.balancer_settings.selection,
+            "panic": panic,
+            "routable": len(candidates) if not panic else 0,
+            "backends": entries,
+        }
+    return {"groups": groups, "draining": runtime.draining}
+
+
+def ready(runtime: Runtime) -> tuple[bool, str]:
+    if runtime.draining:
+        return False, "draining"
+    now = runtime.clock()
+    for endpoint in runtime.fleet.endpoints.values():
+        if endpoint.routable(now) and endpoint.health.state is CircuitState.CLOSED:
+            return True, "ok"
+    return False, "no routable backend"
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS_RENDER]()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _backends(request: web.Request) -> web.Response:
+    return web.json_response(backends_snapshot(request.app[RUNTIME]))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ok, reason = ready(request.app[RUNTIME])
+    return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
+
+
+def _auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "unauthorized", "admin token required")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return error_response(
+                exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason
+            )
+
+    return check
+
+
+def build_admin_app(
+    runtime: Runtime, token: str | None, render_metrics: Callable[[], bytes] | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[_auth(token)])
+    app[RUNTIME] = runtime
+    app[METRICS_RENDER] = render_metrics or (lambda: generate_latest(runtime.metrics.registry))
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/backends", _backends)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app

@@ -1,0 +1,128 @@
+"""The one place an upstream try's outcome is recorded.
+
+An :class:`Attempt` wraps one try at one endpoint as a context manager: entering counts the
+request in flight; leaving — by success, error or cancellation — records everything exactly
+once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
+outlier detector), and the metrics. No code path can forget to record, or record twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
+
+from gateway.endpoint import Endpoint
+from gateway.health.outcome import Outcome, classify
+from gateway.health.transition import Transition
+from gateway.metrics import GatewayMetrics
+
+
+class OutcomeSink(Protocol):
+    """Where a finished attempt's health outcome goes (the outlier detector or the circuit)."""
+
+    def __call__(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None: ...
+
+
+class Attempt:
+    """One try at ``endpoint``; see the module docstring."""
+
+    __slots__ = (
+        "_clock",
+        "_metrics",
+        "_on_done",
+        "_sink",
+        "cancelled",
+        "endpoint",
+        "failure",
+        "first_byte_at",
+        "started_at",
+        "status",
+        "streaming",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        clock: Callable[[], float],
+        metrics: GatewayMetrics,
+        sink: OutcomeSink,
+        on_done: Callable[[Endpoint, Transition | None], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self._clock = clock
+        self._metrics = metrics
+        self._sink = sink
+        self._on_done = on_done
+        self.started_at = 0.0
+        self.first_byte_at: float | None = None
+        self.status: int | None = None
+        self.failure: str | None = None
+        self.streaming = False
+        self.cancelled = False
+
+    def __enter__(self) -> Attempt:
+        self.started_at = self._clock()
+        self.endpoint.signals.request_started(self.started_at)
+        return self
+
+    def got_headers(self, status: int, streaming: bool, reported_depth: str | None) -> None:
+        """Response headers arrived: time to first byte, and any queue depth reported."""
+        now = self._clock()
+        self.first_byte_at = now
+        self.status = status
+        self.streaming = streaming
+        self._metrics.time_to_first_byte.labels(self.endpoint.name).observe(now - self.started_at)
+        if reported_depth is not None:
+            try:
+                depth = float(reported_depth)
+            except ValueError:
+                return
+            if depth >= 0 and depth == depth:  # ignore NaN and negatives
+                self.endpoint.signals.report_queue_depth(depth, now)
+
+    def failed(self, kind: str) -> None:
+        """The try failed locally (connect-failure, reset, timeout), before or during the body."""
+        self.failure = kind
+
+    def client_gone(self) -> None:
+        """The client went away (or broke its own body): nothing to learn about the backend."""
+        self.cancelled = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        now = self._clock()
+        # CancelledError (client disconnect) is a BaseException but not an Exception.
+        cancelled = self.cancelled or (exc_type is not None and not issubclass(exc_type, Exception))
+        local_error = self.failure is not None
+        if not cancelled and not local_error and self.status is None:
+            local_error = True  # an unexpected error before headers: the upstream did not answer
+            self.failure = "reset"
+        outcome = classify(self.status, local_error, cancelled)
+        latency = self._latency(now, outcome)
+        self.endpoint.signals.request_finished(latency, now)
+        name = self.endpoint.name
+        if latency is not None:
+            self._metrics.upstream_latency.labels(name).observe(latency)
+        if self.failure is not None and not cancelled:
+            self._metrics.upstream_failures.labels(name, self.failure).inc()
+        transition = self._sink(self.endpoint, outcome, now)
+        self._on_done(self.endpoint, transition)
+
+    def _latency(self, now: float, outcome: Outcome) -> float | None:
+        """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
+
+        A failed try teaches latency only if it took long (a timeout is evidence of slowness);
+        a fast connect-refused is not a fast backend, so it gives no sample.
+        """
+        if outcome is Outcome.CANCELLED:
+            return None
+        if self.first_byte_at is None:
+            return now - self.started_at if self.failure == "timeout" else None
+        if self.streaming:
+            return self.first_byte_at - self.started_at
+        return now - self.started_at

@@ -1,0 +1,144 @@
+"""Loading and validating the gateway's YAML configuration.
+
+``load_config(path)`` returns a frozen :class:`GatewayConfig` or raises :class:`ConfigError`
+listing every problem with its field path, so a bad file never half-applies.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config.model import (
+    AdminConfig,
+    BackendConfig,
+    BalancerConfig,
+    CircuitBreakerConfig,
+    DiscoveryConfig,
+    GatewayConfig,
+    HealthCheckConfig,
+    LimitsConfig,
+    ListenConfig,
+    OutlierDetectionConfig,
+    RetriesConfig,
+    RouteConfig,
+    TimeoutsConfig,
+)
+from gateway.config.schema import ConfigError, Problem, load
+
+__all__ = [
+    "AdminConfig",
+    "BackendConfig",
+    "BalancerConfig",
+    "CircuitBreakerConfig",
+    "ConfigError",
+    "DiscoveryConfig",
+    "GatewayConfig",
+    "HealthCheckConfig",
+    "LimitsConfig",
+    "ListenConfig",
+    "OutlierDetectionConfig",
+    "Problem",
+    "RetriesConfig",
+    "RouteConfig",
+    "TimeoutsConfig",
+    "default_config_text",
+    "load_config",
+    "parse_config",
+]
+
+
+def default_config_text() -> str:
+    """The embedded default config (the README's main command runs on it)."""
+    return resources.files("gateway").joinpath("default_config.yaml").read_text("utf-8")
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem("<file>", f"cannot read {path}: {exc.strerror}")]) from None
+    return parse_config(text)
+
+
+def parse_config(text: str) -> GatewayConfig:
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem(f"<yaml {where}>", f"not valid YAML: {reason}")]) from None
+    problems: list[Problem] = []
+    config = load(GatewayConfig, data, "", problems)
+    if config is not None:
+        problems.extend(_cross_checks(config))
+    if problems or config is None:
+        raise ConfigError(problems or [Problem("", "invalid config")])
+    return config
+
+
+def _cross_checks(config: GatewayConfig) -> list[Problem]:
+    """Rules that span several fields."""
+    problems: list[Problem] = []
+    if config.backends and config.discovery is not None and config.discovery.type != "static":
+        problems.append(Problem("discovery", "give either backends or discovery, not both"))
+    if not config.backends and (config.discovery is None or config.discovery.type == "static"):
+        problems.append(
+            Problem("backends", "at least one backend (or a discovery section) is needed")
+        )
+    seen_urls: dict[str, int] = {}
+    seen_names: dict[str, int] = {}
+    for i, backend in enumerate(config.backends):
+        key = backend.url.lower()
+        if key in seen_urls:
+            problems.append(
+                Problem(f"backends[{i}].url", f"duplicate of backends[{seen_urls[key]}].url")
+            )
+        seen_urls.setdefault(key, i)
+        name = backend.display_name
+        if name in seen_names:
+            problems.append(
+                Problem(
+                    f"backends[{i}].name",
+                    f"{name!r} is already used by backends[{seen_names[name]}]",
+                )
+            )
+        seen_names.setdefault(name, i)
+    groups = {b.group for b in config.backends}
+    if config.discovery is not None:
+        groups.add(config.discovery.group)
+    for r, route in enumerate(config.routes):
+        for g, group in enumerate(route.groups):
+            if group.name not in groups:
+                problems.append(
+                    Problem(
+                        f"routes[{r}].groups[{g}].name", f"no backend is in group {group.name!r}"
+                    )
+                )
+    if config.timeouts.per_try > config.timeouts.total:
+        problems.append(Problem("timeouts.per_try", "must not exceed timeouts.total"))
+    if (
+        config.admin.enabled
+        and (config.admin.host, config.admin.port)
+        == (
+            config.listen.host,
+            config.listen.port,
+        )
+        and config.listen.port != 0
+    ):
+        problems.append(Problem("admin.port", "must differ from listen.port"))
+    od = config.outlier_detection
+    if od.base_ejection_time > od.max_ejection_time:
+        problems.append(
+            Problem("outlier_detection.base_ejection_time", "exceeds max_ejection_time")
+        )
+    queue = config.balancer.queue_depth
+    if queue.fresh > queue.stale:
+        problems.append(Problem("balancer.queue_depth.fresh", "must not exceed queue_depth.stale"))
+    if config.retries.backoff_base > config.retries.backoff_max:
+        problems.append(Problem("retries.backoff_base", "exceeds retries.backoff_max"))
+    return problems

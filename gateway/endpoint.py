@@ -1,0 +1,44 @@
+"""One backend as the gateway sees it: where it is, what it weighs, how it is doing.
+
+An :class:`Endpoint` composes the three concerns that describe a backend — its load signals
+(``gateway.load``) and its health state (``gateway.health``: circuit, outlier counters and
+active-check state) — without knowing their insides. Outcomes are recorded on it only
+through :class:`gateway.attempt.Attempt`.
+"""
+
+from __future__ import annotations
+
+from yarl import URL
+
+from gateway.health.circuit import EndpointHealth
+from gateway.load.signals import EndpointSignals
+
+
+class Endpoint:
+    """A backend: name, base URL, capacity weight, group, signals and health."""
+
+    __slots__ = ("draining", "group", "health", "name", "signals", "url", "weight")
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        weight: float,
+        group: str,
+        signals: EndpointSignals,
+        health: EndpointHealth,
+    ) -> None:
+        self.name = name
+        self.url = URL(url)
+        self.weight = weight
+        self.group = group
+        self.signals = signals
+        self.health = health
+        self.draining = False  # removed from config: finishes in-flight work, gets nothing new
+
+    def routable(self, now: float) -> bool:
+        """May this endpoint be offered to the balancer for a new request?"""
+        return not self.draining and self.health.is_routable(now)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name!r}, {str(self.url)!r})"

@@ -1,0 +1,380 @@
+"""The request path: route, pick a backend, forward with safe retries, stream the answer back.
+
+    client -> route match -> group (canary split) -> pick (policy) -> try (proxy.send)
+           -> retry on another backend if safe and within budget -> relay the response
+
+Retries (tenacity drives the loop and the jittered back-off) happen only before any response
+byte has gone to the client, only for configured conditions (``retries.retry_on``), only while
+the request body can be resent, for non-idempotent methods only if the request never reached a
+backend (unless the route opts in), and only while the retry budget allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from gateway import proxy
+from gateway.attempt import Attempt
+from gateway.config.model import GatewayConfig
+from gateway.endpoint import Endpoint
+from gateway.errors import error_response, shed_response
+from gateway.headers import header_bytes, request_id_from
+from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
+from gateway.routing import Route, model_of
+from gateway.runtime import Runtime
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+access_log = logging.getLogger("tailgate.access")
+log = logging.getLogger("tailgate")
+
+
+class Shed(Exception):
+    """The gateway will not send this request anywhere (503 with Retry-After)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class RetryableTry(Exception):
+    """This try failed in a way that will be retried on another backend."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    started_at: float
+    route: str = "-"
+    backend: str = "-"
+    status: int = 0
+    tried: list[str] = field(default_factory=list)
+    response_started: bool = False
+
+
+class ProxyHandler:
+    """The aiohttp handler of the public listener."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        rt = self.runtime
+        config = rt.config  # one config for the whole request, even if a reload lands meanwhile
+        ctx = RequestContext(
+            request_id_from(request.headers, config.headers.request_id), rt.clock()
+        )
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._handle(request, config, ctx)
+            return response
+        finally:
+            self._finish(request, config, ctx, response)
+
+    async def _handle(
+        self, request: web.BaseRequest, config: GatewayConfig, ctx: RequestContext
+    ) -> web.StreamResponse:
+        rid = ctx.request_id
+        if header_bytes(request.headers) > config.limits.max_header_size:
+            return error_response(431, "headers_too_large", "request headers too large", rid)
+        length = request.content_length
+        if length is not None and length > config.limits.max_body:
+            return error_response(413, "body_too_large", "request body too large", rid)
+        body = RequestBody(request, config.limits.max_body)
+        try:
+            await body.buffer_if_small(config.retries.buffer_limit)
+        except (aiohttp.ClientPayloadError, ConnectionError):
+            return error_response(400, "bad_request", "request body broke off", rid)
+        model = model_of(body.buffered) if self.runtime.router.needs_model else None
+        route = self.runtime.router.match(request.path, request.headers, model)
+        ctx.route = route.name
+        group = route.pick_group(self.runtime.rng)
+        self.runtime.retry_budget.record_request(self.runtime.clock())
+        try:
+            async with asyncio.timeout(config.timeouts.total):
+                return await self._forward(request, config, ctx, route, group, body)
+        except TimeoutError:
+            if ctx.response_started:
+                _abort(request)
+                return web.Response(status=ctx.status)  # never sent; the connection is closed
+            return error_response(504, "upstream_timeout", "route timeout exceeded", rid)
+        except Shed as shed:
+            self.runtime.metrics.shed.labels(route.name, shed.reason).inc()
+            return shed_response(shed.message, rid)
+        except BodyTooLarge:
+            return error_response(413, "body_too_large", "request body too large", rid)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        config: GatewayConfig,
+        ctx: RequestContext,
+        route: Route,
+        group: str,
+        body: RequestBody,
+    ) -> web.StreamResponse:
+        retries = config.retries
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retries.attempts),
+            wait=wait_random_exponential(multiplier=retries.backoff_base, max=retries.backoff_max),
+            retry=retry_if_exception_type(RetryableTry),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                return await self._try_once(request, config, ctx, route, group, body, number)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def _try_once(
+        self,
+        request: web.BaseRequest,
+        config: GatewayConfig,
+        ctx: RequestContext,
+        route: Route,
+        group: str,
+        body: RequestBody,
+        number: int,
+    ) -> web.StreamResponse:
+        rt = self.runtime
+        endpoint = await self._acquire(group, ctx.tried, config)
+        ctx.tried.append(endpoint.name)
+        ctx.backend = endpoint.name
+        url = proxy.target_url(endpoint.url, request)
+        headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
+        assert rt.session is not None
+        with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.attempt_done) as att:
+            try:
+                upstream = await proxy.send(
+                    rt.session,
+                    request,
+                    url,
+                    headers,
+                    body,
+                    config.timeouts.connect,
+                    config.timeouts.per_try,
+                )
+            except UpstreamFailure as failure:
+                if failure.kind is proxy.FailureKind.CLIENT_BODY:
+                    att.client_gone()
+                    return error_response(
+                        400, "bad_request", "request body broke off", ctx.request_id
+                    )
+                att.failed(failure.kind.value)
+                if self._may_retry(
+                    failure.kind.value,
+                    failure.reached_upstream,
+                    request,
+                    config,
+                    route,
+                    body,
+                    number,
+                    ctx,
+                ):
+                    raise RetryableTry(failure.kind.value) from None
+                return self._failure_response(failure, ctx)
+            except BodyTooLarge:
+                att.client_gone()
+                raise
+            try:
+                streaming = upstream.content_type == "text/event-stream"
+                reported = upstream.headers.get(config.balancer.queue_depth.header)
+                att.got_headers(upstream.status, streaming, reported)
+                if upstream.status in config.retries.retry_on and self._may_retry(
+                    str(upstream.status), True, request, config, route, body, number, ctx
+                ):
+                    raise RetryableTry(str(upstream.status))
+                return await self._relay(request, upstream, att, ctx, config, endpoint)
+            finally:
+                upstream.release()
+
+    def _may_retry(
+        self,
+        reason: str,
+        reached_upstream: bool,
+        request: web.BaseRequest,
+        config: GatewayConfig,
+        route: Route,
+        body: RequestBody,
+        number: int,
+        ctx: RequestContext,
+    ) -> bool:
+        retries = config.retries
+        if number >= retries.attempts or not body.replayable:
+            return False
+        condition: str | int = int(reason) if reason.isdigit() else reason
+        if condition not in retries.retry_on:
+            return False
+        opted_in = (
+            route.retry_non_idempotent
+            if route.retry_non_idempotent is not None
+            else retries.retry_non_idempotent
+        )
+        if reached_upstream and request.method not in IDEMPOTENT and not opted_in:
+            return False
+        if not self.runtime.retry_budget.try_spend(self.runtime.clock()):
+            self.runtime.metrics.retry_budget_exhausted.labels(route.name).inc()
+            return False
+        self.runtime.metrics.retries.labels(route.name, reason).inc()
+        return True
+
+    async def _acquire(self, group: str, tried: list[str], config: GatewayConfig) -> Endpoint:
+        """An endpoint of ``group`` that may take this try now, waiting in the queue if all are
+        at ``max_requests_per_backend``; raises :class:`Shed` when there is none."""
+        rt = self.runtime
+        max_requests = config.limits.max_requests_per_backend
+        for _ in range(8):
+            now = rt.clock()
+            candidates, panic = rt.fleet.candidates(group, now)
+            if not candidates:
+                raise Shed("no_backend", f"no healthy backend available for group {group!r}")
+            pool = candidates
+            if tried:
+                pool = [c for c in candidates if c.name not in tried] or candidates
+            policy = rt.policy_for(group)
+            endpoint = policy.pick(pool, now, rt.rng)
+            if endpoint.signals.in_flight >= max_requests:
+                roomy = [c for c in pool if c.signals.in_flight < max_requests]
+                if not roomy:
+                    await self._wait_for_room(group, config)
+                    continue
+                endpoint = policy.pick(roomy, now, rt.rng)
+            if panic or endpoint.health.try_acquire(now):
+                return endpoint
+            rt.fleet.invalidate()  # the cached view was stale: rebuild and pick again
+        raise Shed("no_backend", f"no backend of group {group!r} is admitting requests")
+
+    async def _wait_for_room(self, group: str, config: GatewayConfig) -> None:
+        rt = self.runtime
+        verdict = rt.admission.arrive(any_room=False)
+        if verdict.value == "shed":
+            raise Shed("overloaded", "all backends are at capacity and the queue is full")
+        deadline = rt.admission.queue_deadline(rt.clock())
+        try:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            rt.capacity_waiters.append(waiter)
+            rt.metrics.pending.inc()
+            try:
+                async with asyncio.timeout(rt.admission.wait_left_s(deadline, rt.clock())):
+                    await waiter
+            except TimeoutError:
+                rt.admission.timed_out()
+                raise Shed("queue_timeout", "no backend capacity freed up in time") from None
+            finally:
+                rt.metrics.pending.dec()
+                if not waiter.done():
+                    waiter.cancel()
+        finally:
+            rt.admission.leave_queue()
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        att: Attempt,
+        ctx: RequestContext,
+        config: GatewayConfig,
+        endpoint: Endpoint,
+    ) -> web.StreamResponse:
+        """Stream the upstream response to the client chunk by chunk, as it arrives."""
+        headers = proxy.response_headers(upstream)
+        headers[config.headers.request_id] = ctx.request_id
+        if config.headers.expose_backend:
+            headers["X-Tailgate-Backend"] = endpoint.name
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+            response.content_length = upstream.content_length
+        ctx.status = upstream.status
+        if self.runtime.draining:
+            response.force_close()
+        await response.prepare(request)
+        ctx.response_started = True
+        content = upstream.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientConnectionError,
+                ConnectionError,
+            ) as exc:
+                att.failed("reset")
+                log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
+                _abort(request)
+                return response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                att.client_gone()
+                upstream.close()
+                return response
+        await response.write_eof()
+        return response
+
+    def _failure_response(self, failure: UpstreamFailure, ctx: RequestContext) -> web.Response:
+        kind = failure.kind
+        if kind is proxy.FailureKind.TIMEOUT:
+            return error_response(
+                504, "upstream_timeout", "upstream did not answer in time", ctx.request_id
+            )
+        if kind is proxy.FailureKind.CONNECT:
+            return error_response(
+                502, "upstream_connect_failure", "could not connect to upstream", ctx.request_id
+            )
+        return error_response(
+            502, "upstream_reset", "upstream closed the connection", ctx.request_id
+        )
+
+    def _finish(
+        self,
+        request: web.BaseRequest,
+        config: GatewayConfig,
+        ctx: RequestContext,
+        response: web.StreamResponse | None,
+    ) -> None:
+        rt = self.runtime
+        status = response.status if response is not None else 499  # client went away
+        if response is not None and not ctx.response_started:
+            response.headers.setdefault(config.headers.request_id, ctx.request_id)
+        elapsed = rt.clock() - ctx.started_at
+        rt.metrics.requests.labels(ctx.route, ctx.backend, str(status)).inc()
+        rt.metrics.request_duration.labels(ctx.route).observe(elapsed)
+        if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                json.dumps(
+                    {
+                        "id": ctx.request_id,
+                        "method": request.method,
+                        "path": request.path,
+                        "route": ctx.route,
+                        "backend": ctx.backend,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 3),
+                        "tries": len(ctx.tried),
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+def _abort(request: web.BaseRequest) -> None:
+    """Close the client connection so a cut-off response is never mistaken for a whole one."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()

@@ -1,0 +1,71 @@
+"""Header rules of a reverse proxy: what is hop-by-hop, what is added, what is passed through.
+
+Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message, so they are never
+forwarded: the fixed set below plus every header named in ``Connection``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def is_hop_by_hop(name: str, connection_tokens: set[str]) -> bool:
+    lower = name.lower()
+    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in connection_tokens
+
+
+def end_to_end(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop headers and without the names in ``drop``."""
+    tokens = _connection_tokens(headers)
+    dropped = {d.lower() for d in drop}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if is_hop_by_hop(name, tokens) or name.lower() in dropped:
+            continue
+        out.add(name, value)
+    return out
+
+
+def request_id_from(headers: CIMultiDictProxy[str], header_name: str) -> str:
+    """Keep a sane client-supplied request id, else make one (so logs on both sides correlate)."""
+    given = headers.get(header_name, "")
+    if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
+        return given
+    return uuid.uuid4().hex
+
+
+def forwarded_for(existing: str | None, client_ip: str | None) -> str:
+    """Append the client's address to any X-Forwarded-For chain it arrived with."""
+    ip = client_ip or "unknown"
+    return f"{existing}, {ip}" if existing else ip
+
+
+def header_bytes(headers: CIMultiDictProxy[str]) -> int:
+    """Approximate wire size of a header block (name + ': ' + value + CRLF per field)."""
+    return sum(len(k) + len(v) + 4 for k, v in headers.items())

@@ -1,0 +1,100 @@
+"""Periodic upkeep that must not run on the request path.
+
+* every ``outlier_detection.interval``: the outlier detector's sweep (success-rate ejection,
+  ejection-multiplier decay), per group;
+* every 250 ms: each group policy's fleet reference (medians), so a P2C pick stays O(1);
+* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state)
+  and dropping drained backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.health.transition import CircuitState
+from gateway.metrics import CIRCUIT_STATE_VALUE
+from gateway.runtime import Runtime
+
+log = logging.getLogger("tailgate")
+
+POLICY_REFRESH_S = 0.25
+PUBLISH_S = 1.0
+
+
+def publish_gauges(runtime: Runtime) -> None:
+    now = runtime.clock()
+    m = runtime.metrics
+    for group, members in runtime.fleet.groups.items():
+        policy = runtime.policy_for(group)
+        prior = getattr(getattr(policy, "fleet", None), "latency_s", None)
+        prior_s = prior if prior is not None else runtime.balancer_settings.default_latency_s
+        for endpoint in members:
+            name = endpoint.name
+            signals = endpoint.signals
+            m.in_flight.labels(name).set(signals.in_flight)
+            m.queue_depth.labels(name).set(signals.queue_depth(now))
+            snapshot = signals.snapshot(now, prior_s)
+            reported = snapshot.get("reported_queue_depth")
+            if isinstance(reported, (int, float)):
+                m.reported_queue_depth.labels(name).set(reported)
+            m.latency_estimate.labels(name).set(signals.latency_s(now, prior_s))
+            score = policy.score(endpoint, now)
+            if score is not None:
+                m.score.labels(name).set(score)
+            m.routable.labels(name).set(1 if endpoint.routable(now) else 0)
+            state = endpoint.health.state
+            if isinstance(state, CircuitState):
+                m.circuit_state.labels(name).set(CIRCUIT_STATE_VALUE[state.value])
+
+
+class Maintenance:
+    """The background loops above, started and stopped together."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                self._every(lambda: POLICY_REFRESH_S, self._refresh), name="refresh"
+            ),
+            asyncio.create_task(self._every(lambda: PUBLISH_S, self._publish), name="publish"),
+            asyncio.create_task(
+                self._every(lambda: self.runtime.config.outlier_detection.interval, self._sweep),
+                name="outlier-sweep",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _every(self, period_s, action) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await asyncio.sleep(period_s())
+            try:
+                action()
+            except Exception:  # a bug here must not stop upkeep for good
+                log.exception("background task failed")
+
+    def _refresh(self) -> None:
+        self.runtime.refresh_policies()
+
+    def _publish(self) -> None:
+        publish_gauges(self.runtime)
+        self.runtime.fleet.forget_drained()
+
+    def _sweep(self) -> None:
+        rt = self.runtime
+        if not rt.config.outlier_detection.enabled:
+            return
+        now = rt.clock()
+        for members in rt.fleet.groups.values():
+            rt.detector.sweep([e.health for e in members], now)

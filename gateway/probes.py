@@ -1,0 +1,135 @@
+"""Per-backend polling in the background: active health checks and queue-depth scraping.
+
+One task per backend and concern, started and stopped as the fleet changes. Health checks
+feed the endpoint's :class:`~gateway.health.active.ActiveCheckState`; scrapes parse the
+backend's Prometheus ``/metrics`` (prometheus-client's parser) and sum the configured metric
+names (vLLM, TGI, Triton, tailgate's backend) into the reported queue depth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.endpoint import Endpoint
+from gateway.runtime import Runtime
+
+log = logging.getLogger("tailgate.probes")
+
+
+def queue_depth_from_metrics(text: str, names: tuple[str, ...]) -> float | None:
+    """Sum of the samples of the named metrics (all label sets), or None if none is present.
+
+    Names may be given with or without a ``_total`` suffix, and metric names with a colon
+    (``vllm:num_requests_waiting``) work as exported.
+    """
+    wanted = set(names)
+    total = 0.0
+    found = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            named = sample.name in wanted or (family.name in wanted and sample.name == family.name)
+            if named and math.isfinite(sample.value):
+                total += sample.value
+                found = True
+    return total if found else None
+
+
+class Prober:
+    """Keeps one health-check task and one scrape task per backend of the fleet."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._tasks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
+
+    def sync(self) -> None:
+        """Start tasks for new backends, stop those of removed ones (idempotent, cheap)."""
+        rt = self.runtime
+        want: set[tuple[str, int, str]] = set()
+        for endpoint in rt.fleet.endpoints.values():
+            if rt.active_settings is not None:
+                want.add((endpoint.name, id(endpoint), "health"))
+            if rt.config.balancer.queue_depth.scrape_interval > 0:
+                want.add((endpoint.name, id(endpoint), "scrape"))
+        for key in list(self._tasks):
+            if key not in want:
+                self._tasks.pop(key).cancel()
+        for key in want:
+            if key not in self._tasks:
+                endpoint = rt.fleet.endpoints[key[0]]
+                loop = self._health_loop if key[2] == "health" else self._scrape_loop
+                self._tasks[key] = asyncio.create_task(loop(endpoint), name=f"{key[2]}:{key[0]}")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _health_loop(self, endpoint: Endpoint) -> None:
+        rt = self.runtime
+        state = endpoint.health.active
+        if state is None:
+            return
+        delay = state.first_delay_s(rt.rng)
+        while True:
+            await asyncio.sleep(delay)
+            settings = rt.active_settings
+            if settings is None:
+                return
+            passed = await self._check(endpoint, settings.path, settings.timeout_s)
+            rt.metrics.health_checks.labels(endpoint.name, "pass" if passed else "fail").inc()
+            state.record(passed, rt.clock())
+            delay = state.next_delay_s(rt.rng)
+
+    async def _check(self, endpoint: Endpoint, path: str, timeout_s: float) -> bool:
+        session = self.runtime.session
+        if session is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.get(endpoint.url.with_path(path), allow_redirects=False) as resp:
+                    await resp.read()
+                    return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _scrape_loop(self, endpoint: Endpoint) -> None:
+        rt = self.runtime
+        while True:
+            cfg = rt.config.balancer.queue_depth
+            if cfg.scrape_interval <= 0:
+                return
+            jitter = 1.0 + (rt.rng.random() - 0.5) * 0.2
+            await asyncio.sleep(cfg.scrape_interval * jitter)
+            depth = await self._scrape(endpoint, cfg.scrape_path, cfg.scrape_timeout, cfg.metrics)
+            if depth is not None:
+                endpoint.signals.report_queue_depth(depth, rt.clock())
+
+    async def _scrape(
+        self, endpoint: Endpoint, path: str, timeout_s: float, names: tuple[str, ...]
+    ) -> float | None:
+        session = self.runtime.session
+        if session is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.get(endpoint.url.with_path(path)) as resp:
+                    if resp.status != 200:
+                        return None
+                    text = await resp.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+        try:
+            return queue_depth_from_metrics(text, names)
+        except ValueError as exc:
+            log.debug("unparseable /metrics from %s: %s", endpoint.name, exc)
+            return None

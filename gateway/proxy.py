@@ -1,0 +1,183 @@
+"""HTTP forwarding to one upstream: streams both ways, strips hop-by-hop headers, maps failures.
+
+This module knows nothing of scores, health or retries. ``send`` performs one try and returns
+the upstream response with its headers read (the body still unread, so it can be streamed), or
+raises :class:`UpstreamFailure` saying what went wrong and whether the request reached the
+upstream — which is what the retry policy needs to decide if a resend is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.headers import end_to_end, forwarded_for
+
+
+class FailureKind(enum.Enum):
+    CONNECT = "connect-failure"  # refused / unreachable / connect timeout: never reached upstream
+    RESET = "reset"  # connection dropped before response headers
+    TIMEOUT = "timeout"  # no response headers within the per-try timeout
+    BODY_TOO_LARGE = "body-too-large"  # client body exceeded limits.max_body while streaming
+    CLIENT_BODY = "client-body"  # the client's own body broke off mid-upload
+
+
+@dataclass
+class UpstreamFailure(Exception):
+    kind: FailureKind
+    detail: str
+    reached_upstream: bool
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.detail}"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestBody:
+    """The client's request body, either buffered (so a retry can resend it) or streamed once.
+
+    Bodies up to ``buffer_limit`` with a known length are read up front; larger or chunked ones
+    are streamed straight through, and then a retry is only possible if the stream was never
+    started (``consumed`` stays False), e.g. after a connect failure.
+    """
+
+    def __init__(self, request: web.BaseRequest, max_body: int) -> None:
+        self._request = request
+        self._max_body = max_body
+        self.buffered: bytes | None = None
+        self.consumed = False
+        self.size = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.buffered == b"" or (self.buffered is None and not self._request.body_exists)
+
+    async def buffer_if_small(self, buffer_limit: int) -> None:
+        length = self._request.content_length
+        if not self._request.body_exists:
+            self.buffered = b""
+        elif length is not None and length <= buffer_limit:
+            self.buffered = await self._request.read()
+            self.size = len(self.buffered)
+
+    @property
+    def replayable(self) -> bool:
+        return self.buffered is not None or not self.consumed
+
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        if self.buffered is not None:
+            return self.buffered if self.buffered else None
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        self.consumed = True
+        content = self._request.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+                raise UpstreamFailure(FailureKind.CLIENT_BODY, str(exc), True) from exc
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self.size > self._max_body:
+                raise BodyTooLarge()
+            yield chunk
+
+
+def upstream_headers(
+    request: web.BaseRequest, request_id: str, request_id_header: str, upstream: URL
+) -> CIMultiDict[str]:
+    """End-to-end client headers plus the X-Forwarded-* set and the request id."""
+    headers = end_to_end(request.headers, drop=("host", "content-length", "expect"))
+    client_ip = request.remote
+    headers["X-Forwarded-For"] = forwarded_for(request.headers.get("X-Forwarded-For"), client_ip)
+    headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
+    headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    headers[request_id_header] = request_id
+    headers["Host"] = upstream.raw_authority
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    return headers
+
+
+def target_url(base: URL, request: web.BaseRequest) -> URL:
+    """The backend URL for this request: the configured base plus the path and query unchanged.
+
+    Only the path and query of the client's request-target are used, so neither an absolute-URI
+    request nor a Host header can point the gateway at anything but a configured backend.
+    """
+    raw = request.rel_url.raw_path
+    if not raw.startswith("/"):
+        raw = "/" + raw
+    query = request.rel_url.raw_query_string
+    return URL(f"{base}{raw}{'?' + query if query else ''}", encoded=True)
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    request: web.BaseRequest,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: RequestBody,
+    connect_timeout_s: float,
+    headers_timeout_s: float,
+) -> aiohttp.ClientResponse:
+    """One try: send the request and wait for the response headers (not the body).
+
+    Raises :class:`UpstreamFailure` for connect failures, resets and timeouts, and
+    :class:`BodyTooLarge` when the streamed client body goes over ``limits.max_body``.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=connect_timeout_s, sock_read=None
+    )
+    try:
+        async with asyncio.timeout(headers_timeout_s):
+            response = await session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body.payload(),
+                allow_redirects=False,
+                timeout=timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            )
+            return response
+    except BodyTooLarge:
+        raise
+    except UpstreamFailure:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamFailure(FailureKind.CONNECT, _short(exc), False) from None
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamFailure(FailureKind.CONNECT, "connect timeout", False) from None
+    except TimeoutError:
+        # The per-try deadline: counted as reached, so a non-idempotent request is not resent.
+        raise UpstreamFailure(FailureKind.TIMEOUT, "no response headers in time", True) from None
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """Upstream headers safe to send to the client (hop-by-hop and framing removed)."""
+    return end_to_end(upstream.headers, drop=("content-length",))

@@ -1,0 +1,256 @@
+"""The gateway's state as one object built from the config: no hidden globals.
+
+:class:`Runtime` owns the fleet (endpoints with their signals and health), the balancing
+policy, the route table, the retry budget, admission control, the metrics and the pooled
+upstream HTTP client. :meth:`Runtime.reconfigure` swaps in a new validated config while the
+fleet keeps the state of every backend that stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from gateway.admission import AdmissionController, AdmissionSettings
+from gateway.balancer import build_policy
+from gateway.balancer.base import Policy
+from gateway.balancer.settings import BalancerSettings
+from gateway.config.model import GatewayConfig
+from gateway.endpoint import Endpoint
+from gateway.fleet import BackendSpec, Fleet
+from gateway.health.circuit import EndpointHealth
+from gateway.health.outcome import Outcome
+from gateway.health.outlier import OutlierDetector
+from gateway.health.settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
+from gateway.health.transition import CircuitState, Transition
+from gateway.load.signals import EndpointSignals, SignalSettings
+from gateway.metrics import CIRCUIT_STATE_VALUE, GatewayMetrics
+from gateway.retry_budget import RetryBudget, RetryBudgetSettings
+from gateway.routing import Router
+
+log = logging.getLogger("tailgate")
+
+
+def signal_settings(config: GatewayConfig) -> SignalSettings:
+    b = config.balancer
+    return SignalSettings(
+        decay_s=b.latency.decay,
+        peak_sensitive=b.latency.peak_sensitive,
+        idle_decay_s=b.latency.idle_decay,
+        report_fresh_s=b.queue_depth.fresh,
+        report_stale_s=b.queue_depth.stale,
+        slow_start_s=b.slow_start,
+        slow_start_min_weight=b.slow_start_min_weight,
+    )
+
+
+def balancer_settings(config: GatewayConfig) -> BalancerSettings:
+    b = config.balancer
+    return BalancerSettings(
+        policy=b.policy,
+        alpha=b.alpha,
+        beta=b.beta,
+        selection=b.selection,
+        default_latency_s=b.default_latency,
+    )
+
+
+def outlier_settings(config: GatewayConfig) -> OutlierSettings:
+    od = config.outlier_detection
+    big = 10**9  # "off": a threshold no streak reaches
+    return OutlierSettings(
+        consecutive_5xx=od.consecutive_5xx if od.enabled else 0,
+        consecutive_gateway_failure=od.consecutive_gateway_failure if od.enabled else 0,
+        interval_s=od.interval,
+        base_ejection_time_s=od.base_ejection_time,
+        max_ejection_time_s=od.max_ejection_time,
+        max_ejection_percent=od.max_ejection_percent,
+        success_rate_enabled=od.enabled,
+        success_rate_minimum_hosts=od.success_rate_minimum_hosts,
+        success_rate_request_volume=od.success_rate_request_volume if od.enabled else big,
+        success_rate_stdev_factor=od.success_rate_stdev_factor,
+        panic_threshold_percent=od.panic_threshold,
+    )
+
+
+def breaker_settings(config: GatewayConfig) -> BreakerSettings:
+    cb = config.circuit_breaker
+    return BreakerSettings(
+        failure_threshold=cb.failure_threshold if cb.enabled else 0,
+        half_open_requests=cb.half_open_requests,
+    )
+
+
+def active_settings(config: GatewayConfig) -> ActiveCheckSettings | None:
+    hc = config.health_check
+    if not hc.enabled:
+        return None
+    return ActiveCheckSettings(
+        path=hc.path,
+        interval_s=hc.interval,
+        timeout_s=hc.timeout,
+        unhealthy_threshold=hc.unhealthy_threshold,
+        healthy_threshold=hc.healthy_threshold,
+        jitter_percent=hc.jitter_percent,
+    )
+
+
+def backend_specs(config: GatewayConfig) -> list[BackendSpec]:
+    return [BackendSpec(b.display_name, b.url, b.weight, b.group) for b in config.backends]
+
+
+class Runtime:
+    """Everything a request needs, built from one validated config."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.metrics = metrics or GatewayMetrics()
+        self.draining = False
+        self.capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.session: aiohttp.ClientSession | None = None
+        self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
+        self._install(config)
+        self.fleet.apply(backend_specs(config), self.clock()) if config.backends else None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _install(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.signal_settings = signal_settings(config)
+        self.outlier_settings = outlier_settings(config)
+        self.breaker_settings = breaker_settings(config)
+        self.active_settings = active_settings(config)
+        self.balancer_settings = balancer_settings(config)
+        self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
+        self.detector = OutlierDetector(self.outlier_settings)
+        self.router = Router(config.routes)
+        budget = RetryBudgetSettings(
+            budget_percent=config.retries.budget_percent,
+            min_retries_per_s=config.retries.min_retries_per_second,
+        )
+        if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
+            self.retry_budget = RetryBudget(budget)
+        admission = AdmissionSettings(
+            max_requests_per_backend=config.limits.max_requests_per_backend,
+            max_pending=config.limits.max_pending,
+            queue_timeout_s=config.limits.queue_timeout,
+        )
+        if getattr(self, "admission", None) is None:
+            self.admission = AdmissionController(admission)
+        else:  # keep the count of requests already queued
+            self.admission.settings = admission
+        self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
+
+    def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
+        """Swap in ``config`` (already validated). Backends that stay keep signals and health.
+
+        Settings objects of existing endpoints are replaced in place so new thresholds apply
+        at once, without losing counters.
+        """
+        self._install(config)
+        for endpoint in self.fleet.all_endpoints():
+            endpoint.signals.settings = self.signal_settings
+            endpoint.health.outlier = self.outlier_settings
+            endpoint.health.breaker = self.breaker_settings
+        if specs is None and (config.backends or config.discovery is None):
+            specs = backend_specs(config)
+        if specs is not None:
+            self.apply_backends(specs)
+
+    def apply_backends(self, specs: list[BackendSpec]) -> None:
+        added, removed = self.fleet.apply(specs, self.clock())
+        for name in removed:
+            self._forget_labels(name)
+        if added or removed:
+            log.info("backends changed: added=%s removed=%s", added, removed)
+        self.refresh_policies()
+        self.metrics.backends.set(len(self.fleet.endpoints))
+
+    def policy_for(self, group: str) -> Policy:
+        policy = self.policies.get(group)
+        if policy is None:
+            policy = self.policies[group] = build_policy(self.balancer_settings)
+            policy.refresh(self.fleet.groups.get(group, []), self.clock())
+        return policy
+
+    def refresh_policies(self) -> None:
+        """Recompute each group's fleet reference (medians); called periodically."""
+        now = self.clock()
+        for group, members in self.fleet.groups.items():
+            self.policy_for(group).refresh(members, now)
+
+    def _make_endpoint(self, spec: BackendSpec, now: float) -> Endpoint:
+        health = EndpointHealth(
+            self.outlier_settings,
+            self.breaker_settings,
+            self.active_settings,
+            name=spec.name,
+            listener=self._on_transition,
+        )
+        signals = EndpointSignals(self.signal_settings, now)
+        return Endpoint(spec.name, spec.url, spec.weight, spec.group, signals, health)
+
+    def _forget_labels(self, name: str) -> None:
+        for gauge in (
+            self.metrics.in_flight,
+            self.metrics.queue_depth,
+            self.metrics.reported_queue_depth,
+            self.metrics.latency_estimate,
+            self.metrics.score,
+            self.metrics.routable,
+            self.metrics.circuit_state,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def record_outcome(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None:
+        """Land one try's outcome on the endpoint's health (the detector sees the fleet)."""
+        members = self.fleet.groups.get(endpoint.group, ())
+        return self.detector.on_outcome(endpoint.health, [e.health for e in members], outcome, now)
+
+    def attempt_done(self, endpoint: Endpoint, transition: Transition | None) -> None:
+        """A try finished: wake the longest-waiting queued request, if any (FIFO)."""
+        waiters = self.capacity_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _on_transition(self, transition: Transition) -> None:
+        """Every health state change: metrics, logs, cached views, and a fresh start on recovery."""
+        self.fleet.invalidate()
+        name = transition.endpoint
+        to = transition.to_state
+        self.metrics.circuit_transitions.labels(name, to.value, transition.reason).inc()
+        if to is CircuitState.OPEN:
+            self.metrics.ejections.labels(name, transition.reason).inc()
+        if isinstance(to, CircuitState):
+            self.metrics.circuit_state.labels(name).set(CIRCUIT_STATE_VALUE[to.value])
+        log.warning(
+            "backend %s: %s -> %s (%s)",
+            name,
+            transition.from_state.value,
+            to.value,
+            transition.reason,
+        )
+        if transition.recovered or (to is not None and to.value == "healthy"):
+            endpoint = self.fleet.endpoints.get(name)
+            if endpoint is not None:
+                endpoint.signals.reset_for_recovery(self.clock())
