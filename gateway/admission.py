@@ -13,7 +13,7 @@ awaiting. The intended loop for one request::
             (re-check on every wake-up: a waiter is woken whenever a backend's in-flight drops)
         finally:
             admission.leave_queue()
-        on timeout: reply 503
+        on timeout: admission.timed_out(); reply 503
     forward
 
 ``arrive`` admits directly only while nobody is queued, so a newcomer can't overtake requests
@@ -52,11 +52,12 @@ class Verdict(enum.Enum):
 class AdmissionController:
     """Counts requests waiting in the gateway and says admit, queue or shed."""
 
-    __slots__ = ("pending", "settings")
+    __slots__ = ("pending", "settings", "shed_total")
 
     def __init__(self, settings: AdmissionSettings | None = None) -> None:
         self.settings = settings or AdmissionSettings()
         self.pending = 0
+        self.shed_total = 0  # requests turned away: queue full, or no room in time
 
     def has_room(self, in_flight: int) -> bool:
         """May a backend with ``in_flight`` requests take one more?"""
@@ -69,6 +70,7 @@ class AdmissionController:
         if self.pending < self.settings.max_pending and self.settings.queue_timeout_s > 0:
             self.pending += 1
             return Verdict.QUEUE
+        self.shed_total += 1
         return Verdict.SHED
 
     def leave_queue(self) -> None:
@@ -84,3 +86,7 @@ class AdmissionController:
     def wait_left_s(self, deadline: float, now: float) -> float:
         """Seconds a queued request may still wait; 0 means time is up: shed it."""
         return max(0.0, deadline - now)
+
+    def timed_out(self) -> None:
+        """Count a queued request that ran out of time before a backend had room."""
+        self.shed_total += 1

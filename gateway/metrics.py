@@ -59,49 +59,49 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "tailgate_backend_in_flight",
+            "tailgate_upstream_in_flight",
             "Requests this gateway has in flight at each backend.",
             ["backend"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.queue_depth = Gauge(
-            "tailgate_backend_queue_depth",
+            "tailgate_upstream_queue_depth",
             "Queue depth used for balancing (exact in-flight combined with the reported depth).",
             ["backend"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.reported_queue_depth = Gauge(
-            "tailgate_backend_reported_queue_depth",
+            "tailgate_upstream_reported_queue_depth",
             "Last queue depth the backend reported (header or /metrics scrape).",
             ["backend"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.latency_estimate = Gauge(
-            "tailgate_backend_latency_seconds",
+            "tailgate_upstream_latency_estimate_seconds",
             "The decaying latency average the balancer uses for each backend.",
             ["backend"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.score = Gauge(
-            "tailgate_backend_score",
+            "tailgate_upstream_score",
             "Each backend's current balancing score (lower is preferred).",
             ["backend"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.routable = Gauge(
-            "tailgate_backend_routable",
+            "tailgate_upstream_routable",
             "1 when a backend may receive new requests, else 0.",
             ["backend"],
             registry=r,
             multiprocess_mode="livemin",
         )
         self.circuit_state = Gauge(
-            "tailgate_backend_circuit_state",
+            "tailgate_upstream_circuit_state",
             "Circuit state per backend: 0 closed, 1 open (ejected), 2 half-open.",
             ["backend"],
             registry=r,

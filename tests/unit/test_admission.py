@@ -15,9 +15,17 @@ def test_admit_queue_then_shed() -> None:
     assert admission.arrive(any_room=False) is Verdict.QUEUE
     assert admission.pending == 2
     assert admission.arrive(any_room=False) is Verdict.SHED
-    assert admission.pending == 2
+    assert (admission.pending, admission.shed_total) == (2, 1)
     admission.leave_queue()
     assert admission.arrive(any_room=False) is Verdict.QUEUE
+
+
+def test_timeouts_count_as_shed() -> None:
+    admission = AdmissionController(AdmissionSettings(max_pending=1))
+    assert admission.arrive(any_room=False) is Verdict.QUEUE
+    admission.leave_queue()
+    admission.timed_out()
+    assert (admission.pending, admission.shed_total) == (0, 1)
 
 
 def test_newcomers_do_not_overtake_the_queue() -> None:
