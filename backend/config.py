@@ -1,0 +1,83 @@
+"""Every setting of the backend server, validated once before anything starts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """``250ms``, ``10s``, ``5m`` or plain seconds, as seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 200ms, 2s, 1m)")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    preset: str | None = "tiny"
+    model_dir: Path | None = None
+    served_model_name: str | None = None
+    tp: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    max_batch_size: int = 8
+    max_model_len: int = 512
+    max_queue: int = 64
+    max_tokens: int = 256
+    fault_latency_s: float = 0.0
+    fault_error_rate: float = 0.0
+    collective_timeout_s: float = 30.0
+    heartbeat_s: float = 1.0
+    shutdown_timeout_s: float = 5.0
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model_dir.name if self.model_dir else f"tailgate-{self.preset}"
+
+    def validate(self) -> BackendConfig:
+        """Return self, or raise :class:`ConfigError` naming the first bad setting."""
+        checks = [
+            (
+                (self.preset is None) != (self.model_dir is None),
+                "give exactly one of --preset, --model",
+            ),
+            (0 <= self.port <= 65535, "port must be in 0..65535"),
+            (self.tp >= 1, "tp must be at least 1"),
+            (self.device in ("cpu", "cuda"), "device must be cpu or cuda"),
+            (
+                self.dtype in ("float32", "bfloat16", "float16"),
+                "dtype must be float32, bfloat16 or float16",
+            ),
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.max_model_len >= 2, "max_model_len must be at least 2"),
+            (self.max_queue >= 0, "max_queue must be non-negative"),
+            (self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (self.fault_latency_s >= 0, "fault_latency must be non-negative"),
+            (0.0 <= self.fault_error_rate <= 1.0, "fault_error_rate must be in [0, 1]"),
+            (
+                self.collective_timeout_s > 2 * self.heartbeat_s,
+                "collective_timeout must exceed 2 heartbeats",
+            ),
+            (self.device == "cuda" or self.dtype != "float16", "float16 needs --device cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.model_dir is not None and not (self.model_dir / "config.json").exists():
+            raise ConfigError(f"model: {self.model_dir} has no config.json")
+        return self

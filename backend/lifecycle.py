@@ -1,0 +1,144 @@
+"""Start, run and stop the backend: worker ranks, engine thread and HTTP server.
+
+Order of start: spawn ranks 1..N-1, open the HTTP port (``/health`` answers at once, ``/ready``
+says 503), load the model and warm it up on the engine thread, then flip ``/ready``. Any fatal
+event (a rank dying, the engine failing) and SIGTERM/SIGINT all end in the same shutdown; a
+fatal one also arms a hard exit so a rank stuck in a collective cannot keep the process alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import threading
+
+from aiohttp import web
+
+from backend import tp
+from backend.config import BackendConfig, ConfigError
+from backend.engine import Engine
+from backend.metrics import BackendMetrics
+from backend.runner import ModelRunner, RunnerSpec, worker_main
+from backend.server import BackendState, build_app
+from backend.tokenizer import load_tokenizer
+from backend.weights import ModelSource, load_config
+
+log = logging.getLogger("tailgate.backend")
+
+
+def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
+    return RunnerSpec(
+        source=ModelSource(preset=config.preset, path=config.model_dir, seed=config.seed),
+        world=config.tp,
+        device_type=config.device,
+        dtype=config.dtype,
+        max_batch_size=config.max_batch_size,
+        max_model_len=config.max_model_len,
+        store_port=store_port,
+        timeout_s=config.collective_timeout_s,
+    )
+
+
+class Lifecycle:
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.exit_code = 0
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def fatal(self, reason: str) -> None:
+        """From any thread: shut down with exit code 1, and exit hard if that stalls."""
+        log.critical("tailgate-backend stopping: %s", reason)
+        timer = threading.Timer(self.config.shutdown_timeout_s * 2, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+        self._loop.call_soon_threadsafe(self._fail)
+
+    def _fail(self) -> None:
+        self.exit_code = 1
+        self._stop.set()
+
+    async def run(self) -> int:
+        cfg = self.config
+        model_config = load_config(ModelSource(preset=cfg.preset, path=cfg.model_dir))
+        try:
+            tp.check_divisible(model_config, cfg.tp)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        rank0 = tp.Rank(0, cfg.tp, tp.device_for(0, cfg.device))
+        store = (
+            tp.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None
+        )
+        spec = runner_spec(cfg, store.port if store else 0)
+        workers = tp.Workers.launch(cfg.tp, worker_main, (spec,))
+        workers.watch(self.fatal)
+        engine = Engine(
+            lambda: ModelRunner.start(spec, store),
+            max_batch_size=cfg.max_batch_size,
+            max_model_len=cfg.max_model_len,
+            max_queue=cfg.max_queue,
+            rng=random.Random(cfg.seed),
+            heartbeat_s=cfg.heartbeat_s,
+            on_fatal=self.fatal,
+            on_ready=lambda: self._loop.call_soon_threadsafe(self._mark_ready),
+        )
+        self.state = BackendState(
+            config=cfg,
+            engine=engine,
+            tokenizer=load_tokenizer(
+                cfg.model_dir, model_config.bos_token_id, model_config.eos_token_ids
+            ),
+            metrics=BackendMetrics(
+                lambda: engine.waiting_count,
+                lambda: engine.running_count,
+                gpus=cfg.tp if cfg.device == "cuda" else 0,
+            ),
+            vocab_size=model_config.vocab_size,
+            rng=random.Random(cfg.seed),
+        )
+        http = web.AppRunner(
+            build_app(self.state),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=cfg.shutdown_timeout_s,
+        )
+        await http.setup()
+        site = web.TCPSite(http, cfg.host, cfg.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("tailgate-backend listening on http://%s:%d (loading model)", cfg.host, self.port)
+        engine.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(http, engine, workers)
+        return self.exit_code
+
+    def _mark_ready(self) -> None:
+        self.state.ready = True
+        cfg = self.config
+        print(
+            f"tailgate-backend ready on http://{cfg.host}:{self.port} "
+            f"model={cfg.model_name} tp={cfg.tp} device={cfg.device}",
+            flush=True,
+        )
+
+    async def _shutdown(self, http: web.AppRunner, engine: Engine, workers: tp.Workers) -> None:
+        timeout_s = self.config.shutdown_timeout_s
+        self.state.ready = False
+        log.info("tailgate-backend shutting down")
+        workers.expect_exit()
+        # Engine first: requests still held end with an error event, so handlers can finish.
+        await asyncio.to_thread(engine.stop, timeout_s)
+        await asyncio.wait_for(http.cleanup(), 2 * timeout_s)
+        await asyncio.to_thread(workers.stop, timeout_s)
+
+
+async def serve(config: BackendConfig) -> int:
+    """Run until a signal or a fatal error; the exit status (0 clean, 1 fatal)."""
+    return await Lifecycle(config).run()

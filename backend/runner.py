@@ -1,0 +1,114 @@
+"""Run the sharded model: rank 0 drives, ranks 1..N-1 replay what rank 0 broadcasts.
+
+Rank 0's :class:`ModelRunner` is what the engine calls; each :meth:`ModelRunner.forward`
+broadcasts its :class:`~backend.model.Step` before running it, so the workers (``worker_main``,
+in their own processes) execute the identical pass and meet rank 0 in every all-reduce.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from backend import tp
+from backend.model import ModelConfig, Step, Transformer
+from backend.weights import ModelSource, load_model
+
+log = logging.getLogger("tailgate.backend.runner")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Everything a rank needs to build its shard; picklable so it crosses to the workers."""
+
+    source: ModelSource
+    world: int
+    device_type: str
+    dtype: str
+    max_batch_size: int
+    max_model_len: int
+    store_host: str = "127.0.0.1"
+    store_port: int = 0
+    timeout_s: float = 30.0
+
+    def rank(self, rank: int) -> tp.Rank:
+        return tp.Rank(rank, self.world, tp.device_for(rank, self.device_type))
+
+
+def _limit_cpu_threads(spec: RunnerSpec) -> None:
+    """Ranks sharing one CPU split its cores instead of oversubscribing them."""
+    if spec.device_type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world))
+
+
+def build_shard(
+    spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None
+) -> Transformer:
+    """Join the group, load this rank's weights and allocate its KV cache."""
+    _limit_cpu_threads(spec)
+    if store is not None:
+        tp.init_group(rank, store, spec.timeout_s)
+    model = load_model(spec.source, rank, DTYPES[spec.dtype])
+    model.setup_cache(spec.max_batch_size, spec.max_model_len)
+    return model
+
+
+class ModelRunner:
+    """Rank 0's handle on the (possibly sharded) model."""
+
+    def __init__(self, model: Transformer, rank: tp.Rank) -> None:
+        self.model = model
+        self.rank = rank
+        self.channel = tp.StepChannel(rank)
+
+    @classmethod
+    def start(cls, spec: RunnerSpec, store: torch.distributed.Store | None) -> ModelRunner:
+        rank = spec.rank(0)
+        return cls(build_shard(spec, rank, store), rank)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.rank.device
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights this rank holds (a tied head counted once)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @torch.inference_mode()
+    def forward(self, step: Step) -> Tensor:
+        self.channel.send(step)
+        return self.model(step)
+
+    def heartbeat(self) -> None:
+        """Keep idle workers' collective timeouts from firing."""
+        self.channel.send_control(tp.CMD_HEARTBEAT)
+
+    def close(self) -> None:
+        """Tell the workers to leave, then leave the group."""
+        try:
+            self.channel.send_control(tp.CMD_STOP)
+        finally:
+            tp.close_group()
+
+
+def worker_main(rank_id: int, spec: RunnerSpec) -> None:
+    """Body of ranks 1..N-1: build the shard, then replay rank 0's steps until told to stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rank = spec.rank(rank_id)
+    store = tp.open_store(spec.store_host, spec.store_port, rank, spec.timeout_s)
+    model = build_shard(spec, rank, store)
+    channel = tp.StepChannel(rank)
+    with torch.inference_mode():
+        while (step := channel.receive()) is not None:
+            model(step)
+    tp.close_group()
