@@ -60,6 +60,9 @@ interval 10 s, base 30 s). Where tailgate differs:
   capacity. ``ejected + 1 <= max_ejection_percent`` of the fleet, and one ejection is always
   allowed when none is active (Envoy's ``always_eject_one_host: true``; older Envoy behaved so
   by default).
+* **``max_ejection_percent`` defaults to 50** (Envoy and Istio: 10). Inference fleets are small
+  (10% of 4 replicas is one) and, with the panic threshold also at 50%, outlier ejections alone
+  never put a group of two or more in panic.
 * **Consecutive rules retry.** Envoy fires a consecutive ejection only when the counter *equals*
   the threshold, so an ejection refused by the cap is forgotten until a success resets the
   counter; tailgate uses ``>=`` and tries again on each further failure.

@@ -21,7 +21,9 @@ class OutlierSettings:
     """Fleet-aware ejection (Envoy's ``outlier_detection``) and the shared open duration.
 
     A consecutive threshold of 0 turns that rule off. ``success_rate_stdev_factor`` is the plain
-    factor (1.9), not Envoy's thousandths (1900).
+    factor (1.9), not Envoy's thousandths (1900). ``max_ejection_percent`` defaults to 50, not
+    Envoy's and Istio's 10: inference fleets are small (10% of 4 replicas is one), and at 50 the
+    outlier rules alone never push a group (of two or more) below the 50% panic threshold.
     """
 
     consecutive_5xx: int = 5
@@ -29,7 +31,7 @@ class OutlierSettings:
     interval_s: float = 10.0
     base_ejection_time_s: float = 30.0
     max_ejection_time_s: float = 300.0
-    max_ejection_percent: float = 10.0
+    max_ejection_percent: float = 50.0
     success_rate_enabled: bool = True
     success_rate_minimum_hosts: int = 5
     success_rate_request_volume: int = 100

@@ -106,6 +106,9 @@ def test_random_sequences_keep_every_invariant(
             if t.reason in OUTLIER_REASONS:
                 # Outlier rules never push the open count past the cap (one always allowed).
                 assert sum(h.state is not CircuitState.CLOSED for h in fleet) <= allowed
+        if breaker_threshold == 0 and percent == 50 and n >= 2:
+            # The default cap equals the panic threshold: outlier rules alone never cause panic.
+            assert not detector.in_panic(fleet, now)
         for i, health in enumerate(fleet):
             if health.state is CircuitState.HALF_OPEN:
                 assert granted[i] <= permits  # never more trials than permits

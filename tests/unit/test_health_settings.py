@@ -9,7 +9,7 @@ def test_defaults_follow_istio_and_envoy() -> None:
     s = OutlierSettings()
     assert (s.consecutive_5xx, s.consecutive_gateway_failure) == (5, 5)
     assert (s.interval_s, s.base_ejection_time_s, s.max_ejection_time_s) == (10.0, 30.0, 300.0)
-    assert s.max_ejection_percent == 10.0
+    assert s.max_ejection_percent == 50.0  # not Envoy's 10: see OutlierSettings
     assert (s.success_rate_minimum_hosts, s.success_rate_request_volume) == (5, 100)
     assert s.success_rate_stdev_factor == 1.9
     assert s.panic_threshold_percent == 50.0
