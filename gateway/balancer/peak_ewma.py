@@ -21,6 +21,10 @@ class PeakEwma:
     def __init__(self, default_latency_s: float) -> None:
         self._fleet = FleetReference.initial(default_latency_s)
 
+    @property
+    def fleet(self) -> FleetReference:
+        return self._fleet
+
     def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
         self._fleet = FleetReference.compute(candidates, now, self._fleet)
 
