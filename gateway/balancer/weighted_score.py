@@ -8,17 +8,19 @@
 Why these terms:
   * Both terms are dimensionless and equal 1 for a typical endpoint of a busy fleet, so
     `alpha` and `beta` are exchange rates an operator can reason about: with the defaults
-    (0.6, 0.4), being twice the median latency costs as much as carrying 1.5 times the median
-    load per unit of weight.
+    (0.6, 0.4), being one median latency slower (+0.6) costs as much as carrying 1.5 median
+    loads per unit of weight more (+0.4 * 1.5).
   * Latency is a property of a request, so it is not divided by weight; queue depth is load,
     and `weight` is capacity, so it is. `effective_weight = weight * slow_start_factor`: a
     warming endpoint looks more loaded than it is and is eased in.
   * The queue normaliser is floored at 1 request per unit of weight. When the fleet is nearly
     idle the median is 0 or a fraction, and dividing by it would turn the first request on an
-    endpoint into an unbounded (or 1/median-fold) penalty that drowns the latency term. With
-    the floor, below one request per unit of weight the queue term counts requests: one extra
-    request weighs as much as being one median latency slower, which is about what it costs a
-    batching inference server. Above that, it is relative to the fleet, like the latency term.
+    endpoint into an unbounded (or 1/median-fold) penalty that drowns the latency term: with
+    a median of 0, one request would outweigh any latency difference. With the floor, below
+    one request per unit of weight the queue term simply counts requests per unit of weight:
+    each one adds `beta`, as a median latency more adds `alpha`. Above it, the term is relative
+    to the fleet, like the latency term, so the balance between the two does not drift as the
+    whole fleet gets busier.
   * An endpoint without samples (new, or recovered from ejection) has latency_term = 1 exactly
     (the prior is the fleet median): never zero, so a fresh pod does not draw a stampede.
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.balancer import BalancerSettings, build_policy
 from gateway.balancer.base import SimpleCandidate, pick_best, pick_p2c, sample_two
 
 
@@ -90,3 +91,41 @@ def test_p2c_never_picks_the_worse_of_its_two(costs: list[float], seed: int) -> 
     picked = pick_p2c(candidates, cost, random.Random(seed))
     assert picked in (candidates[i], candidates[j])
     assert cost(picked) == min(costs[i], costs[j])
+
+
+endpoint_states = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.floats(0.0, 10.0)),  # latency sample, or none yet
+        st.integers(0, 20),  # in flight
+        st.sampled_from([0.5, 1.0, 2.0, 4.0]),  # weight
+        st.one_of(st.none(), st.floats(0.0, 50.0)),  # reported queue depth
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@pytest.mark.parametrize("name", ["weighted_score", "least_request", "peak_ewma"])
+@given(states=endpoint_states, seed=st.integers(0, 2**32), now=st.floats(0.0, 60.0))
+def test_p2c_policies_never_pick_the_worse_of_their_two(name, states, seed, now) -> None:
+    candidates = []
+    for i, (latency_s, in_flight, weight, depth) in enumerate(states):
+        c = SimpleCandidate.new(f"b{i}", now=0.0, weight=weight)
+        if latency_s is not None:
+            c.signals.request_started(0.0)
+            c.signals.request_finished(latency_s, 0.0)
+        if depth is not None:
+            c.signals.report_queue_depth(depth, 0.0)
+        for _ in range(in_flight):
+            c.signals.request_started(0.0)
+        candidates.append(c)
+    policy = build_policy(BalancerSettings(policy=name, selection="p2c"))
+    policy.refresh(candidates, now)
+    picked = policy.pick(candidates, now, random.Random(seed))
+    if len(candidates) == 1:
+        assert picked is candidates[0]
+        return
+    i, j = sample_two(len(candidates), random.Random(seed))
+    assert picked in (candidates[i], candidates[j])
+    scores = [policy.score(candidates[k], now) for k in (i, j)]
+    assert policy.score(picked, now) == min(scores)
