@@ -100,3 +100,31 @@ def pick_best(candidates: Sequence[C], cost: Callable[[C], float], rng: random.R
             if rng.randrange(ties) == 0:
                 best = candidate
     return best
+
+
+class RebuiltOnChange:
+    """Base of policies whose per-pick state (a schedule, cumulative weights) derives from the
+    candidate set and its effective weights: rebuilt on refresh(), which follows slow start,
+    and whenever pick() is handed a different set. Noticing that costs one C-level tuple
+    comparison per pick; the alternative, trusting refresh() alone, would pick an ejected
+    endpoint until the next refresh."""
+
+    def __init__(self) -> None:
+        self._members: tuple[Candidate, ...] = ()
+
+    def score(self, candidate: Candidate, now: float) -> None:
+        return None
+
+    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
+        self._rebuild(tuple(candidates), now)
+
+    def _current(self, candidates: Sequence[Candidate], now: float) -> tuple[Candidate, ...]:
+        """The candidates as a tuple, the state rebuilt first if they changed."""
+        members = tuple(candidates)
+        if members != self._members:
+            self._rebuild(members, now)
+        return members
+
+    def _rebuild(self, members: tuple[Candidate, ...], now: float) -> None:
+        """Recompute the state for `members` and store them in `_members`."""
+        raise NotImplementedError

@@ -44,3 +44,21 @@ class FleetReference:
             latency_s=max(MIN_LATENCY_S, statistics.median(latencies)) if latencies else prior_s,
             queue_per_weight=statistics.median(loads) if loads else 0.0,
         )
+
+
+class FleetReferenced:
+    """Base of policies that score against the fleet: holds the reference, refresh() renews it.
+
+    Until the first refresh() the reference is the default prior and an idle fleet, which is
+    what a gateway that has sent nothing yet knows.
+    """
+
+    def __init__(self, default_latency_s: float) -> None:
+        self._fleet = FleetReference.initial(default_latency_s)
+
+    @property
+    def fleet(self) -> FleetReference:
+        return self._fleet
+
+    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
+        self._fleet = FleetReference.compute(candidates, now, self._fleet)

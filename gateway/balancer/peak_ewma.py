@@ -12,21 +12,11 @@ import random
 from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, effective_weight, pick_p2c
-from gateway.balancer.fleet import FleetReference
+from gateway.balancer.fleet import FleetReferenced
 
 
-class PeakEwma:
+class PeakEwma(FleetReferenced):
     name = "peak_ewma"
-
-    def __init__(self, default_latency_s: float) -> None:
-        self._fleet = FleetReference.initial(default_latency_s)
-
-    @property
-    def fleet(self) -> FleetReference:
-        return self._fleet
-
-    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
-        self._fleet = FleetReference.compute(candidates, now, self._fleet)
 
     def score(self, candidate: Candidate, now: float) -> float:
         signals = candidate.signals

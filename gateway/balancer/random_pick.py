@@ -11,26 +11,18 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from gateway.balancer.base import Candidate, effective_weight
+from gateway.balancer.base import Candidate, RebuiltOnChange, effective_weight
 
 
-class RandomPick:
+class RandomPick(RebuiltOnChange):
     name = "random"
 
     def __init__(self) -> None:
-        self._members: tuple[Candidate, ...] = ()
+        super().__init__()
         self._cumulative: list[float] = []
 
-    def score(self, candidate: Candidate, now: float) -> None:
-        return None
-
-    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
-        self._rebuild(tuple(candidates), now)
-
     def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
-        members = tuple(candidates)
-        if members != self._members:
-            self._rebuild(members, now)
+        members = self._current(candidates, now)
         cumulative = self._cumulative
         point = rng.random() * cumulative[-1]
         return members[min(bisect.bisect_right(cumulative, point), len(members) - 1)]

@@ -26,7 +26,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.balancer.base import Candidate, effective_weight
+from gateway.balancer.base import Candidate, RebuiltOnChange, effective_weight
 
 
 @dataclass(slots=True)
@@ -41,25 +41,17 @@ class _Slot:
         return self.base + (self.picks + self.phase) / self.weight
 
 
-class RoundRobin:
+class RoundRobin(RebuiltOnChange):
     name = "round_robin"
 
     def __init__(self) -> None:
-        self._members: tuple[Candidate, ...] = ()
+        super().__init__()
         self._slots: list[_Slot] = []
         self._heap: list[tuple[float, int]] = []  # (deadline, index into _members)
         self._vtime = 0.0
 
-    def score(self, candidate: Candidate, now: float) -> None:
-        return None
-
-    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
-        self._rebuild(tuple(candidates), now)
-
     def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
-        members = tuple(candidates)
-        if members != self._members:
-            self._rebuild(members, now)
+        members = self._current(candidates, now)
         deadline, index = self._heap[0]
         slot = self._slots[index]
         slot.picks += 1

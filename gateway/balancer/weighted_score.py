@@ -36,28 +36,19 @@ import random
 from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, effective_weight, pick_best, pick_p2c
-from gateway.balancer.fleet import FleetReference
+from gateway.balancer.fleet import FleetReferenced
 
 
-class WeightedScore:
+class WeightedScore(FleetReferenced):
     name = "weighted_score"
 
     def __init__(self, alpha: float, beta: float, selection: str, default_latency_s: float):
         if selection not in ("best", "p2c"):
             raise ValueError(f"unknown selection {selection!r}")
+        super().__init__(default_latency_s)
         self.alpha = alpha
         self.beta = beta
         self.selection = selection
-        # Until the first refresh(): the default prior and an idle fleet, which is what a
-        # gateway that has sent nothing yet knows.
-        self._fleet = FleetReference.initial(default_latency_s)
-
-    @property
-    def fleet(self) -> FleetReference:
-        return self._fleet
-
-    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
-        self._fleet = FleetReference.compute(candidates, now, self._fleet)
 
     def score(self, candidate: Candidate, now: float) -> float:
         fleet = self._fleet
