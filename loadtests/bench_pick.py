@@ -4,7 +4,7 @@
 
 Candidates carry realistic signals (latency samples, in-flight requests, reported queue depths,
 mixed weights); each policy is refreshed once, as the gateway's background task would, and
-then timed on picks alone. Printed per pick: the median over repeats of the mean time.
+then timed on picks alone. Printed per pick: the median over repeats of a batch's mean time.
 """
 
 from __future__ import annotations
@@ -46,35 +46,51 @@ def make_fleet(n: int, rng: random.Random) -> list[SimpleCandidate]:
     return fleet
 
 
-def time_per_call_s(call: Callable[[], object], repeats: int, target_s: float) -> float:
-    """Median over `repeats` of the mean seconds per call, each repeat lasting ~`target_s`."""
-    count, elapsed = 1, 0.0
-    while elapsed < target_s / 10:  # calibrate the batch size
-        count *= 2
+class Cell:
+    """One (policy, fleet size) measurement: a pick closure and its timed batches."""
+
+    def __init__(self, policy_name: str, selection: str, n: int, target_s: float) -> None:
+        fleet = make_fleet(n, random.Random(n))
+        policy: Policy = build_policy(
+            BalancerSettings(policy=policy_name, selection=selection if selection != "-" else "p2c")
+        )
+        policy.refresh(fleet, NOW)
+        pick_rng = random.Random(1)
+        self.pick: Callable[[], object] = lambda: policy.pick(fleet, NOW, pick_rng)
+        self.batch = self._calibrate(target_s)
+        self.means_s: list[float] = []
+
+    def _calibrate(self, target_s: float) -> int:
+        """Picks per batch so that one batch lasts about `target_s`."""
+        count, elapsed = 1, 0.0
+        while elapsed < target_s / 10:
+            count *= 2
+            elapsed = self._run(count)
+        return max(1, int(count * target_s / elapsed))
+
+    def _run(self, count: int) -> float:
+        pick = self.pick
         start = time.perf_counter()
         for _ in range(count):
-            call()
-        elapsed = time.perf_counter() - start
-    batch = max(1, int(count * target_s / elapsed))
-    means = []
+            pick()
+        return time.perf_counter() - start
+
+    def measure_once(self) -> None:
+        self.means_s.append(self._run(self.batch) / self.batch)
+
+
+def measure(repeats: int, target_s: float) -> list[tuple[str, str, list[float]]]:
+    """Median per-pick time of every cell. The repeats go round all cells in turn, so that a
+    burst of load from elsewhere spoils one repeat of many cells, which the median discards,
+    rather than every repeat of one cell."""
+    cells = {(p, sel, n): Cell(p, sel, n, target_s) for p, sel in VARIANTS for n in SIZES}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(batch):
-            call()
-        means.append((time.perf_counter() - start) / batch)
-    return statistics.median(means)
-
-
-def bench(policy_name: str, selection: str, n: int, repeats: int, target_s: float) -> float:
-    rng = random.Random(n)
-    fleet = make_fleet(n, rng)
-    settings = BalancerSettings(
-        policy=policy_name, selection=selection if selection != "-" else "p2c"
-    )
-    policy: Policy = build_policy(settings)
-    policy.refresh(fleet, NOW)
-    pick_rng = random.Random(1)
-    return time_per_call_s(lambda: policy.pick(fleet, NOW, pick_rng), repeats, target_s)
+        for cell in cells.values():
+            cell.measure_once()
+    return [
+        (p, sel, [statistics.median(cells[p, sel, n].means_s) for n in SIZES])
+        for p, sel in VARIANTS
+    ]
 
 
 def render(rows: list[tuple[str, str, list[float]]], command: str) -> str:
@@ -105,16 +121,11 @@ def render(rows: list[tuple[str, str, list[float]]], command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--target-ms", type=float, default=20.0, help="length of one repeat")
+    parser.add_argument("--target-ms", type=float, default=20.0, help="length of one batch")
     parser.add_argument("--output", help="also write the markdown fragment to this file")
     args = parser.parse_args(argv)
 
-    rows = []
-    for policy_name, selection in VARIANTS:
-        per_pick = [
-            bench(policy_name, selection, n, args.repeats, args.target_ms / 1000) for n in SIZES
-        ]
-        rows.append((policy_name, selection, per_pick))
+    rows = measure(args.repeats, args.target_ms / 1000)
     command = " ".join(["python -m loadtests.bench_pick", *sys.argv[1:]])
     text = render(rows, command)
     print(text, end="")
