@@ -57,6 +57,8 @@ class RequestBody:
         self.buffered: bytes | None = None
         self.consumed = False
         self.size = 0
+        self.too_large = False
+        self.client_error: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -86,11 +88,13 @@ class RequestBody:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientPayloadError, ConnectionError) as exc:
-                raise UpstreamFailure(FailureKind.CLIENT_BODY, str(exc), True) from exc
+                self.client_error = str(exc) or type(exc).__name__
+                raise UpstreamFailure(FailureKind.CLIENT_BODY, self.client_error, True) from exc
             if not chunk:
                 return
             self.size += len(chunk)
             if self.size > self._max_body:
+                self.too_large = True
                 raise BodyTooLarge()
             yield chunk
 
@@ -154,23 +158,32 @@ async def send(
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             )
             return response
-    except BodyTooLarge:
+    except (BodyTooLarge, UpstreamFailure):
         raise
-    except UpstreamFailure:
-        raise
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamFailure(FailureKind.CONNECT, _short(exc), False) from None
-    except aiohttp.ConnectionTimeoutError:
-        raise UpstreamFailure(FailureKind.CONNECT, "connect timeout", False) from None
-    except TimeoutError:
+    except Exception as exc:
+        # aiohttp wraps errors raised by the body generator; report what really happened.
+        if body.too_large:
+            raise BodyTooLarge() from None
+        if body.client_error is not None:
+            raise UpstreamFailure(FailureKind.CLIENT_BODY, body.client_error, True) from None
+        failure = classify_error(exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def classify_error(exc: BaseException) -> UpstreamFailure | None:
+    """What a client-side exception from one try means for the proxy (None: not an I/O error)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure(FailureKind.CONNECT, _short(exc), False)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure(FailureKind.CONNECT, "connect timeout", False)
+    if isinstance(exc, TimeoutError):
         # The per-try deadline: counted as reached, so a non-idempotent request is not resent.
-        raise UpstreamFailure(FailureKind.TIMEOUT, "no response headers in time", True) from None
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
-        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailure(FailureKind.RESET, _short(exc), True) from None
+        return UpstreamFailure(FailureKind.TIMEOUT, "no response headers in time", True)
+    if isinstance(exc, (aiohttp.ClientError, ConnectionError, OSError)):
+        return UpstreamFailure(FailureKind.RESET, _short(exc), True)
+    return None
 
 
 def _short(exc: BaseException) -> str:

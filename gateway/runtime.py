@@ -25,6 +25,7 @@ from gateway.balancer.settings import BalancerSettings
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.fleet import BackendSpec, Fleet
+from gateway.health.active import ActiveCheckState
 from gateway.health.circuit import EndpointHealth
 from gateway.health.outcome import Outcome
 from gateway.health.outlier import OutlierDetector
@@ -69,7 +70,7 @@ def outlier_settings(config: GatewayConfig) -> OutlierSettings:
         consecutive_5xx=od.consecutive_5xx if od.enabled else 0,
         consecutive_gateway_failure=od.consecutive_gateway_failure if od.enabled else 0,
         interval_s=od.interval,
-        base_ejection_time_s=od.base_ejection_time,
+        base_ejection_time_s=config.open_duration_s,
         max_ejection_time_s=od.max_ejection_time,
         max_ejection_percent=od.max_ejection_percent,
         success_rate_enabled=od.enabled,
@@ -166,6 +167,14 @@ class Runtime:
             endpoint.signals.settings = self.signal_settings
             endpoint.health.outlier = self.outlier_settings
             endpoint.health.breaker = self.breaker_settings
+            if self.active_settings is None:
+                endpoint.health.active = None
+            elif endpoint.health.active is None:
+                endpoint.health.active = ActiveCheckState(
+                    self.active_settings, name=endpoint.name, listener=self._on_transition
+                )
+            else:
+                endpoint.health.active.settings = self.active_settings
         if specs is None and (config.backends or config.discovery is None):
             specs = backend_specs(config)
         if specs is not None:

@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         app[STATE].faults.slow_factor = args.slow_factor
         app[STATE].faults.error_rate = args.error_rate
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
         await site.start()

@@ -131,8 +131,22 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
         and config.listen.port != 0
     ):
         problems.append(Problem("admin.port", "must differ from listen.port"))
-    od = config.outlier_detection
-    if od.base_ejection_time > od.max_ejection_time:
+    od, cb = config.outlier_detection, config.circuit_breaker
+    if (
+        od.base_ejection_time is not None
+        and cb.recovery_time is not None
+        and od.base_ejection_time != cb.recovery_time
+    ):
+        problems.append(
+            Problem(
+                "circuit_breaker.recovery_time",
+                "differs from outlier_detection.base_ejection_time; they are one setting "
+                "(the breaker and the outlier detector share a backend's circuit): give one",
+            )
+        )
+    if config.open_duration_s <= 0:
+        problems.append(Problem("outlier_detection.base_ejection_time", "must be greater than 0"))
+    if config.open_duration_s > od.max_ejection_time:
         problems.append(
             Problem("outlier_detection.base_ejection_time", "exceeds max_ejection_time")
         )

@@ -172,7 +172,9 @@ class OutlierDetectionConfig:
     consecutive_5xx: int = field(5, check=positive)
     consecutive_gateway_failure: int = field(5, check=positive)
     interval: float = _duration(10.0, positive)
-    base_ejection_time: float = _duration(30.0, positive)
+    base_ejection_time: float | None = field(
+        None, parse=parse_duration, doc="default 30s; one open duration shared with the breaker"
+    )
     max_ejection_time: float = _duration(300.0, positive)
     max_ejection_percent: float = field(50.0, check=in_range(0, 100))
     success_rate_minimum_hosts: int = field(5, check=positive)
@@ -185,7 +187,11 @@ class OutlierDetectionConfig:
 class CircuitBreakerConfig:
     enabled: bool = True
     failure_threshold: int = field(5, check=positive)
-    recovery_time: float = _duration(30.0, positive)
+    recovery_time: float | None = field(
+        None,
+        parse=parse_duration,
+        doc="the breaker's name for outlier_detection.base_ejection_time",
+    )
     half_open_requests: int = field(1, check=positive)
 
 
@@ -289,3 +295,17 @@ class GatewayConfig:
     headers: HeadersConfig = dataclasses.field(default_factory=HeadersConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     drain_timeout: float = _duration(30.0, non_negative)
+
+    @property
+    def open_duration_s(self) -> float:
+        """The one base open duration of a backend's circuit (ejection or breaker), seconds.
+
+        ``outlier_detection.base_ejection_time`` and ``circuit_breaker.recovery_time`` name the
+        same thing (the breaker and the outlier detector share one state machine); give either.
+        """
+        od, cb = self.outlier_detection, self.circuit_breaker
+        if od.base_ejection_time is not None:
+            return od.base_ejection_time
+        if cb.recovery_time is not None:
+            return cb.recovery_time
+        return 30.0

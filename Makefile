@@ -1,0 +1,39 @@
+# tailgate: `make run` starts the gateway in front of local backends; `make test` runs every test.
+# Both set up what they need from nothing (a virtualenv in .venv, torch's CPU build, system tools).
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench simulate tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[backend,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+tools:
+	./scripts/install-tools.sh
+
+run: install
+	$(VENV)/bin/tailgate up
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install tools lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

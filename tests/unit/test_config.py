@@ -1,0 +1,161 @@
+"""Config validation: every problem is reported with its field path and reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, default_config_text, parse_config
+from gateway.config.units import parse_duration, parse_size
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return [str(p) for p in info.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        (3, 3.0),
+        (0.5, 0.5),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(raw: object, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["10 parsecs", "-1s", True, [], "s"])
+def test_bad_durations(raw: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"), [("16MiB", 16 << 20), ("64KiB", 65536), ("1KB", 1000), (4096, 4096)]
+)
+def test_sizes(raw: object, size: int) -> None:
+    assert parse_size(raw) == size
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    config = parse_config("backends: [{url: 'http://127.0.0.1:8001'}]")
+    assert (config.balancer.policy, config.balancer.alpha, config.balancer.beta) == (
+        "weighted_score",
+        0.6,
+        0.4,
+    )
+    od = config.outlier_detection
+    assert (od.consecutive_5xx, od.consecutive_gateway_failure, od.interval) == (5, 5, 10.0)
+    assert config.open_duration_s == 30.0
+    assert (
+        config.circuit_breaker.failure_threshold,
+        config.circuit_breaker.half_open_requests,
+    ) == (5, 1)
+    assert config.backends[0].display_name == "127.0.0.1:8001"
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    found = problems(
+        """
+listen: {port: 70000}
+backends:
+  - url: ftp://somewhere
+  - {url: "http://a:1", weight: 0}
+balancer: {policy: fastest, alpha: lots}
+timeouts: {connect: 3 fortnights}
+retries: {retry_on: [reset, 404]}
+colour: blue
+"""
+    )
+    text = "\n".join(found)
+    assert "listen.port: port 70000 is out of range" in text
+    assert "backends[0].url: URL 'ftp://somewhere' must start with http:// or https://" in text
+    assert "backends[1].weight: must be greater than 0" in text
+    assert "balancer.policy: must be one of" in text
+    assert "balancer.alpha: expected a number" in text
+    assert "timeouts.connect: expected a duration" in text
+    assert "retries.retry_on: unknown retry condition 404" in text
+    assert "colour: unknown key" in text
+
+
+def test_typo_gets_a_suggestion() -> None:
+    assert any(
+        "did you mean 'balancer'" in p
+        for p in problems("balancr: {}\nbackends: [{url: 'http://a:1'}]")
+    )
+
+
+def test_cross_field_rules() -> None:
+    found = "\n".join(
+        problems(
+            """
+backends:
+  - {url: "http://a:1", group: stable}
+  - {url: "http://A:1"}
+timeouts: {per_try: 10s, total: 5s}
+routes:
+  - groups: [{name: canary, weight: 10}]
+circuit_breaker: {recovery_time: 10s}
+outlier_detection: {base_ejection_time: 20s}
+"""
+        )
+    )
+    assert "backends[1].url: duplicate of backends[0].url" in found
+    assert "timeouts.per_try: must not exceed timeouts.total" in found
+    assert "routes[0].groups[0].name: no backend is in group 'canary'" in found
+    assert (
+        "circuit_breaker.recovery_time: differs from outlier_detection.base_ejection_time" in found
+    )
+
+
+def test_no_backends_is_an_error() -> None:
+    assert any(p.startswith("backends:") for p in problems("listen: {port: 8080}"))
+
+
+def test_bad_yaml_names_the_line() -> None:
+    found = problems("backends: [\n  {url: 'http://a:1'\n")
+    assert found[0].startswith("<yaml line")
+
+
+def test_embedded_default_is_valid_and_matches_config_dir() -> None:
+    parse_config(default_config_text())
+    assert (ROOT / "config" / "gateway.yaml").read_text() == default_config_text()
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("backends: [{url: 'http://127.0.0.1:8001'}]\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: [{url: 'http://127.0.0.1:8001', weight: -2}]\nlisten: {port: x}\n")
+    run = [sys.executable, "-m", "gateway", "check-config"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    failed = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 2
+    assert "backends[0].weight: must be greater than 0" in failed.stderr
+    assert "listen.port: expected a port number" in failed.stderr
+
+
+def test_serve_refuses_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: []\nbalancer: {policy: nope}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "balancer.policy" in result.stderr
