@@ -108,7 +108,7 @@ def test_custom_metric_is_served_by_the_adapter_rule(gateway_families: set[str])
 
 def test_sidecar_gateway_listens_on_loopback_for_its_application() -> None:
     (path,) = (p for p in k8s_manifests() if p.name == "sidecar.yaml")
-    objects = {o["kind"]: o for _, o in all_k8s_objects() if _ == path}
+    objects = {obj["kind"]: obj for source, obj in all_k8s_objects() if source == path}
     config = yaml.safe_load(objects["ConfigMap"]["data"]["gateway.yaml"])
     assert config["listen"]["host"] == "127.0.0.1"
     containers = _pod_spec(objects["Deployment"])
