@@ -48,6 +48,12 @@ class Lifecycle:
         self.exit_code = 0
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.listening = asyncio.Event()  # set once ``port`` is bound
+        self.port = 0
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
+        self._stop.set()
 
     def fatal(self, reason: str) -> None:
         """From any thread: shut down with exit code 1, and exit hard if that stalls."""
@@ -110,12 +116,16 @@ class Lifecycle:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("tailgate-backend listening on http://%s:%d (loading model)", cfg.host, self.port)
+        self.listening.set()
         engine.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self._stop.set)
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            self._loop.add_signal_handler(sig, self.request_stop)
         try:
             await self._stop.wait()
         finally:
+            for sig in signals:
+                self._loop.remove_signal_handler(sig)
             await self._shutdown(http, engine, workers)
         return self.exit_code
 

@@ -108,6 +108,8 @@ _COMMON: dict[str, tuple[Check, str]] = {
     "stop": (_is_stop, "a string or a list of up to 4 strings"),
     "n": (lambda v: v == 1, "1 (one choice per request)"),
     "user": (lambda v: isinstance(v, str), "a string"),
+    # Extension (as in vLLM): keep generating past EOS, for load tests of a fixed length.
+    "ignore_eos": (lambda v: isinstance(v, bool), "a boolean"),
 }
 COMPLETION_FIELDS = {**_COMMON, "prompt": (_is_prompt, "a string, one-string list or token ids")}
 CHAT_FIELDS = {
@@ -128,6 +130,7 @@ class GenerationParams:
     stream: bool
     include_usage: bool
     stop: tuple[str, ...]
+    ignore_eos: bool = False
 
 
 def _flatten(content: str | list[dict[str, str]]) -> str:
@@ -171,6 +174,7 @@ def parse_request(
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        ignore_eos=bool(body.get("ignore_eos")),
     )
 
 

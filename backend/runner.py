@@ -66,6 +66,7 @@ class ModelRunner:
         self.model = model
         self.rank = rank
         self.channel = tp.StepChannel(rank)
+        self._closed = False
 
     @classmethod
     def start(cls, spec: RunnerSpec, store: torch.distributed.Store | None) -> ModelRunner:
@@ -94,7 +95,10 @@ class ModelRunner:
         self.channel.send_control(tp.CMD_HEARTBEAT)
 
     def close(self) -> None:
-        """Tell the workers to leave, then leave the group."""
+        """Tell the workers to leave, then leave the group (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.channel.send_control(tp.CMD_STOP)
         finally:

@@ -145,6 +145,7 @@ def _start(state: BackendState, params: GenerationParams) -> Generation:
         prompt_ids=ids,
         max_tokens=max_tokens,
         sampling=params.sampling,
+        ignore_eos=params.ignore_eos,
         on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
     )
     try:
@@ -197,6 +198,11 @@ async def _respond(
     try:
         if not params.stream:
             text = "".join([d async for d in _deltas(state, gen)])
+            if gen.finish_reason == "error" and gen.completion_tokens == 0:
+                # Nothing was generated (engine stopping or failed): safe for a caller to retry.
+                raise ApiError(
+                    503, "engine unavailable", type_="server_error", code="engine_unavailable"
+                )
             if gen.finish_reason == "error":
                 raise ApiError(500, "generation failed", type_="server_error", code="engine_error")
             use = usage(len(gen.request.prompt_ids), gen.completion_tokens)

@@ -237,6 +237,18 @@ class Workers:
     def __init__(self, procs: list[mp.process.BaseProcess]) -> None:
         self.procs = procs
         self._stopping = threading.Event()
+        self._reported: set[int] = set()
+        self._report_lock = threading.Lock()
+
+    def _report(self, proc: mp.process.BaseProcess) -> str:
+        """Log a worker's death once, whoever notices it first; return the description."""
+        rank = proc.name.removeprefix("tailgate-rank")
+        reason = f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}"
+        with self._report_lock:
+            if proc.pid not in self._reported:
+                self._reported.add(proc.pid or 0)
+                log.critical("tensor-parallel %s", reason)
+        return reason
 
     @classmethod
     def launch(cls, world: int, target: Callable[..., None], args: tuple[Any, ...]) -> Workers:
@@ -248,8 +260,9 @@ class Workers:
             )
             for r in range(1, world)
         ]
-        for proc in procs:
+        for rank, proc in enumerate(procs, start=1):
             proc.start()
+            log.info("started tensor-parallel rank %d (pid %d)", rank, proc.pid)
         return cls(procs)
 
     def watch(self, on_death: Callable[[str], None]) -> None:
@@ -259,13 +272,12 @@ class Workers:
             if not self.procs:
                 return
             wait([p.sentinel for p in self.procs])
-            if self._stopping.is_set():
-                return
             dead = next(p for p in self.procs if not p.is_alive())
-            rank = dead.name.removeprefix("tailgate-rank")
-            reason = f"rank {rank} (pid {dead.pid}) exited with code {dead.exitcode}"
-            log.critical("tensor-parallel %s; shutting the backend down", reason)
-            on_death(reason)
+            if self._stopping.is_set() and dead.exitcode == 0:
+                return
+            reason = self._report(dead)
+            if not self._stopping.is_set():
+                on_death(reason)
 
         threading.Thread(target=run, name="tailgate-rank-watchdog", daemon=True).start()
 
@@ -279,6 +291,8 @@ class Workers:
         for proc in self.procs:
             proc.join(timeout_s)
         for proc in self.procs:
+            if not proc.is_alive() and proc.exitcode != 0:
+                self._report(proc)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout_s)

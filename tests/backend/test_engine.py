@@ -1,0 +1,162 @@
+"""Engine behaviour shown by its own state: batching, cancellation, queue bounds, sampling."""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backend.engine import Engine, QueueFull, Request, StepRecord, TokenEvent  # noqa: E402
+from backend.model import Step  # noqa: E402
+from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
+from backend.sampling import SamplingParams  # noqa: E402
+from backend.weights import ModelSource  # noqa: E402
+
+WAIT_S = 10
+
+
+class GatedRunner:
+    """The tiny model, but each decode step waits for a permit the test hands out."""
+
+    def __init__(self) -> None:
+        spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 4, 64)
+        self.inner = ModelRunner.start(spec, None)
+        self.config, self.device = self.inner.config, self.inner.device
+        self.gated = False
+        self.permits = threading.Semaphore(0)
+        self.blocked = threading.Event()
+
+    def forward(self, step: Step) -> torch.Tensor:
+        if self.gated and step.tokens.shape[1] == 1:
+            self.blocked.set()
+            assert self.permits.acquire(timeout=WAIT_S), "test never released the decode step"
+            self.blocked.clear()
+        return self.inner.forward(step)
+
+    def heartbeat(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.permits.release(1000)
+
+
+def wait_until(condition, timeout_s: float = WAIT_S) -> None:
+    """Poll a cheap in-process condition until it holds (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[Engine, GatedRunner, list[StepRecord]]]:
+    runner = GatedRunner()
+    records: list[StepRecord] = []
+    engine = Engine(lambda: runner, 4, 64, 2, random.Random(0), observer=records.append)
+    engine.start()
+    assert engine.ready.wait(WAIT_S)
+    runner.gated = True
+    records.clear()
+    yield engine, runner, records
+    engine.stop(WAIT_S)
+
+
+def collecting(max_tokens: int, **kw) -> tuple[Request, queue.Queue[TokenEvent]]:
+    events: queue.Queue[TokenEvent] = queue.Queue()
+    request = Request([256, 72, 105], max_tokens, on_event=events.put, ignore_eos=True, **kw)
+    return request, events
+
+
+def drain(events: queue.Queue[TokenEvent]) -> list[TokenEvent]:
+    out = [events.get(timeout=WAIT_S)]
+    while out[-1].finish_reason is None:
+        out.append(events.get(timeout=WAIT_S))
+    return out
+
+
+def test_second_request_joins_running_batch(gated) -> None:
+    engine, runner, records = gated
+    first, first_events = collecting(6)
+    engine.submit(first)
+    first_events.get(timeout=WAIT_S)  # prefilled; its first decode step now waits at the gate
+    assert runner.blocked.wait(WAIT_S)
+    second, second_events = collecting(3)
+    engine.submit(second)
+    runner.permits.release(100)
+    assert len(drain(second_events)) == 3
+    assert len(drain(first_events)) == 5
+
+    kinds = [(r.kind, r.request_ids) for r in records]
+    joined = kinds.index(("prefill", (second.id,)))
+    assert ("decode", (first.id,)) in kinds[:joined]  # the first was already decoding alone...
+    assert ("decode", (first.id, second.id)) in kinds[joined:]  # ...when the second joined it
+    assert engine.running_count == 0
+
+
+def test_cancel_frees_running_slot(gated) -> None:
+    engine, runner, _ = gated
+    request, events = collecting(50)
+    engine.submit(request)
+    events.get(timeout=WAIT_S)
+    assert runner.blocked.wait(WAIT_S)
+    assert engine.running_count == 1
+    engine.cancel(request)
+    runner.permits.release(100)
+    wait_until(lambda: engine.running_count == 0)
+    assert request.finished and len(request.output_ids) < 50
+    assert sorted(engine._free_slots) == [0, 1, 2, 3]
+
+
+def test_cancel_removes_waiting_request() -> None:
+    engine = Engine(lambda: None, 1, 64, 4, random.Random(0))  # never started
+    request, _ = collecting(4)
+    engine.submit(request)
+    assert engine.waiting_count == 1
+    engine.cancel(request)
+    assert engine.waiting_count == 0 and request.cancelled
+
+
+def test_full_queue_refuses() -> None:
+    engine = Engine(lambda: None, 1, 64, 2, random.Random(0))  # never started: nothing drains
+    engine.submit(collecting(4)[0])
+    engine.submit(collecting(4)[0])
+    assert engine.queue_depth == 2
+    with pytest.raises(QueueFull):
+        engine.submit(collecting(4)[0])
+
+
+def test_generation_stops_at_max_model_len() -> None:
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 2, 8)
+    engine = Engine(lambda: ModelRunner.start(spec, None), 2, 8, 4, random.Random(0))
+    request, events = collecting(100)
+    engine.submit(request)
+    engine.start()
+    try:
+        out = drain(events)
+    finally:
+        engine.stop(WAIT_S)
+    assert out[-1].finish_reason == "length"
+    assert len(request.prompt_ids) + len(out) == 8
+
+
+def test_seeded_sampling_is_reproducible_across_batches(gated) -> None:
+    engine, runner, _ = gated
+    runner.gated = False
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
+    alone, alone_events = collecting(8, sampling=sampling)
+    engine.submit(alone)
+    drain(alone_events)
+    together, together_events = collecting(8, sampling=sampling)
+    neighbour, neighbour_events = collecting(8, sampling=SamplingParams(temperature=1.0, seed=9))
+    engine.submit(together)
+    engine.submit(neighbour)
+    drain(together_events)
+    drain(neighbour_events)
+    assert together.output_ids == alone.output_ids
+    assert neighbour.output_ids != alone.output_ids
