@@ -175,7 +175,8 @@ class Runtime:
                 )
             else:
                 endpoint.health.active.settings = self.active_settings
-        if specs is None and (config.backends or config.discovery is None):
+        static = config.discovery is None or config.discovery.type == "static"
+        if specs is None and static:
             specs = backend_specs(config)
         if specs is not None:
             self.apply_backends(specs)

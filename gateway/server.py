@@ -21,6 +21,8 @@ from aiohttp import web
 
 from gateway.admin import build_admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.discovery import Discovery
+from gateway.fleet import BackendSpec
 from gateway.handler import ProxyHandler
 from gateway.listener import GatewayServer
 from gateway.maintenance import Maintenance
@@ -70,6 +72,8 @@ class Gateway:
         self._prober = Prober(self.runtime)
         self._maintenance = Maintenance(self.runtime)
         self._watch_task: asyncio.Task[None] | None = None
+        self.discovery: Discovery | None = None
+        self._signal_tasks: set[asyncio.Future[object]] = set()
         self._config_digest = self._digest()
         self._active_requests = 0
         self._idle = asyncio.Event()
@@ -138,6 +142,7 @@ class Gateway:
             admin_site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
             await admin_site.start()
             self.admin_port = _bound_port(admin_site)
+        await self._start_discovery(cfg)
         self._prober.sync()
         self._maintenance.start()
         if self.config_path is not None:
@@ -153,11 +158,28 @@ class Gateway:
             cfg.balancer.policy,
         )
 
+    async def _start_discovery(self, cfg: GatewayConfig) -> None:
+        if cfg.discovery is None or cfg.discovery.type == "static":
+            return
+        self.discovery = Discovery(cfg.discovery, self._apply_discovered)
+        await self.discovery.refresh_once()  # serve with the first set, not an empty fleet
+        self.discovery.start()
+
+    def _apply_discovered(self, specs: list[BackendSpec]) -> None:
+        self.runtime.apply_backends(specs)
+        self._prober.sync()
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.drain_and_stop()))
+            loop.add_signal_handler(sig, lambda: self._spawn(self.drain_and_stop()))
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        """Run a signal's work as a task, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -172,18 +194,26 @@ class Gateway:
             log.error("config reload rejected; the previous config keeps serving:\n%s", exc)
             return False
         self._config_digest = self._digest()
-        self.apply(new)
+        await self.apply(new)
         self.runtime.metrics.config_reloads.labels("success").inc()
         log.info("config reloaded from %s", self.config_path)
         return True
 
-    def apply(self, new: GatewayConfig) -> None:
+    async def apply(self, new: GatewayConfig) -> None:
         old = self.config
         if (old.listen, old.admin) != (new.listen, new.admin):
             log.warning("listen/admin changes take effect only after a restart")
         self.config = new
         self.runtime.reconfigure(new)
+        if old.discovery != new.discovery:
+            await self._restart_discovery(new)
         self._prober.sync()
+
+    async def _restart_discovery(self, new: GatewayConfig) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
+        await self._start_discovery(new)
 
     def _digest(self) -> str | None:
         if self.config_path is None:
@@ -222,6 +252,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self._prober.stop()
         await self._maintenance.stop()
         if self._public_runner is not None:

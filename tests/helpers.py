@@ -36,11 +36,11 @@ class Pod:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def start_pod(name: str, **kwargs: Any) -> Pod:
+async def start_pod(name: str, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> Pod:
     app = build_app(name, **kwargs)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return Pod(name, port, runner, app[STATE])
