@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +27,13 @@ class WorkerGateway:
 
 
 @asynccontextmanager
-async def worker_gateway(pods: list[Pod], extra: str = "") -> AsyncIterator[WorkerGateway]:
-    """A ``--workers 2`` gateway process in front of ``pods``, ready (every worker listening)."""
+async def worker_gateway(
+    pods: Sequence[Pod | str], extra: str = ""
+) -> AsyncIterator[WorkerGateway]:
+    """A ``--workers 2`` gateway in front of ``pods`` (or URLs), ready: every worker listens."""
     listen_port, admin_port = free_port(), free_port()
     yaml_text = (
-        gateway_yaml(pods)
+        gateway_yaml(list(pods))  # type: ignore[arg-type]
         .replace("port: 0}", f"port: {listen_port}}}", 1)
         .replace("port: 0}", f"port: {admin_port}}}", 1)
     )
