@@ -131,10 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", "-c", help="gateway config (default: the embedded one)")
     up.add_argument("--no-uvloop", action="store_true")
     up.set_defaults(func=cmd_up)
+    simulate = sub.add_parser(
+        "simulate",
+        help="discrete-event fleet simulation driving the real policies (see BENCHMARKS.md)",
+        add_help=False,
+    )
+    simulate.set_defaults(func=lambda args: 2)  # handled in main(): its own argument parser
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the simulator parses its own arguments
+        from loadtests.simulate.cli import main as simulate_main
+
+        sys.exit(simulate_main(argv[1:]))
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
 

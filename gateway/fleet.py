@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.endpoint import Endpoint
+from gateway.health.circuit import EndpointHealth
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Fleet:
         self.refresh_s = refresh_s
         self.endpoints: dict[str, Endpoint] = {}
         self.groups: dict[str, list[Endpoint]] = {}
+        self.group_healths: dict[str, list[EndpointHealth]] = {}  # for the outlier detector
         self.draining: dict[int, Endpoint] = {}
         self.version = 0
         self._cache: dict[str, _GroupCache] = {}
@@ -78,6 +80,7 @@ class Fleet:
         for endpoint in self.endpoints.values():
             groups.setdefault(endpoint.group, []).append(endpoint)
         self.groups = groups
+        self.group_healths = {g: [e.health for e in members] for g, members in groups.items()}
         self.invalidate()
         return added, removed
 

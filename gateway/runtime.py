@@ -30,7 +30,7 @@ from gateway.health.circuit import EndpointHealth
 from gateway.health.outcome import Outcome
 from gateway.health.outlier import OutlierDetector
 from gateway.health.settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
-from gateway.health.transition import CircuitState, Transition
+from gateway.health.transition import CheckState, CircuitState, Transition
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import CIRCUIT_STATE_VALUE, GatewayMetrics
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
@@ -231,8 +231,8 @@ class Runtime:
 
     def record_outcome(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None:
         """Land one try's outcome on the endpoint's health (the detector sees the fleet)."""
-        members = self.fleet.groups.get(endpoint.group, ())
-        return self.detector.on_outcome(endpoint.health, [e.health for e in members], outcome, now)
+        fleet = self.fleet.group_healths.get(endpoint.group, ())
+        return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
     def attempt_done(self, endpoint: Endpoint, transition: Transition | None) -> None:
         """A try finished: wake the longest-waiting queued request, if any (FIFO)."""
@@ -260,7 +260,8 @@ class Runtime:
             to.value,
             transition.reason,
         )
-        if transition.recovered or (to is not None and to.value == "healthy"):
+        back_from_probes = transition.from_state is CheckState.UNHEALTHY
+        if transition.recovered or back_from_probes:
             endpoint = self.fleet.endpoints.get(name)
             if endpoint is not None:
                 endpoint.signals.reset_for_recovery(self.clock())
