@@ -57,6 +57,29 @@ def measure_bandwidth_bytes_per_s(
     return 2 * size_bytes * repeats / elapsed_s
 
 
+def attention_regrowth_ms(device: torch.device, cudnn: bool, steps: int = 32) -> float:
+    """Mean ms of a decode-shaped attention call whose KV length grows by one each call.
+
+    Shows what a kernel that plans per shape (cuDNN) costs in decoding, where no two
+    consecutive steps share a KV length.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+    q = torch.randn(1, 32, 1, 128, device=device, dtype=torch.bfloat16)
+    kv = torch.randn(1, 8, 514 + steps, 128, device=device, dtype=torch.bfloat16)
+    start = 0.0
+    for i in range(steps + 2):
+        if i == 2:
+            _sync(device)
+            start = time.perf_counter()
+        length = 512 + i
+        mask = torch.ones(1, 1, 1, length, dtype=torch.bool, device=device)
+        k = kv[:, :, :length]
+        torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask, enable_gqa=True)
+    _sync(device)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    return (time.perf_counter() - start) / steps * 1000
+
+
 def _streamed_bytes(runner: ModelRunner) -> int:
     """Weight bytes a decode step reads on this rank (the embedding only by rows)."""
     model = runner.model
@@ -198,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(0) if gpus else "cpu"
     print(f"device: {name} x{gpus}, torch {torch.__version__}")
     print(f"memory copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s", flush=True)
+    if gpus:
+        on, off = (attention_regrowth_ms(device, cudnn) for cudnn in (True, False))
+        print(
+            f"decode attention, KV length growing each call: cuDNN allowed {on:.2f} ms/call, "
+            f"cuDNN off {off:.3f} ms/call",
+            flush=True,
+        )
     results = []
     for preset in a.presets.split(","):
         for world in (int(t) for t in a.tp.split(",")):

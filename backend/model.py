@@ -94,7 +94,8 @@ PRESETS: dict[str, ModelConfig] = {
 class Step:
     """One forward pass: which tokens, at which positions, in which KV-cache slots.
 
-    ``tokens`` and ``input_pos`` are ``[batch, seq]`` int64; ``slots`` is ``[batch]``.
+    ``tokens`` and ``input_pos`` are ``[batch, seq]`` int64; ``slots`` is ``[batch]``. A row's
+    tokens sit at consecutive positions, so ``seq == kv_len`` means a prefill from position 0.
     ``kv_len`` bounds the attended cache (max position + 1), known on the host so the model
     never syncs to find it. ``slot_start`` is set when ``slots`` is a contiguous run, letting
     attention read the cache as a view instead of gathering a copy.
@@ -179,7 +180,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * hd, config.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, step: Step) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, step: Step
+    ) -> Tensor:
         assert self.cache is not None, "call Transformer.setup_cache first"
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -188,7 +191,10 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         keys, values = self.cache.update(step, k, v)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        # No mask means a fresh prefill (positions 0..t-1): plain causal, the fastest kernels.
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+        )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -213,7 +219,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, step: Step) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, step: Step
+    ) -> Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, step)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -246,8 +254,10 @@ class Transformer(nn.Module):
         angles = step.input_pos[..., None].float() * self.inv_freq  # [b, t, head_dim / 2]
         angles = torch.cat((angles, angles), dim=-1)[:, None]  # [b, 1, t, head_dim]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        cached = torch.arange(step.kv_len, device=x.device)
-        mask = cached[None, None, None, :] <= step.input_pos[:, None, :, None]  # causal per row
+        mask = None
+        if step.tokens.shape[1] != step.kv_len:  # some rows attend to earlier cached tokens
+            cached = torch.arange(step.kv_len, device=x.device)
+            mask = cached[None, None, None, :] <= step.input_pos[:, None, :, None]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, step)
         if step.last_only:

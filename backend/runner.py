@@ -47,11 +47,22 @@ def _limit_cpu_threads(spec: RunnerSpec) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world))
 
 
+def _pick_attention_kernels(spec: RunnerSpec) -> None:
+    """Keep attention off cuDNN, which builds a new plan for every new KV length.
+
+    Each decode step attends one position further, so cuDNN would rebuild its plan on every
+    step; flash, memory-efficient and math kernels need no per-shape set-up.
+    """
+    if spec.device_type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def build_shard(
     spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None
 ) -> Transformer:
     """Join the group, load this rank's weights and allocate its KV cache."""
     _limit_cpu_threads(spec)
+    _pick_attention_kernels(spec)
     if store is not None:
         tp.init_group(rank, store, spec.timeout_s)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
