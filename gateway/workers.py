@@ -12,7 +12,9 @@ The master proxies nothing. It
 - starts each worker as a fresh interpreter (``python -m gateway.workers``) whose environment
   names a private, temporary ``PROMETHEUS_MULTIPROC_DIR``, so prometheus-client runs in
   multiprocess mode from its first import; a worker reports its pid and its private admin port
-  (127.0.0.1, ephemeral, guarded by a per-run secret token) on a pipe once it is listening;
+  (127.0.0.1, ephemeral, guarded by a per-run secret token) on a pipe once it is listening.
+  The worker gets its config from the master (pickled on stdin): the last valid one, so a
+  worker restarted while the file holds a broken edit serves what its siblings serve;
 - serves the admin listener only after every worker listens: ``/metrics`` aggregated over all
   workers, live and dead (counters survive restarts), ``/readyz`` (ready while one worker is),
   ``/admin/backends`` (each worker's snapshot, fetched from its private listener), ``/healthz``;
@@ -33,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import secrets
 import signal
 import socket
@@ -51,8 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.admin import _auth, build_admin_app
-from gateway.config import ConfigError, GatewayConfig, default_config_text, load_config
-from gateway.config import parse_config as parse_config_text
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.server import Gateway, make_listen_socket
 
 log = logging.getLogger("tailgate.workers")
@@ -175,7 +177,6 @@ class Master:
         )
         admin_runner: web.AppRunner | None = None
         try:
-            self._install_signal_handlers()
             started = await asyncio.gather(
                 *(self._spawn(slot) for slot in range(self.count)), return_exceptions=True
             )
@@ -206,13 +207,14 @@ class Master:
             reservation.close()
             self._waiters.shutdown(wait=False)
 
-    def _install_signal_handlers(self) -> None:
+    def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown, sig)
 
     def _forward_reload(self) -> None:
+        self._refresh_config()
         log.info("SIGHUP: reloading %d workers", len(self.workers))
         for worker in self.workers.values():
             worker.signal(signal.SIGHUP)
@@ -224,6 +226,7 @@ class Master:
         log.info("%s: draining %d workers", sig.name, len(self.workers))
         self.stopping = True
         self.exit_code = exit_code
+        self._refresh_config()  # the workers drain for the file's current drain_timeout
         for worker in self.workers.values():
             worker.signal(signal.SIGTERM)
         self._done.set()
@@ -233,7 +236,8 @@ class Master:
             worker.signal(signal.SIGTERM)
         pending = [w.exited for w in self.workers.values()]
         if pending:
-            _, late = await asyncio.wait(pending, timeout=self._drain_timeout_s() + STOP_GRACE_S)
+            timeout_s = self.config.drain_timeout + STOP_GRACE_S
+            _, late = await asyncio.wait(pending, timeout=timeout_s)
             for worker in list(self.workers.values()):
                 if worker.exited in late:
                     log.error("worker pid %d did not drain in time; killing it", worker.pid)
@@ -242,12 +246,15 @@ class Master:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _drain_timeout_s(self) -> float:
-        """The workers' drain timeout: the file's current value (it may have been reloaded)."""
-        if self.config_path is not None:
-            with contextlib.suppress(ConfigError, OSError):
-                return load_config(self.config_path).drain_timeout
-        return self.config.drain_timeout
+    def _refresh_config(self) -> bool:
+        """Adopt the config file's contents if valid (as the workers do); whether they were."""
+        if self.config_path is None:
+            return True
+        try:
+            self.config = load_config(self.config_path)
+        except (ConfigError, OSError):
+            return False
+        return True
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -266,13 +273,17 @@ class Master:
         argv += ["--status-fd", str(write_fd)]
         argv += ["--config", self.config_path] if self.config_path else []
         argv += [] if self.use_uvloop else ["--no-uvloop"]
+        env = self._worker_env()
         try:
-            proc = subprocess.Popen(argv, env=self._worker_env(), pass_fds=(write_fd,))
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, pass_fds=(write_fd,))
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:  # it died at once: EOF below
+            proc.stdin.write(pickle.dumps(self.config))
         exited = loop.run_in_executor(self._waiters, proc.wait)
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(
@@ -338,6 +349,8 @@ class Master:
             await asyncio.sleep(delay_s)
             if self.stopping:
                 return None
+            if not self._refresh_config():
+                log.warning("config file invalid: worker %d starts with the last valid one", slot)
             try:
                 return await self._spawn(slot)
             except (WorkerStartError, OSError) as exc:
@@ -424,7 +437,12 @@ def serve_workers(
     """Run ``workers`` gateway processes behind one master until SIGTERM; the exit status."""
     with tempfile.TemporaryDirectory(prefix="tailgate-metrics-") as metrics_dir:
         master = Master(config, config_path, workers, use_uvloop, Path(metrics_dir))
-        return _run(master.run, use_uvloop)
+
+        async def main() -> int:
+            master.install_signal_handlers()
+            return await master.run()
+
+        return _run(main, use_uvloop)
 
 
 def _run(main: Callable[[], Awaitable[int]], use_uvloop: bool) -> int:
@@ -477,16 +495,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--status-fd", type=int, required=True)
-    parser.add_argument("--config")
+    parser.add_argument("--config", help="the file to reload from (initial config: stdin)")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        config = (
-            load_config(args.config) if args.config else parse_config_text(default_config_text())
-        )
-    except ConfigError as exc:
-        print(f"worker {args.slot}: invalid config\n{exc}", file=sys.stderr)
-        return 2
+    config: GatewayConfig = pickle.load(sys.stdin.buffer)  # the master's, same code: trusted
     logging.basicConfig(
         level=getattr(logging, config.logging.level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s %(name)s[worker {args.slot} %(process)d]: %(message)s",

@@ -9,11 +9,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import parse_config
+from gateway.workers import Master, RestartPolicy
 from tests.helpers import GatewayProcess, Pod, free_port, gateway_yaml, get_json, start_pod
 
 WORKERS = 2
@@ -140,10 +144,12 @@ async def test_sighup_reloads_every_worker() -> None:
 
 
 async def test_a_killed_worker_is_replaced_and_its_counts_are_kept() -> None:
+    """The replacement starts with the last valid config, though the file now holds a bad edit."""
     async with pods(1) as fleet, worker_gateway(fleet) as gw:
         assert await send(gw, 10) == [200] * 10
         before = await get_json(f"{gw.admin}/admin/backends")
         victim, survivor = (w["pid"] for w in before["workers"])
+        gw.proc.config_path.write_text("listen: [not, a, mapping]\n")
         os.kill(victim, signal.SIGKILL)
 
         async def pids() -> set[int]:
@@ -156,6 +162,7 @@ async def test_a_killed_worker_is_replaced_and_its_counts_are_kept() -> None:
         assert metric_total(await scrape(gw), "tailgate_requests_total") == 20
         output = gw.proc.stop()
     assert f"(pid {victim}) died unexpectedly: killed by SIGKILL" in output
+    assert "config file invalid: worker 0 starts with the last valid one" in output
 
 
 async def test_sigterm_drains_workers_and_exits_zero_after_the_request_in_flight() -> None:
@@ -185,3 +192,35 @@ async def test_sigterm_drains_workers_and_exits_zero_after_the_request_in_flight
         assert status == 0
         output = gw.proc.stop()
     assert "SIGTERM: draining 2 workers" in output
+
+
+async def test_a_crash_loop_stops_the_master_with_exit_status_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process master (no signal handlers installed): two crashes allowed one restart."""
+    async with pods(1) as fleet:
+        config = parse_config(gateway_yaml(fleet, "health_check: {enabled: false}\n"))
+        restarts = RestartPolicy(max_restarts=1, base_delay_s=0.01)
+        master = Master(config, None, WORKERS, False, tmp_path, restarts)
+        run = asyncio.create_task(master.run())
+        try:
+
+            async def admin_up() -> int | None:
+                return master.admin_port
+
+            await eventually(admin_up, lambda port: port is not None, timeout_s=20.0)
+            first = master.workers[0].pid
+            os.kill(first, signal.SIGKILL)
+
+            async def slot0() -> int | None:
+                worker = master.workers.get(0)
+                return worker.pid if worker else None
+
+            second = await eventually(slot0, lambda pid: pid not in (None, first))
+            os.kill(second, signal.SIGKILL)
+            assert await asyncio.wait_for(asyncio.shield(run), 20.0) == 1
+        finally:
+            master.shutdown()
+            await run
+    assert master.workers == {}
+    assert "workers crashed 2 times within 60s: stopping the gateway" in caplog.text
