@@ -30,8 +30,8 @@ from gateway.headers import header_bytes, request_id_from
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.routing import Route, model_of
 from gateway.runtime import Runtime
+from gateway.selection import NoPick, retry_allowed, select_endpoint
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 access_log = logging.getLogger("tailgate.access")
 log = logging.getLogger("tailgate")
 
@@ -211,50 +211,46 @@ class ProxyHandler:
         number: int,
         ctx: RequestContext,
     ) -> bool:
-        retries = config.retries
-        if number >= retries.attempts or not body.replayable:
-            return False
+        rt = self.runtime
         condition: str | int = int(reason) if reason.isdigit() else reason
-        if condition not in retries.retry_on:
-            return False
-        opted_in = (
-            route.retry_non_idempotent
-            if route.retry_non_idempotent is not None
-            else retries.retry_non_idempotent
+        allowed = retry_allowed(
+            condition,
+            reached_upstream,
+            request.method,
+            body.replayable,
+            number,
+            config.retries,
+            route.retry_non_idempotent,
+            rt.retry_budget,
+            rt.clock(),
         )
-        if reached_upstream and request.method not in IDEMPOTENT and not opted_in:
+        if allowed is None:
+            rt.metrics.retry_budget_exhausted.labels(route.name).inc()
             return False
-        if not self.runtime.retry_budget.try_spend(self.runtime.clock()):
-            self.runtime.metrics.retry_budget_exhausted.labels(route.name).inc()
-            return False
-        self.runtime.metrics.retries.labels(route.name, reason).inc()
-        return True
+        if allowed:
+            rt.metrics.retries.labels(route.name, reason).inc()
+        return allowed
 
     async def _acquire(self, group: str, tried: list[str], config: GatewayConfig) -> Endpoint:
-        """An endpoint of ``group`` that may take this try now, waiting in the queue if all are
-        at ``max_requests_per_backend``; raises :class:`Shed` when there is none."""
+        """An endpoint of ``group`` that may take this try now, waiting in the queue while all
+        are at ``max_requests_per_backend``; raises :class:`Shed` when there is none."""
         rt = self.runtime
-        max_requests = config.limits.max_requests_per_backend
-        for _ in range(8):
-            now = rt.clock()
-            candidates, panic = rt.fleet.candidates(group, now)
-            if not candidates:
+        while True:
+            picked = select_endpoint(
+                rt.fleet,
+                rt.policy_for(group),
+                group,
+                tried,
+                config.limits.max_requests_per_backend,
+                rt.clock(),
+                rt.rng,
+            )
+            if picked is NoPick.NO_BACKEND:
                 raise Shed("no_backend", f"no healthy backend available for group {group!r}")
-            pool = candidates
-            if tried:
-                pool = [c for c in candidates if c.name not in tried] or candidates
-            policy = rt.policy_for(group)
-            endpoint = policy.pick(pool, now, rt.rng)
-            if endpoint.signals.in_flight >= max_requests:
-                roomy = [c for c in pool if c.signals.in_flight < max_requests]
-                if not roomy:
-                    await self._wait_for_room(group, config)
-                    continue
-                endpoint = policy.pick(roomy, now, rt.rng)
-            if panic or endpoint.health.try_acquire(now):
-                return endpoint
-            rt.fleet.invalidate()  # the cached view was stale: rebuild and pick again
-        raise Shed("no_backend", f"no backend of group {group!r} is admitting requests")
+            if picked is NoPick.ALL_FULL:
+                await self._wait_for_room(group, config)
+                continue
+            return picked
 
     async def _wait_for_room(self, group: str, config: GatewayConfig) -> None:
         rt = self.runtime

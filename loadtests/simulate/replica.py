@@ -3,8 +3,8 @@
 The replica owns no balancing or health logic of its own. It builds the gateway's Runtime (its
 own fleet of Endpoints, signals, policy, outlier detector, retry budget) with the simulator's
 clock and a per-replica RNG, and makes, at the simulator's instants, the calls the gateway's
-request path makes in ``gateway.handler`` — ``_acquire`` for the pick, ``_may_retry`` for a
-retry — and wraps every try in the gateway's own :class:`gateway.attempt.Attempt`, so outcomes
+request path makes in ``gateway.selection`` (``select_endpoint`` for the pick,
+``retry_allowed`` for a retry), and wraps every try in the gateway's own :class:`gateway.attempt.Attempt`, so outcomes
 and latency samples are recorded by the very code that records them in production.
 
 Two deliberate differences, both only for speed and neither changing a decision:
@@ -27,6 +27,7 @@ from gateway.health.outcome import Outcome
 from gateway.health.transition import Transition
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import Runtime
+from gateway.selection import NoPick, retry_allowed, select_endpoint
 from loadtests.simulate.scenarios import PodSpec
 
 GROUP = "default"
@@ -94,32 +95,22 @@ class GatewayReplica:
     # -- the request path (after gateway.handler.ProxyHandler) ----------------------------------
 
     def acquire(self, tried: list[str], now: float) -> Endpoint | None:
-        """The synchronous part of ``ProxyHandler._acquire``; None where the gateway sheds.
+        """The gateway's own pick (``gateway.selection.select_endpoint``); None where it sheds.
 
         Where every candidate is at ``max_requests_per_backend`` the gateway queues the request
         (admission control); the simulator sheds it instead and counts it as failed.
         """
         rt = self.runtime
-        fleet = rt.fleet
-        max_requests = rt.config.limits.max_requests_per_backend
-        for _ in range(8):
-            candidates, panic = fleet.candidates(GROUP, now)
-            if not candidates:
-                return None
-            pool = candidates
-            if tried:
-                pool = [c for c in candidates if c.name not in tried] or candidates
-            policy = rt.policy_for(GROUP)
-            endpoint = policy.pick(pool, now, rt.rng)
-            if endpoint.signals.in_flight >= max_requests:
-                roomy = [c for c in pool if c.signals.in_flight < max_requests]
-                if not roomy:
-                    return None
-                endpoint = policy.pick(roomy, now, rt.rng)
-            if panic or endpoint.health.try_acquire(now):
-                return endpoint
-            fleet.invalidate()
-        return None
+        picked = select_endpoint(
+            rt.fleet,
+            rt.policy_for(GROUP),
+            GROUP,
+            tried,
+            rt.config.limits.max_requests_per_backend,
+            now,
+            rt.rng,
+        )
+        return None if isinstance(picked, NoPick) else picked
 
     def begin(self, endpoint: Endpoint) -> Attempt:
         """Enter the gateway's Attempt for one try (counts it in flight)."""
@@ -135,14 +126,21 @@ class GatewayReplica:
     def may_retry(
         self, condition: str | int, reached_upstream: bool, number: int, now: float
     ) -> bool:
-        """``ProxyHandler._may_retry`` for an inference POST with a replayable body."""
+        """The gateway's own rule (``gateway.selection.retry_allowed``) for an inference POST
+        with a replayable body."""
         rt = self.runtime
-        retries = rt.config.retries
-        if number >= retries.attempts or condition not in retries.retry_on:
-            return False
-        if reached_upstream and not retries.retry_non_idempotent:
-            return False
-        return rt.retry_budget.try_spend(now)
+        allowed = retry_allowed(
+            condition,
+            reached_upstream,
+            "POST",
+            True,
+            number,
+            rt.config.retries,
+            None,
+            rt.retry_budget,
+            now,
+        )
+        return bool(allowed)
 
     def backoff_s(self, number: int) -> float:
         """tenacity's ``wait_random_exponential`` as the handler configures it, on our RNG."""
