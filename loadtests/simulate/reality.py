@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from gateway.config import parse_config
 from gateway.config.model import GatewayConfig
-from loadtests.scenarios import SCENARIOS as LOADTEST_SCENARIOS
 from loadtests.simulate.compare import compare
 from loadtests.simulate.engine import PolicyChoice
 from loadtests.simulate.scenarios import PodSpec, Scenario
@@ -48,6 +47,8 @@ def peer_config() -> GatewayConfig:
 
 def simulated(name: str) -> tuple[Scenario, int]:
     """The loadtest scenario `name` as a simulator scenario, and its number of requests."""
+    from loadtests.scenarios import SCENARIOS as LOADTEST_SCENARIOS  # the real loadtests
+
     real = LOADTEST_SCENARIOS[name]
     pods = []
     for i, pod in enumerate(real.pods):

@@ -5,7 +5,8 @@ own fleet of Endpoints, signals, policy, outlier detector, retry budget) with th
 clock and a per-replica RNG, and makes, at the simulator's instants, the calls the gateway's
 request path makes in ``gateway.selection`` (``select_endpoint`` for the pick,
 ``retry_allowed`` for a retry), and wraps every try in the gateway's own
-:class:`gateway.attempt.Attempt`, so outcomes and latency samples are recorded by the very code that records them in production.
+:class:`gateway.attempt.Attempt`, so outcomes and latency samples are recorded by the very
+code that records them in production.
 
 Two deliberate differences, both only for speed and neither changing a decision:
   * Attempts get :class:`DiscardMetrics` instead of Prometheus families (metrics are write-only).
