@@ -32,14 +32,15 @@ class WorkerGateway:
 
 @asynccontextmanager
 async def worker_gateway(
-    pods: Sequence[Pod | str], extra: str = ""
+    pods: Sequence[Pod | str], extra: str = "", admin_token: str | None = None
 ) -> AsyncIterator[WorkerGateway]:
     """A ``--workers 2`` gateway in front of ``pods`` (or URLs), ready: every worker listens."""
     listen_port, admin_port = free_port(), free_port()
+    token = f", token: {admin_token}" if admin_token else ""
     yaml_text = (
         gateway_yaml(list(pods))  # type: ignore[arg-type]
         .replace("port: 0}", f"port: {listen_port}}}", 1)
-        .replace("port: 0}", f"port: {admin_port}}}", 1)
+        .replace("port: 0}", f"port: {admin_port}{token}}}", 1)
     )
     yaml_text += "health_check: {enabled: false}\ndrain_timeout: 10s\n" + extra
     proc = GatewayProcess(yaml_text, ("--workers", str(WORKERS)))
@@ -141,6 +142,19 @@ async def test_sighup_reloads_every_worker() -> None:
             return metric_total(await scrape(gw), "tailgate_config_reloads_total", result="success")
 
         await eventually(reloads, lambda n: n == WORKERS)
+
+
+async def test_the_admin_token_guards_the_master_not_its_talk_with_the_workers() -> None:
+    async with pods(1) as fleet, worker_gateway(fleet, admin_token="s3cret") as gw:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{gw.admin}/admin/backends") as resp:
+                assert resp.status == 401
+            auth = {"Authorization": "Bearer s3cret"}
+            async with client.get(f"{gw.admin}/admin/backends", headers=auth) as resp:
+                backends = await resp.json()
+            async with client.get(f"{gw.admin}/readyz", headers=auth) as resp:
+                assert resp.status == 200
+    assert [sorted(w) for w in backends["workers"]] == [["draining", "groups", "pid", "slot"]] * 2
 
 
 async def test_a_killed_worker_is_replaced_and_its_counts_are_kept() -> None:
