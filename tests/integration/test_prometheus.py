@@ -23,7 +23,7 @@ from tests.tools import require_tool
 
 QUERY = "sum(tailgate_requests_total)"
 TRAFFIC = 12
-# Round robin reaches the dead backend within every three picks in each worker: deterministic.
+# Round robin tries the dead backend once in every three picks of each worker: deterministic.
 ROUND_ROBIN = "balancer: {policy: round_robin}\n"
 
 
@@ -34,7 +34,7 @@ async def fetch_text(url: str) -> str:
 
 
 async def traffic_with_failures(base_url: str) -> None:
-    """Successes, 503s that are retried and a dead backend: every labelled family gets samples."""
+    """Successes, retried 503s and a dead backend: requests, retries and failures get samples."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
         for i in range(TRAFFIC):
             # GET /status/503 is retried (idempotent), then answered 503; POSTs succeed.
@@ -44,7 +44,7 @@ async def traffic_with_failures(base_url: str) -> None:
 
 
 def dead_backend() -> str:
-    """A URL nothing listens on: connect failures, retries and ejection get samples."""
+    """A URL nothing listens on: its tries fail to connect and are retried elsewhere."""
     return f"http://127.0.0.1:{free_port()}"
 
 
