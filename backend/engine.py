@@ -107,6 +107,7 @@ class Engine:
         self._running: dict[int, Request] = {}
         self._free_slots = list(range(max_batch_size))
         self._stopping = False
+        self._draining = False
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="tailgate-engine", daemon=True)
         self.runner: Runner | None = None
@@ -130,8 +131,8 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         with self._cv:
-            if self._stopping:
-                raise QueueFull("engine is stopping")
+            if self._stopping or self._draining:
+                raise QueueFull("server is shutting down")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests already waiting")
             self._waiting.append(request)
@@ -144,6 +145,12 @@ class Engine:
             if request in self._waiting:
                 self._waiting.remove(request)
             self._cv.notify()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests, then wait up to timeout_s for the accepted ones to finish."""
+        with self._cv:
+            self._draining = True
+            return self._cv.wait_for(lambda: not self._waiting and not self._running, timeout_s)
 
     def stop(self, timeout_s: float) -> None:
         with self._cv:
@@ -280,6 +287,7 @@ class Engine:
             if request.slot is not None and self._running.get(request.slot) is request:
                 del self._running[request.slot]
                 heapq.heappush(self._free_slots, request.slot)
+                self._cv.notify_all()  # a drain may be waiting for the last one
 
     def _reap_cancelled(self) -> None:
         for request in [r for r in self._running.values() if r.cancelled]:

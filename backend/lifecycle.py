@@ -142,6 +142,8 @@ class Lifecycle:
         timeout_s = self.config.shutdown_timeout_s
         self.state.ready = False
         log.info("tailgate-backend shutting down")
+        if self.exit_code == 0 and not await asyncio.to_thread(engine.drain, timeout_s):
+            log.warning("requests still running after %.1fs; ending them", timeout_s)
         workers.expect_exit()
         # Engine first: requests still held end with an error event, so handlers can finish.
         await asyncio.to_thread(engine.stop, timeout_s)

@@ -156,4 +156,6 @@ def load_model(source: ModelSource, rank: tp.Rank, dtype: torch.dtype) -> Transf
                     f"does not fit parameter {tuple(params[name].shape)}"
                 )
             params[name].copy_(value)
+    if rank.device.type == "cuda":
+        torch.cuda.empty_cache()  # return the full tensors drawn for random weights
     return model.eval()

@@ -160,3 +160,21 @@ def test_seeded_sampling_is_reproducible_across_batches(gated) -> None:
     drain(neighbour_events)
     assert together.output_ids == alone.output_ids
     assert neighbour.output_ids != alone.output_ids
+
+
+def test_drain_refuses_new_work_and_lets_accepted_finish(gated) -> None:
+    engine, runner, _ = gated
+    request, events = collecting(4)
+    engine.submit(request)
+    events.get(timeout=WAIT_S)
+    assert runner.blocked.wait(WAIT_S)
+    drained: list[bool] = []
+    drainer = threading.Thread(target=lambda: drained.append(engine.drain(WAIT_S)))
+    drainer.start()
+    wait_until(lambda: engine._draining)
+    with pytest.raises(QueueFull):
+        engine.submit(collecting(2)[0])
+    runner.permits.release(100)
+    drainer.join(WAIT_S)
+    assert drained == [True]
+    assert drain(events)[-1].finish_reason == "length" and len(request.output_ids) == 4

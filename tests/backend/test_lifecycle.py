@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -49,6 +50,22 @@ async def test_ready_flips_only_after_load_and_warm_up(monkeypatch: pytest.Monke
     assert await asyncio.wait_for(task, WAIT_S) == 0
 
 
+def alive(pid: int) -> bool:
+    """Running, and not merely a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived its rank 0"
+        time.sleep(0.05)
+
+
 def test_tp2_serves_and_sigterm_stops_every_rank(backend_process) -> None:
     server = backend_process("--preset", "tiny", "--tp", "2", "--max-model-len", "64")
     url = server.wait_ready(WAIT_S)
@@ -60,8 +77,7 @@ def test_tp2_serves_and_sigterm_stops_every_rank(backend_process) -> None:
     )
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] >= 1
     assert server.stop(WAIT_S) == 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker_pid, 0)
+    assert not alive(worker_pid)
 
 
 def test_killed_rank_brings_the_server_down_loudly(backend_process) -> None:
@@ -71,3 +87,12 @@ def test_killed_rank_brings_the_server_down_loudly(backend_process) -> None:
     os.kill(worker_pid, signal.SIGKILL)
     assert server.proc.wait(WAIT_S) != 0
     assert f"rank 1 (pid {worker_pid}) exited with code -9" in server.output
+
+
+def test_workers_exit_when_rank_zero_is_killed(backend_process) -> None:
+    server = backend_process("--preset", "tiny", "--tp", "2", "--max-model-len", "64")
+    server.wait_ready(WAIT_S)
+    worker_pid = int(server.wait_for(RANK_LINE, WAIT_S).group(1))
+    server.proc.kill()
+    server.proc.wait(WAIT_S)
+    wait_gone(worker_pid)
