@@ -82,7 +82,11 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 
-def _auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(
+    token: str | None,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Bearer-token check for every admin path but ``/healthz``; JSON errors for HTTP errors."""
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token and request.path != "/healthz":
@@ -102,7 +106,7 @@ def _auth(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.S
 def build_admin_app(
     runtime: Runtime, token: str | None, render_metrics: Callable[[], bytes] | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[_auth(token)])
+    app = web.Application(middlewares=[auth_middleware(token)])
     app[RUNTIME] = runtime
     app[METRICS_RENDER] = render_metrics or (lambda: generate_latest(runtime.metrics.registry))
     app.router.add_get("/metrics", _metrics)

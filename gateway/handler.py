@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 from gateway import proxy
@@ -125,16 +125,22 @@ class ProxyHandler:
         group: str,
         body: RequestBody,
     ) -> web.StreamResponse:
+        try:  # the first try runs bare: most requests never need the retry machinery
+            return await self._try_once(request, config, ctx, route, group, body, 1)
+        except RetryableTry:
+            pass  # _try_once already checked that a retry is allowed and spent the budget
         retries = config.retries
+        backoff = wait_random_exponential(multiplier=retries.backoff_base, max=retries.backoff_max)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retries.attempts),
-            wait=wait_random_exponential(multiplier=retries.backoff_base, max=retries.backoff_max),
+            stop=stop_after_attempt(retries.attempts - 1),
+            wait=backoff,
+            before=_first_backoff(backoff),
             retry=retry_if_exception_type(RetryableTry),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                number = attempt.retry_state.attempt_number
+                number = attempt.retry_state.attempt_number + 1
                 return await self._try_once(request, config, ctx, route, group, body, number)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
@@ -367,6 +373,17 @@ class ProxyHandler:
                     separators=(",", ":"),
                 )
             )
+
+
+def _first_backoff(backoff: wait_random_exponential):  # type: ignore[no-untyped-def]
+    """tenacity waits only between its own attempts; the retries here follow a first try made
+    outside it, so the first of them waits too, drawn from the same jittered back-off."""
+
+    async def before(retry_state: RetryCallState) -> None:
+        if retry_state.attempt_number == 1:
+            await asyncio.sleep(backoff(retry_state))
+
+    return before
 
 
 def _abort(request: web.BaseRequest) -> None:

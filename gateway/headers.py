@@ -6,7 +6,7 @@ forwarded: the fixed set below plus every header named in ``Connection``.
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -52,12 +52,15 @@ def end_to_end(
     return out
 
 
+_ids = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+
+
 def request_id_from(headers: CIMultiDictProxy[str], header_name: str) -> str:
     """Keep a sane client-supplied request id, else make one (so logs on both sides correlate)."""
     given = headers.get(header_name, "")
     if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
         return given
-    return uuid.uuid4().hex
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def forwarded_for(existing: str | None, client_ip: str | None) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -215,7 +216,13 @@ class Runtime:
         return Endpoint(spec.name, spec.url, spec.weight, spec.group, signals, health)
 
     def _forget_labels(self, name: str) -> None:
-        for gauge in (
+        """Drop a removed backend's per-backend gauges.
+
+        prometheus-client cannot remove labels in multiprocess mode (``--workers``); there
+        the gauges are zeroed instead (routable 0, nothing in flight), which is what they mean
+        for a backend that is gone.
+        """
+        gauges = (
             self.metrics.in_flight,
             self.metrics.queue_depth,
             self.metrics.reported_queue_depth,
@@ -223,9 +230,14 @@ class Runtime:
             self.metrics.score,
             self.metrics.routable,
             self.metrics.circuit_state,
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name)
+        )
+        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        for gauge in gauges:
+            if multiprocess:
+                gauge.labels(name).set(0)
+            else:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
 
     # -- outcomes ------------------------------------------------------------------------------
 

@@ -148,12 +148,12 @@ class Gateway:
         if self.config_path is not None:
             self._watch_task = asyncio.create_task(self._watch_config(), name="config-watch")
         rt.metrics.backends.set(len(rt.fleet.endpoints))
+        admin_at = f", admin {cfg.admin.host}:{self.admin_port}" if self.admin_port else ""
         log.info(
-            "tailgate listening on http://%s:%s (admin %s:%s), %d backends, policy %s",
+            "tailgate listening on http://%s:%s%s, %d backends, policy %s",
             cfg.listen.host,
             self.public_port,
-            cfg.admin.host,
-            self.admin_port,
+            admin_at,
             len(rt.fleet.endpoints),
             cfg.balancer.policy,
         )

@@ -53,7 +53,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway.admin import _auth, build_admin_app
+from gateway.admin import auth_middleware, build_admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.server import Gateway, make_listen_socket
 
@@ -381,7 +381,7 @@ class Master:
         admin = self.config.admin
         if not admin.enabled:
             return None
-        app = web.Application(middlewares=[_auth(admin.token)])
+        app = web.Application(middlewares=[auth_middleware(admin.token)])
         routes: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
             "/metrics": self._metrics,
             "/admin/backends": self._backends,

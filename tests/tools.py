@@ -21,6 +21,8 @@ INSTALL_HINTS: dict[str, str] = {
     "docker-compose": "apt-get install -y docker-compose",
     "promtool": "apt-get install -y prometheus (Debian's package ships promtool)",
     "kubernetes-validate": "pip install kubernetes-validate",
+    "prometheus": "apt-get install -y prometheus",
+    "dnsmasq": "apt-get install -y dnsmasq",
 }
 
 
