@@ -67,11 +67,10 @@ def _is_stop(v: Any) -> bool:
 def _is_content(v: Any) -> bool:
     if isinstance(v, str):
         return True
-    parts_ok = isinstance(v, list) and all(
+    return isinstance(v, list) and all(
         isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
         for p in v
     )
-    return parts_ok
 
 
 def _is_messages(v: Any) -> bool:

@@ -188,54 +188,85 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
+@dataclass(frozen=True)
+class Reply:
+    """The OpenAI object shapes of one response: completion or chat, whole or chunked."""
+
+    rid: str
+    created: int
+    model: str
+    chat: bool
+
+    @classmethod
+    def new(cls, model: str, chat: bool) -> Reply:
+        prefix = "chatcmpl" if chat else "cmpl"
+        return cls(f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model, chat)
+
+    def whole(self, text: str, finish: str | None, use: dict[str, int]) -> dict[str, Any]:
+        shape = chat_body if self.chat else completion_body
+        return shape(self.rid, self.created, self.model, text, finish, use)
+
+    def opening(self) -> dict[str, Any] | None:
+        """Chat streams announce the assistant role first; completions have no opener."""
+        if not self.chat:
+            return None
+        role = {"role": "assistant", "content": ""}
+        return chat_chunk(self.rid, self.created, self.model, role, None)
+
+    def chunk(self, delta: str, finish: str | None) -> dict[str, Any]:
+        if self.chat:
+            content = {"content": delta} if delta else {}
+            return chat_chunk(self.rid, self.created, self.model, content, finish)
+        return completion_body(self.rid, self.created, self.model, delta, finish, None)
+
+    def usage_chunk(self, use: dict[str, int]) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return usage_chunk(self.rid, self.created, self.model, obj, use)
+
+
+async def _answer_whole(state: BackendState, gen: Generation, reply: Reply) -> web.Response:
+    text = "".join([d async for d in _deltas(state, gen)])
+    if gen.finish_reason == "error" and gen.completion_tokens == 0:
+        # Nothing was generated (engine stopping or failed): safe for a caller to retry.
+        raise ApiError(503, "engine unavailable", type_="server_error", code="engine_unavailable")
+    if gen.finish_reason == "error":
+        raise ApiError(500, "generation failed", type_="server_error", code="engine_error")
+    use = usage(len(gen.request.prompt_ids), gen.completion_tokens)
+    return web.json_response(reply.whole(text, gen.finish_reason, use))
+
+
+async def _answer_stream(
+    request: web.Request, gen: Generation, reply: Reply, include_usage: bool
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    if (opening := reply.opening()) is not None:
+        await response.write(_sse(opening))
+    async for delta in _deltas(_state(request), gen):
+        await response.write(_sse(reply.chunk(delta, gen.finish_reason)))
+    if gen.finish_reason == "error":
+        error = error_body("generation failed", "server_error", code="engine_error")
+        await response.write(_sse(error))
+    elif include_usage:
+        use = usage(len(gen.request.prompt_ids), gen.completion_tokens)
+        await response.write(_sse(reply.usage_chunk(use)))
+    await response.write(_sse("[DONE]"))
+    await response.write_eof()
+    return response
+
+
 async def _respond(
     request: web.Request, params: GenerationParams, chat: bool
 ) -> web.StreamResponse:
     state = _state(request)
     gen = _start(state, params)
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    created, model = int(time.time()), state.config.model_name
+    reply = Reply.new(state.config.model_name, chat)
     try:
-        if not params.stream:
-            text = "".join([d async for d in _deltas(state, gen)])
-            if gen.finish_reason == "error" and gen.completion_tokens == 0:
-                # Nothing was generated (engine stopping or failed): safe for a caller to retry.
-                raise ApiError(
-                    503, "engine unavailable", type_="server_error", code="engine_unavailable"
-                )
-            if gen.finish_reason == "error":
-                raise ApiError(500, "generation failed", type_="server_error", code="engine_error")
-            use = usage(len(gen.request.prompt_ids), gen.completion_tokens)
-            body = (chat_body if chat else completion_body)(
-                rid, created, model, text, gen.finish_reason, use
-            )
-            return web.json_response(body)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        if chat:
-            await response.write(
-                _sse(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None))
-            )
-        async for delta in _deltas(state, gen):
-            reason = gen.finish_reason
-            if chat:
-                chunk = chat_chunk(rid, created, model, {"content": delta} if delta else {}, reason)
-            else:
-                chunk = completion_body(rid, created, model, delta, reason, None)
-            await response.write(_sse(chunk))
-        if gen.finish_reason == "error":
-            await response.write(
-                _sse(error_body("generation failed", "server_error", code="engine_error"))
-            )
-        elif params.include_usage:
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            use = usage(len(gen.request.prompt_ids), gen.completion_tokens)
-            await response.write(_sse(usage_chunk(rid, created, model, obj, use)))
-        await response.write(_sse("[DONE]"))
-        await response.write_eof()
-        return response
+        if params.stream:
+            return await _answer_stream(request, gen, reply, params.include_usage)
+        return await _answer_whole(state, gen, reply)
     finally:
         if not gen.request.finished:
             state.engine.cancel(gen.request)  # client left, stop string hit, or an error
