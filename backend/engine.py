@@ -180,7 +180,8 @@ class Engine:
     def _warm_up(self, runner: Runner) -> None:
         """Run one prefill and one decode so the first request pays no one-off start-up costs."""
         probe = Request(prompt_ids=[0, 0], max_tokens=2, ignore_eos=True)
-        self._waiting.appendleft(probe)
+        with self._cv:
+            self._waiting.appendleft(probe)  # ahead of any request that came in early
         self._admit(runner)
         self._decode(runner)
         self._release(probe)

@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 
+import torch
 from aiohttp import web
 
 from backend import tp
@@ -74,6 +75,10 @@ class Lifecycle:
             tp.check_divisible(model_config, cfg.tp)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if cfg.device == "cuda" and cfg.tp > torch.cuda.device_count():
+            raise ConfigError(
+                f"--tp {cfg.tp} needs {cfg.tp} GPUs; {torch.cuda.device_count()} visible"
+            )
         rank0 = tp.Rank(0, cfg.tp, tp.device_for(0, cfg.device))
         store = (
             tp.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None

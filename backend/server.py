@@ -9,6 +9,7 @@ is what a tailgate gateway reads to steer traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -135,18 +136,28 @@ def _prompt_ids(state: BackendState, params: GenerationParams) -> list[int]:
     return state.tokenizer.encode(params.prompt)
 
 
+def _deliverer(events: asyncio.Queue[TokenEvent]) -> Callable[[TokenEvent], None]:
+    """Hand engine-thread events to the loop; once the loop is closed nobody is listening."""
+    loop = asyncio.get_running_loop()
+
+    def deliver(event: TokenEvent) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    return deliver
+
+
 def _start(state: BackendState, params: GenerationParams) -> Generation:
     ids = _prompt_ids(state, params)
     cfg = state.config
     max_tokens = resolve_max_tokens(params.max_tokens, len(ids), cfg.max_model_len, cfg.max_tokens)
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue[TokenEvent] = asyncio.Queue()
     request = Request(
         prompt_ids=ids,
         max_tokens=max_tokens,
         sampling=params.sampling,
         ignore_eos=params.ignore_eos,
-        on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        on_event=_deliverer(events),
     )
     try:
         state.engine.submit(request)
