@@ -17,7 +17,7 @@ from backend import tp  # noqa: E402
 from backend.engine import Engine, Request  # noqa: E402
 from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec, worker_main  # noqa: E402
-from backend.weights import ModelSource  # noqa: E402
+from backend.weights import ModelSource, load_model  # noqa: E402
 
 TOLERANCE = 1e-4
 PROMPTS = [[1, 17, 42, 99, 5, 230, 7], [1, 300, 12]]
@@ -165,3 +165,21 @@ def test_indivisible_heads_are_refused_at_start() -> None:
         tp.check_divisible(PRESETS["tiny"], 4)
     with pytest.raises(ValueError, match="attention heads"):
         tp.check_divisible(PRESETS["tiny"], 3)
+
+
+def test_each_rank_loads_only_its_slices(sharded_checkpoint: Path) -> None:
+    """Rank shards, loaded without a process group, tile the full (tied) checkpoint exactly."""
+    full = transformers.LlamaForCausalLM.from_pretrained(sharded_checkpoint, dtype=torch.float32)
+    ref = full.state_dict()
+    source = ModelSource(path=sharded_checkpoint)
+    shards = [load_model(source, tp.Rank(r, 2, torch.device("cpu")), torch.float32) for r in (0, 1)]
+    layer = "layers.1"
+    for name, dim in (("self_attn.k_proj", 0), ("mlp.up_proj", 0), ("self_attn.o_proj", 1)):
+        parts = [s.get_submodule(f"{layer}.{name}").weight for s in shards]
+        assert torch.equal(torch.cat(parts, dim), ref[f"model.{layer}.{name}.weight"])
+    heads = torch.cat([s.lm_head.weight for s in shards])
+    assert torch.equal(heads, ref["model.embed_tokens.weight"])  # tied head, split by vocabulary
+    # Every linear of every layer is halved; only the RMSNorm weights are replicated.
+    held = sum(p.numel() for n, p in shards[0].layers.named_parameters() if "norm" not in n)
+    whole = sum(p.numel() for n, p in full.model.layers.named_parameters() if "norm" not in n)
+    assert held * 2 == whole
