@@ -18,6 +18,8 @@ from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
 from backend.sampling import SamplingParams  # noqa: E402
 from backend.weights import ModelSource  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 WAIT_S = 10
 
 

@@ -20,6 +20,8 @@ from backend.server import BackendState, build_app
 from backend.tokenizer import ByteTokenizer
 from tests.backend.conftest import ROOT
 
+pytestmark = pytest.mark.torch
+
 FAULT_LATENCY_S = 0.05
 
 

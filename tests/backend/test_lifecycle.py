@@ -18,6 +18,8 @@ from backend import lifecycle
 from backend.config import BackendConfig
 from backend.runner import ModelRunner
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 WAIT_S = 20
 RANK_LINE = re.compile(r"started tensor-parallel rank 1 \(pid (\d+)\)")
 

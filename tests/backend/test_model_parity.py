@@ -19,6 +19,8 @@ from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec, worker_main  # noqa: E402
 from backend.weights import ModelSource, load_model  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 TOLERANCE = 1e-4
 PROMPTS = [[1, 17, 42, 99, 5, 230, 7], [1, 300, 12]]
 NEW_TOKENS = 12

@@ -18,6 +18,8 @@ from backend.sampling import SamplingParams, sample, sample_row  # noqa: E402
 from backend.text import TextStream  # noqa: E402
 from backend.tokenizer import ByteTokenizer  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 
 def test_greedy_rows_take_argmax_without_generator() -> None:
     logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])

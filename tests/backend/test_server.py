@@ -15,6 +15,8 @@ openai = pytest.importorskip("openai")
 
 from tests.backend.conftest import BackendProcess  # noqa: E402
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 MODEL = "tailgate-tiny"
 WAIT_S = 15
 LONG_TOKENS = 32000  # seconds of decoding on the tiny model: far longer than the test needs
