@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from loadtests import report
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = [SCENARIOS[n] for n in scenario_names]
     results = run_all(scenarios, peer_names, settings, progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(r), "ranked_latency_s": None} for r in results]  # latencies: too many
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     png = args.plot or args.out / "latency.png"
     written = plot(results, png, f"tailgate vs peers, {args.duration} per run")
     trouble = [s.name for s in scenarios if s.trouble]

@@ -62,6 +62,7 @@ PEERS: dict[str, Peer] = {
         Peer("tailgate weighted_score", "tailgate", "weighted_score"),
         Peer("tailgate weighted_score --workers 2", "tailgate", "weighted_score", workers=2),
         Peer("tailgate peak_ewma", "tailgate", "peak_ewma"),
+        Peer("tailgate least_request", "tailgate", "least_request"),
         Peer("envoy least_request", "envoy", "LEAST_REQUEST"),
         Peer("envoy round_robin", "envoy", "ROUND_ROBIN"),
         Peer("nginx least_conn", "nginx", "least_conn"),

@@ -30,6 +30,9 @@ def plot(results: Sequence[RowResult], path: Path, title: str = "") -> Path | No
     scenarios = list(dict.fromkeys(r.scenario for r in results if r.ranked_latency_s))
     if not scenarios:
         return None
+    labels = list(dict.fromkeys(r.peer for r in results if r.ranked_latency_s))
+    palette = plt.get_cmap("tab10")
+    color = {label: palette(i % 10) for i, label in enumerate(labels)}  # same in every panel
     cols = min(3, len(scenarios))
     rows = math.ceil(len(scenarios) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
@@ -42,7 +45,7 @@ def plot(results: Sequence[RowResult], path: Path, title: str = "") -> Path | No
             xs = [nines((i + 0.5) / n) for i in range(n)]
             ys = [ceiling_ms if math.isinf(v) else v * 1000 for v in r.ranked_latency_s]
             style = "-" if r.peer.startswith("tailgate") else "--"
-            ax.plot(xs, ys, style, label=r.peer, linewidth=1.4)
+            ax.plot(xs, ys, style, color=color[r.peer], label=r.peer, linewidth=1.4)
         ax.set_yscale("log")
         ax.set_xticks([0, 1, 2, 3, 4], ["0%", "90%", "99%", "99.9%", "99.99%"])
         ax.set_xlim(0, 3.3)
@@ -53,7 +56,10 @@ def plot(results: Sequence[RowResult], path: Path, title: str = "") -> Path | No
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(scenarios) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles = [
+        plt.Line2D([], [], color=color[p], linestyle="-" if p.startswith("tailgate") else "--")
+        for p in labels
+    ]
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     if title:
         fig.suptitle(title)

@@ -198,7 +198,12 @@ def lag_note(results: Sequence[RowResult]) -> str:
         f"most {worst.lag_p99_s * 1000:.2f} ms ({worst.scenario}, {worst.peer})."
     )
     if behind:
-        return text + " Behind schedule (p99 lag > 5 ms, marked *): " + ", ".join(behind) + "."
+        return (
+            text
+            + " Behind schedule (lag p50 > 1 ms or p99 > 10 ms, marked *): "
+            + ", ".join(behind)
+            + "."
+        )
     return text + " No run fell behind its schedule."
 
 

@@ -94,3 +94,15 @@ def test_collapsed_stacks_give_self_and_total_shares() -> None:
     assert shares.self_share["aiohttp/client.py:send"] == pytest.approx(0.75)
     assert shares.total_share["gateway/cli.py:main"] == pytest.approx(1.0)
     assert frame_name("f (/a/b/gateway/proxy.py:1)") == "gateway/proxy.py:f"
+
+
+def test_plot_writes_a_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    from loadtests.plot import plot
+
+    rows = [
+        RowResult("hang", "tailgate weighted_score", ranked_latency_s=[0.01, 0.02, math.inf]),
+        RowResult("hang", "envoy least_request", ranked_latency_s=[0.01, 0.03, 0.04]),
+    ]
+    out = plot(rows, tmp_path / "p.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
