@@ -257,9 +257,8 @@ def run_all(
 ) -> list[RowResult]:
     results = []
     for scenario in scenarios:
-        for label in scenario.peers:
-            if peer_labels is not None and label not in peer_labels:
-                continue
+        # --peers names the rows outright, so extra ones (e.g. another tailgate policy) can run
+        for label in peer_labels if peer_labels is not None else scenario.peers:
             result = run_pair(scenario, peers_mod.PEERS[label], settings)
             progress(result)
             results.append(result)
