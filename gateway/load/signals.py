@@ -140,15 +140,24 @@ class EndpointSignals:
         A report `R` taken while we had `I_r` requests in flight says the backend held
         `R - I_r` requests that are not ours (never below 0: a backend that counts only waiting
         requests must not cancel out our own). Our own count is exact and current, so the depth
-        is `in_flight + freshness * max(0, R - I_r)` — that is, the report adjusted by the change
-        in our in-flight count since it was taken. `freshness` is 1 up to `report_fresh_s`, then
-        falls linearly to 0 at `report_stale_s`: an old report fades out instead of steering
-        traffic forever, and the result is never below our exact in-flight count.
+        is `in_flight + freshness * turnover * max(0, R - I_r)`.
+
+        * `turnover = exp(-age / L)`, with `L` this backend's latency estimate: a queue drains
+          in about one latency, so a report older than that describes requests that have left
+          and new ones nobody has counted. For a fast backend an old report is noise that makes
+          every gateway replica herd onto whoever looked idle at the last scrape; for a backend
+          of long generations it stays meaningful for seconds. (In the fleet simulator, with
+          scrapes seen 1-2 s late, this took weighted_score/p2c from 3.7x to 1.3x the oracle's
+          p99 at G = 8 gateway replicas and M = 100 backends.)
+        * `freshness` is 1 up to `report_fresh_s`, then falls linearly to 0 at
+          `report_stale_s`: a hard bound on how long any report may steer traffic.
+
+        The result is never below our exact in-flight count.
         """
         if self._reported_depth is None:
             return float(self.in_flight)
         others = max(0.0, self._reported_depth - self._in_flight_at_report)
-        return self.in_flight + self._report_freshness(now) * others
+        return self.in_flight + self._report_freshness(now) * self._turnover(now) * others
 
     def slow_start_factor(self, now: float) -> float:
         """Share of its weight a new or recovered endpoint gets, rising linearly from
@@ -188,6 +197,12 @@ class EndpointSignals:
             self._latency_s = previous * keep + sample_s * (1.0 - keep)
         self._sampled_at = now
         self.samples += 1
+
+    def _turnover(self, now: float) -> float:
+        """The share of the reported queue still there: a queue drains in about one latency."""
+        if self._latency_s is None or self._latency_s <= 0:
+            return 1.0
+        return math.exp(-(now - self._reported_at) / self._latency_s)
 
     def _report_freshness(self, now: float) -> float:
         age_s = now - self._reported_at

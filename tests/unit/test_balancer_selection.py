@@ -126,6 +126,9 @@ def test_p2c_policies_never_pick_the_worse_of_their_two(name, states, seed, now)
         assert picked is candidates[0]
         return
     i, j = sample_two(len(candidates), random.Random(seed))
-    assert picked in (candidates[i], candidates[j])
     scores = [policy.score(candidates[k], now) for k in (i, j)]
-    assert policy.score(picked, now) == min(scores)
+    assert policy.score(picked, now) <= min(scores)
+    if picked not in (candidates[i], candidates[j]):
+        # weighted_score alone draws a third candidate when the better of two is a latency
+        # outlier, and takes it only if it is better still.
+        assert name == "weighted_score"

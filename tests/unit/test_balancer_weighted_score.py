@@ -166,8 +166,9 @@ def test_a_slow_endpoint_is_tried_again_after_an_idle_spell() -> None:
 
 
 def test_a_reported_queue_steers_away_until_it_goes_stale() -> None:
+    """Long generations (5 s): a report keeps its meaning for seconds, until it is stale."""
     fresh = {"report_fresh_s": 2.0, "report_stale_s": 10.0, "idle_decay_s": 1e9}
-    fleet = [node("a", 0.1, **fresh), node("shared", 0.1, **fresh)]
+    fleet = [node("a", 5.0, **fresh), node("shared", 5.0, **fresh)]
     load(fleet[0], 2)
     fleet[1].signals.report_queue_depth(20.0, now=0.0)  # other gateways' requests
     p = policy()
@@ -175,6 +176,32 @@ def test_a_reported_queue_steers_away_until_it_goes_stale() -> None:
     assert p.pick(fleet, 1.0, random.Random(0)).name == "a"
     p.refresh(fleet, 10.0)
     assert p.pick(fleet, 10.0, random.Random(0)).name == "shared"
+
+
+def test_a_report_of_a_fast_backend_fades_as_its_queue_turns_over() -> None:
+    """100 ms requests: a second-old report describes a queue that has long drained."""
+    fresh = {"report_fresh_s": 2.0, "report_stale_s": 10.0, "idle_decay_s": 1e9}
+    fleet = [node("a", 0.1, **fresh), node("shared", 0.1, **fresh)]
+    load(fleet[0], 2)
+    fleet[1].signals.report_queue_depth(20.0, now=0.0)
+    p = policy()
+    p.refresh(fleet, 0.01)
+    assert p.pick(fleet, 0.01, random.Random(0)).name == "a"
+    p.refresh(fleet, 1.0)
+    assert p.pick(fleet, 1.0, random.Random(0)).name == "shared"
+
+
+def test_p2c_draws_again_when_the_better_of_two_is_a_latency_outlier() -> None:
+    """Two slow backends in the sample: a third draw, so outliers do not keep p2c's share."""
+    fleet = [node(f"slow{i}", 1.0) for i in range(2)] + [node("fast", 0.1)]
+    fleet += [node(f"fast{i}", 0.1) for i in range(7)]
+    p = policy()
+    p.refresh(fleet, 0.0)
+    slow_picks = sum(
+        p.pick(fleet, 0.0, random.Random(seed)).name.startswith("slow") for seed in range(2000)
+    )
+    # Plain p2c would pick a slow one whenever both draws are slow: 2/10 * 1/9 = 2.2%.
+    assert slow_picks / 2000 < 0.01
 
 
 def test_unknown_selection_is_rejected() -> None:

@@ -137,9 +137,20 @@ def test_a_fresh_report_adds_the_requests_that_are_not_ours() -> None:
     assert signals.queue_depth(0.5) == 10.0
     signals.request_started(1.0)  # we added one since the report
     assert signals.queue_depth(1.0) == 11.0
-    signals.request_finished(0.1, 1.5)
-    signals.request_finished(0.1, 1.5)
+    signals.request_finished(None, 1.5)
+    signals.request_finished(None, 1.5)
     assert signals.queue_depth(1.5) == 9.0
+
+
+def test_a_report_fades_as_the_queue_turns_over_in_about_one_latency() -> None:
+    """With a latency estimate L, others' reported requests count exp(-age / L)."""
+    signals = EndpointSignals(SignalSettings(report_fresh_s=60.0, report_stale_s=60.0), now=0.0)
+    signals.request_started(0.0)
+    signals.request_finished(0.5, 0.0)  # a 500 ms backend
+    signals.report_queue_depth(10.0, now=0.0)
+    assert signals.queue_depth(0.0) == pytest.approx(10.0)
+    assert signals.queue_depth(0.5) == pytest.approx(10.0 * math.exp(-1.0))
+    assert signals.queue_depth(5.0) == pytest.approx(10.0 * math.exp(-10.0))
 
 
 def test_a_report_below_our_own_count_does_not_cancel_it() -> None:
