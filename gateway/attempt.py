@@ -104,7 +104,9 @@ class Attempt:
             self.failure = "reset"
         outcome = classify(self.status, local_error, cancelled)
         latency = self._latency(now, outcome)
-        self.endpoint.signals.request_finished(latency, now)
+        failed = outcome.is_failure
+        duration = None if latency is None else now - self.started_at
+        self.endpoint.signals.request_finished(latency, now, failed=failed, duration_s=duration)
         name = self.endpoint.name
         if latency is not None:
             self._metrics.upstream_latency.labels(name).observe(latency)

@@ -50,6 +50,7 @@ def signal_settings(config: GatewayConfig) -> SignalSettings:
         report_stale_s=b.queue_depth.stale,
         slow_start_s=b.slow_start,
         slow_start_min_weight=b.slow_start_min_weight,
+        failure_cap_s=config.timeouts.per_try,
     )
 
 
@@ -201,8 +202,9 @@ class Runtime:
     def refresh_policies(self) -> None:
         """Recompute each group's fleet reference (medians); called periodically."""
         now = self.clock()
-        for group, members in self.fleet.groups.items():
-            self.policy_for(group).refresh(members, now)
+        for group in self.fleet.groups:
+            candidates, _ = self.fleet.candidates(group, now)  # ejected ones would skew medians
+            self.policy_for(group).refresh(candidates, now)
 
     def _make_endpoint(self, spec: BackendSpec, now: float) -> Endpoint:
         health = EndpointHealth(

@@ -27,6 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# A failed request counts as this many times the latency estimate (see request_finished).
+FAILURE_PENALTY = 2.0
+
 
 @dataclass(slots=True)
 class SignalSettings:
@@ -39,6 +42,7 @@ class SignalSettings:
     report_stale_s: float = 10.0
     slow_start_s: float = 0.0
     slow_start_min_weight: float = 0.1
+    failure_cap_s: float = 30.0  # a failure penalty never exceeds this (the per-try timeout)
 
     def __post_init__(self) -> None:
         # The config layer reports field paths to operators; these checks guard the arithmetic
@@ -57,6 +61,7 @@ class EndpointSignals:
     """The measured load of one backend; mutated only by the gateway's observe path."""
 
     __slots__ = (
+        "_duration_s",
         "_in_flight_at_report",
         "_latency_s",
         "_ramp_started_at",
@@ -73,6 +78,7 @@ class EndpointSignals:
         self.in_flight = 0
         self.samples = 0
         self._latency_s: float | None = None
+        self._duration_s: float | None = None  # whole exchanges: how long a queue takes to turn
         self._sampled_at = now
         self._reported_depth: float | None = None
         self._reported_at = now
@@ -84,16 +90,39 @@ class EndpointSignals:
     def request_started(self, now: float) -> None:
         self.in_flight += 1
 
-    def request_finished(self, latency_s: float | None, now: float) -> None:
+    def request_finished(
+        self,
+        latency_s: float | None,
+        now: float,
+        failed: bool = False,
+        duration_s: float | None = None,
+    ) -> None:
         """Record the end of a request; `latency_s` is None when there is no sample.
 
         No sample means the request was cancelled or failed before its first byte: its
-        duration says nothing about how fast the backend serves.
+        duration says nothing about how fast the backend serves. A `failed` request (a 5xx, a
+        reset, a timeout) is recorded as `FAILURE_PENALTY` times the current estimate (at most
+        `failure_cap_s`): a backend that fails fast must not look fast, or the balancer would
+        feed it the most traffic exactly when every answer it gives costs the client a retry.
+        Repeated failures compound the penalty up to the cap; successes decay it like any
+        other sample. `duration_s` is the whole exchange (for a stream, `latency_s` is only
+        the time to first byte); it sets how fast a reported queue is taken to turn over.
         """
         # Clamped so that a double-finish bug cannot make an endpoint look infinitely idle.
         self.in_flight = max(0, self.in_flight - 1)
-        if latency_s is not None and math.isfinite(latency_s):
+        if latency_s is not None and not math.isfinite(latency_s):
+            latency_s = None
+        if failed:
+            basis = max(self._latency_s or 0.0, latency_s or 0.0)
+            if basis > 0:
+                penalty = min(FAILURE_PENALTY * basis, self.settings.failure_cap_s)
+                self._add_sample(max(penalty, latency_s or 0.0), now)
+            return
+        if latency_s is not None:
             self._add_sample(max(0.0, latency_s), now)
+            whole = duration_s if duration_s is not None and duration_s >= latency_s else latency_s
+            previous = self._duration_s
+            self._duration_s = whole if previous is None else 0.8 * previous + 0.2 * whole
 
     def report_queue_depth(self, depth: float, now: float) -> None:
         """Record the backend's own count of requests it holds (waiting + running).
@@ -111,6 +140,7 @@ class EndpointSignals:
         """Forget what was learnt before an ejection: start again from the prior, restart slow
         start. In-flight requests are kept: they still finish and are counted out."""
         self._latency_s = None
+        self._duration_s = None
         self.samples = 0
         self._sampled_at = now
         self._reported_depth = None
@@ -142,13 +172,14 @@ class EndpointSignals:
         requests must not cancel out our own). Our own count is exact and current, so the depth
         is `in_flight + freshness * turnover * max(0, R - I_r)`.
 
-        * `turnover = exp(-age / L)`, with `L` this backend's latency estimate: a queue drains
-          in about one latency, so a report older than that describes requests that have left
-          and new ones nobody has counted. For a fast backend an old report is noise that makes
-          every gateway replica herd onto whoever looked idle at the last scrape; for a backend
-          of long generations it stays meaningful for seconds. (In the fleet simulator, with
-          scrapes seen 1-2 s late, this took weighted_score/p2c from 3.7x to 1.3x the oracle's
-          p99 at G = 8 gateway replicas and M = 100 backends.)
+        * `turnover = exp(-age / D)`, with `D` this backend's average exchange duration (a
+          whole stream, not its first byte): a queue drains in about one exchange, so a report
+          older than that describes requests that have left and new ones nobody has counted.
+          For a fast backend an old report is noise that makes every gateway replica herd onto
+          whoever looked idle at the last scrape; for a backend of long generations it stays
+          meaningful for seconds. (In the fleet simulator, with scrapes seen 1-2 s late, this
+          took weighted_score/p2c from 3.7x to 1.3x the oracle's p99 at G = 8 gateway
+          replicas and M = 100 backends.)
         * `freshness` is 1 up to `report_fresh_s`, then falls linearly to 0 at
           `report_stale_s`: a hard bound on how long any report may steer traffic.
 
@@ -199,10 +230,10 @@ class EndpointSignals:
         self.samples += 1
 
     def _turnover(self, now: float) -> float:
-        """The share of the reported queue still there: a queue drains in about one latency."""
-        if self._latency_s is None or self._latency_s <= 0:
+        """The share of the reported queue still there: a queue drains in about one exchange."""
+        if self._duration_s is None or self._duration_s <= 0:
             return 1.0
-        return math.exp(-(now - self._reported_at) / self._latency_s)
+        return math.exp(-(now - self._reported_at) / self._duration_s)
 
     def _report_freshness(self, now: float) -> float:
         age_s = now - self._reported_at

@@ -264,3 +264,34 @@ def test_snapshot_is_json_and_names_units() -> None:
 def test_settings_reject_values_the_arithmetic_cannot_use(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SignalSettings(**kwargs)
+
+
+def test_a_stream_turns_its_queue_over_in_a_whole_exchange_not_a_first_byte() -> None:
+    """Streams report TTFB as latency; the queue they hold lasts for the whole generation."""
+    signals = EndpointSignals(SignalSettings(report_fresh_s=60.0, report_stale_s=60.0), now=0.0)
+    signals.request_started(0.0)
+    signals.request_finished(0.05, 10.0, duration_s=10.0)  # 50 ms to first token, 10 s stream
+    signals.report_queue_depth(10.0, now=10.0)
+    assert signals.queue_depth(11.0) == pytest.approx(10.0 * math.exp(-0.1))
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_a_failure_counts_as_a_multiple_of_the_estimate_and_compounds_to_a_cap() -> None:
+    settings = SignalSettings(peak_sensitive=True, failure_cap_s=1.0)
+    signals = EndpointSignals(settings, now=0.0)
+    signals.request_started(0.0)
+    signals.request_finished(0.1, 0.0)
+    for expected in (0.2, 0.4, 0.8, 1.0, 1.0):  # a fast 500 each time: the estimate climbs
+        signals.request_started(1.0)
+        signals.request_finished(0.001, 1.0, failed=True)
+        assert signals.latency_s(1.0, prior_s=0.1) == pytest.approx(expected)
+
+
+def test_a_failure_with_nothing_to_compare_teaches_nothing() -> None:
+    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals.request_started(0.0)
+    signals.request_finished(None, 0.0, failed=True)  # connect refused before any sample
+    assert not signals.has_latency
+    assert signals.in_flight == 0
