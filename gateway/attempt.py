@@ -72,6 +72,7 @@ class Attempt:
         self.first_byte_at = now
         self.status = status
         self.streaming = streaming
+        self.endpoint.signals.headers_received(self.started_at)
         self._metrics.time_to_first_byte.labels(self.endpoint.name).observe(now - self.started_at)
         if reported_depth is not None:
             try:
@@ -106,7 +107,14 @@ class Attempt:
         latency = self._latency(now, outcome)
         failed = outcome.is_failure
         duration = None if latency is None else now - self.started_at
-        self.endpoint.signals.request_finished(latency, now, failed=failed, duration_s=duration)
+        self.endpoint.signals.request_finished(
+            latency,
+            now,
+            failed=failed,
+            duration_s=duration,
+            started_at=self.started_at,
+            headers_seen=self.first_byte_at is not None,
+        )
         name = self.endpoint.name
         if latency is not None:
             self._metrics.upstream_latency.labels(name).observe(latency)

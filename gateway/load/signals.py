@@ -68,6 +68,9 @@ class EndpointSignals:
         "_reported_at",
         "_reported_depth",
         "_sampled_at",
+        "_waiting",
+        "_waiting_epoch",
+        "_waiting_since_sum",
         "in_flight",
         "samples",
         "settings",
@@ -83,12 +86,41 @@ class EndpointSignals:
         self._reported_depth: float | None = None
         self._reported_at = now
         self._in_flight_at_report = 0
+        self._waiting = 0  # requests sent that have no response headers yet
+        self._waiting_since_sum = 0.0  # the sum of their start times
+        self._waiting_epoch = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
 
     # -- the observe path -------------------------------------------------------------------
 
     def request_started(self, now: float) -> None:
         self.in_flight += 1
+        self._waiting += 1
+        self._waiting_since_sum += now
+
+    def headers_received(self, started_at: float) -> None:
+        """The response to a request started at `started_at` has begun: it no longer waits."""
+        self._stop_waiting(started_at)
+
+    def _stop_waiting(self, started_at: float | None) -> None:
+        if self._waiting <= 0 or (started_at is not None and started_at < self._waiting_epoch):
+            return
+        if started_at is None:  # unknown: take out an average one
+            started_at = self._waiting_since_sum / self._waiting
+        self._waiting -= 1
+        self._waiting_since_sum = (
+            0.0 if self._waiting == 0 else self._waiting_since_sum - started_at
+        )
+
+    def waiting_age_s(self, now: float) -> float:
+        """Mean age of the requests still waiting for response headers (0 when none).
+
+        A backend that hangs or stalls gives no latency samples until its requests time out;
+        the age of what it holds is evidence long before that.
+        """
+        if self._waiting <= 0:
+            return 0.0
+        return max(0.0, now - self._waiting_since_sum / self._waiting)
 
     def request_finished(
         self,
@@ -96,6 +128,8 @@ class EndpointSignals:
         now: float,
         failed: bool = False,
         duration_s: float | None = None,
+        started_at: float | None = None,
+        headers_seen: bool = False,
     ) -> None:
         """Record the end of a request; `latency_s` is None when there is no sample.
 
@@ -107,9 +141,13 @@ class EndpointSignals:
         Repeated failures compound the penalty up to the cap; successes decay it like any
         other sample. `duration_s` is the whole exchange (for a stream, `latency_s` is only
         the time to first byte); it sets how fast a reported queue is taken to turn over.
+        `started_at` and `headers_seen` keep the count of requests waiting for headers exact
+        (see :meth:`waiting_age_s`).
         """
         # Clamped so that a double-finish bug cannot make an endpoint look infinitely idle.
         self.in_flight = max(0, self.in_flight - 1)
+        if not headers_seen:
+            self._stop_waiting(started_at)
         if latency_s is not None and not math.isfinite(latency_s):
             latency_s = None
         if failed:
@@ -145,6 +183,9 @@ class EndpointSignals:
         self._sampled_at = now
         self._reported_depth = None
         self._ramp_started_at = now
+        self._waiting = 0  # stragglers from before the ejection say nothing about the return
+        self._waiting_since_sum = 0.0
+        self._waiting_epoch = now
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -155,7 +196,12 @@ class EndpointSignals:
 
     def latency_s(self, now: float, prior_s: float) -> float:
         """The latency estimate in seconds; `prior_s` (the fleet median) stands in before the
-        first sample and is what the estimate fades toward while no samples arrive."""
+        first sample and is what the estimate fades toward while no samples arrive. Never less
+        than the mean age of requests still waiting for headers: a hung backend looks slow
+        as soon as its requests are older than its usual answers, not at their timeout."""
+        return max(self._measured_latency_s(now, prior_s), self.waiting_age_s(now))
+
+    def _measured_latency_s(self, now: float, prior_s: float) -> float:
         if self._latency_s is None:
             return prior_s
         idle_s = now - self._sampled_at
@@ -210,6 +256,8 @@ class EndpointSignals:
             "latency_s": self.latency_s(now, prior_s),
             "latency_samples": self.samples,
             "latency_sample_age_s": now - self._sampled_at if self.has_latency else None,
+            "waiting_for_headers": self._waiting,
+            "waiting_age_s": self.waiting_age_s(now),
             "reported_queue_depth": self._reported_depth,
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),

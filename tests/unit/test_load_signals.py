@@ -295,3 +295,36 @@ def test_a_failure_with_nothing_to_compare_teaches_nothing() -> None:
     signals.request_finished(None, 0.0, failed=True)  # connect refused before any sample
     assert not signals.has_latency
     assert signals.in_flight == 0
+
+
+# -- requests waiting for headers -----------------------------------------------------------
+
+
+def test_a_hung_backend_looks_slow_as_its_requests_age() -> None:
+    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals.request_started(0.0)
+    signals.request_finished(0.02, 0.02, started_at=0.0)  # a 20 ms backend...
+    signals.request_started(1.0)
+    signals.request_started(1.1)  # ...whose next two requests get no answer
+    assert signals.waiting_age_s(1.5) == pytest.approx(0.45)
+    assert signals.latency_s(1.5, prior_s=0.02) == pytest.approx(0.45)
+    assert signals.latency_s(1.01, prior_s=0.02) == pytest.approx(0.02)  # young: no effect
+
+
+def test_a_stream_stops_waiting_at_its_first_byte() -> None:
+    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals.request_started(0.0)
+    signals.headers_received(0.0)  # streaming for minutes from here on: not a hang
+    assert signals.waiting_age_s(120.0) == 0.0
+    signals.request_finished(0.05, 120.0, started_at=0.0, headers_seen=True)
+    assert signals.in_flight == 0 and signals.waiting_age_s(121.0) == 0.0
+
+
+def test_recovery_forgets_requests_stuck_before_the_ejection() -> None:
+    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals.request_started(0.0)  # stuck since before the ejection
+    signals.reset_for_recovery(now=30.0)
+    signals.request_started(31.0)
+    assert signals.waiting_age_s(31.5) == pytest.approx(0.5)
+    signals.request_finished(None, 32.0, started_at=0.0)  # the straggler finally times out
+    assert signals.waiting_age_s(32.0) == pytest.approx(1.0)
