@@ -61,14 +61,20 @@ async def test_round_robin_gives_the_slow_pod_its_third() -> None:
 
 
 async def test_high_reported_queue_depth_draws_less_traffic() -> None:
-    extra = "balancer: {policy: weighted_score, alpha: 0.6, beta: 0.4}\n"
-    async with await start_fleet_with_slow_pod(extra) as (pods, gw):
-        pods[1].state.faults.reported_depth = 40  # X-Queue-Depth on every answer of pod1
-        served = await drive(base(gw))
+    """pod1 reports 40 requests queued (X-Queue-Depth on every answer) from other clients.
+
+    Requests take 100 ms, as short inference calls do: a report keeps its weight for about one
+    exchange (the queue it describes turns over), so pod1 is retried now and then and each
+    answer reminds the gateway how busy it is.
+    """
+    extra = "headers: {expose_backend: true}\nhealth_check: {enabled: false}\n"
+    async with pods_and_gateway(3, extra, service_s=0.1, slots=4) as (pods, gw):
+        pods[1].state.faults.reported_depth = 40
+        served = await drive(base(gw), requests=150, concurrency=6)
+        print(f"\nshares with pod1 reporting depth 40: {dict(sorted(served.items()))}")
         snapshot = await get_json(f"{admin(gw)}/admin/backends")
     backends = {b["name"]: b for b in snapshot["groups"]["default"]["backends"]}
     assert backends["pod1"]["signals"]["reported_queue_depth"] == 40
-    assert backends["pod1"]["score"] > backends["pod0"]["score"]
     assert served["pod1"] < min(served["pod0"], served["pod2"]) / 3, served
 
 
