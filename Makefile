@@ -31,6 +31,15 @@ lint: install
 test: install tools lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Benchmarks (not tests): tailgate against Envoy, nginx and HAProxy; the fleet simulator.
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	./scripts/install-bench-tools.sh
+	$(PY) -m loadtests --duration 12s --warmup 2s --markdown BENCHMARKS-loadtests.md --plot loadtests/latency.png
+
+simulate: install
+	$(VENV)/bin/tailgate simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png
+
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
