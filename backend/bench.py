@@ -30,6 +30,8 @@ from backend.sampling import SamplingParams, sample
 from backend.weights import ModelSource
 
 GIB = 1024**3
+PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
+PARITY_PROMPT_LENS = (9, 16, 23, 30)  # one per slot of a parity check
 
 
 def _sync(device: torch.device) -> None:
@@ -87,41 +89,102 @@ def _streamed_bytes(runner: ModelRunner) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def _prefill(runner: ModelRunner, slot: int, prompt_len: int) -> int:
-    device = runner.device
+def _prefill(runner: ModelRunner, slot: int, prompt: list[int]) -> int:
+    """Prefill ``prompt`` into ``slot``; the greedy first token."""
+    device, n = runner.device, len(prompt)
     step = Step(
-        tokens=torch.randint(0, runner.config.vocab_size, (1, prompt_len), device=device),
-        input_pos=torch.arange(prompt_len, device=device)[None],
+        tokens=torch.tensor([prompt], device=device),
+        input_pos=torch.arange(n, device=device)[None],
         slots=torch.tensor([slot], device=device),
-        kv_len=prompt_len,
+        kv_len=n,
         slot_start=slot,
         last_only=True,
     )
     return sample(runner.forward(step)[:, -1], [SamplingParams()], [None])[0]
 
 
+def _random_prompt(runner: ModelRunner, length: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, runner.config.vocab_size, (length,), generator=gen).tolist()
+
+
+def _decode_step(runner: ModelRunner, last: dict[int, tuple[int, int]]) -> Step:
+    """One token per slot, as the engine builds it; ``last`` maps slot -> (token, position)."""
+    slots = sorted(last)
+    contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+    device = runner.device
+    return Step(
+        tokens=torch.tensor([[last[s][0]] for s in slots], device=device),
+        input_pos=torch.tensor([[last[s][1]] for s in slots], device=device),
+        slots=torch.tensor(slots, device=device),
+        kv_len=max(pos for _, pos in last.values()) + 1,
+        slot_start=slots[0] if contiguous else None,
+        slot_limit=slots[-1] + 1,
+    )
+
+
 def _decode_step_s(runner: ModelRunner, batch: int, prompt_len: int, steps: int) -> float:
     """Mean seconds per batched decode step after ``batch`` prefills (greedy, host-synced)."""
-    device = runner.device
-    tokens = [_prefill(runner, slot, prompt_len) for slot in range(batch)]
-    slots = torch.arange(batch, device=device)
+    prompts = [_random_prompt(runner, prompt_len, seed=slot) for slot in range(batch)]
+    tokens = [_prefill(runner, slot, prompt) for slot, prompt in enumerate(prompts)]
     warm = 4
     start = 0.0
     for i in range(warm + steps):
         if i == warm:
-            _sync(device)
+            _sync(runner.device)
             start = time.perf_counter()
-        pos = prompt_len + i
-        step = Step(
-            tokens=torch.tensor(tokens, device=device)[:, None],
-            input_pos=torch.full((batch, 1), pos, device=device),
-            slots=slots,
-            kv_len=pos + 1,
-            slot_start=0,
-        )
+        step = _decode_step(runner, {s: (t, prompt_len + i) for s, t in enumerate(tokens)})
         logits = runner.forward(step)[:, -1]
         tokens = sample(logits, [SamplingParams()] * batch, [None] * batch)
     return (time.perf_counter() - start) / steps
+
+
+def _greedy(
+    runner: ModelRunner, prompts: dict[int, list[int]], new_tokens: int
+) -> tuple[dict[int, list[int]], list[torch.Tensor]]:
+    """Greedy tokens per slot, and each decode step's logits (float, on the host)."""
+    out = {slot: [_prefill(runner, slot, prompt)] for slot, prompt in prompts.items()}
+    logits_seen = []
+    for _ in range(new_tokens - 1):
+        last = {s: (out[s][-1], len(prompts[s]) + len(out[s]) - 1) for s in out}
+        logits = runner.forward(_decode_step(runner, last))[:, -1]
+        logits_seen.append(logits.float().cpu())
+        for slot, token in zip(sorted(out), logits.argmax(-1).tolist(), strict=True):
+            out[slot].append(token)
+    return out, logits_seen
+
+
+def graph_parity(runner: ModelRunner, slots: list[int], new_tokens: int) -> dict[str, Any]:
+    """Greedy generation through graphs and eagerly from the same prompts: are tokens equal?
+
+    ``max_abs_diff`` compares logits over the steps before any divergence, which tells a
+    rounding difference (small) from a wrong input or slot (as large as the logits).
+    """
+    prompts = {
+        s: _random_prompt(runner, length, seed=100 + s)
+        for s, length in zip(slots, PARITY_PROMPT_LENS, strict=False)
+    }
+    runs = {}
+    for use_graphs in (False, True):
+        runner.use_graphs = use_graphs
+        runs[use_graphs] = _greedy(runner, prompts, new_tokens)
+    runner.use_graphs = True
+    (eager, eager_logits), (graph, graph_logits) = runs[False], runs[True]
+    agreeing = 0  # decode steps before the first differing token
+    while agreeing < new_tokens - 1 and all(
+        eager[s][: agreeing + 2] == graph[s][: agreeing + 2] for s in slots
+    ):
+        agreeing += 1
+    diffs = [(graph_logits[i] - eager_logits[i]).abs().max().item() for i in range(agreeing)]
+    graphs = runner.shard.graphs
+    assert graphs is not None
+    return {
+        "slots": slots,
+        "bucket": min(b for b in graphs.buckets if b > max(slots)),
+        "tokens": new_tokens,
+        "equal": eager == graph,
+        "max_abs_diff": max(diffs, default=0.0),
+    }
 
 
 def _gpu_memory_used_gib(world: int, device: torch.device) -> list[float]:
@@ -133,8 +196,54 @@ def _gpu_memory_used_gib(world: int, device: torch.device) -> list[float]:
         return [torch.cuda.max_memory_allocated() / GIB]
 
 
+def _ttft_ms(runner: ModelRunner, prompt_len: int) -> float:
+    """Median of 5 host-synced prefills plus first token (after 2 warm-ups)."""
+    prompt = _random_prompt(runner, prompt_len, seed=1)
+    times = []
+    for i in range(7):
+        _sync(runner.device)
+        t = time.perf_counter()
+        _prefill(runner, 0, prompt)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def _measure(
+    runner: ModelRunner, batches: list[int], prompt_len: int, steps: int
+) -> dict[str, Any]:
+    graphs = runner.shard.graphs
+    result: dict[str, Any] = {
+        "ttft_ms": _ttft_ms(runner, prompt_len),
+        "weights_gib_per_gpu": runner.weight_bytes() / GIB,
+        "streamed_bytes": _streamed_bytes(runner),
+        "capture_s": graphs.capture_s if graphs else None,
+        "step_ms": {},
+        "graph_step_ms": {},
+        "parity": [],
+    }
+    for batch in batches:
+        runner.use_graphs = False
+        result["step_ms"][str(batch)] = _decode_step_s(runner, batch, prompt_len, steps) * 1000
+        if graphs is not None:
+            runner.use_graphs = True
+            graph_s = _decode_step_s(runner, batch, prompt_len, steps)
+            result["graph_step_ms"][str(batch)] = graph_s * 1000
+    if graphs is not None:
+        # Contiguous slots with no padding, then scattered slots with padding rows.
+        for slots in ([0, 1, 2, 3], [0, 2, 5]):
+            result["parity"].append(graph_parity(runner, slots, PARITY_TOKENS))
+    return result
+
+
 def run_case(
-    preset: str, world: int, device_type: str, prompt_len: int, steps: int, batches: list[int]
+    preset: str,
+    world: int,
+    device_type: str,
+    prompt_len: int,
+    steps: int,
+    batches: list[int],
+    cuda_graphs: bool,
 ) -> dict[str, Any]:
     """One (preset, tp) case in this process as rank 0; returns its measurements."""
     spec = RunnerSpec(
@@ -142,9 +251,10 @@ def run_case(
         world=world,
         device_type=device_type,
         dtype="bfloat16" if device_type == "cuda" else "float32",
-        max_batch_size=max(batches),
-        max_model_len=prompt_len + steps + 8,
+        max_batch_size=max(*batches, 8),
+        max_model_len=max(prompt_len + steps, max(PARITY_PROMPT_LENS) + PARITY_TOKENS) + 8,
         timeout_s=120,
+        cuda_graphs=cuda_graphs,
     )
     store = tp.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s) if world > 1 else None
     spec = replace(spec, store_port=store.port if store else 0)
@@ -153,25 +263,8 @@ def run_case(
     runner = ModelRunner.start(spec, store)
     load_s = time.perf_counter() - t0
     try:
-        for _ in range(2):
-            _prefill(runner, 0, prompt_len)
-        ttft = []
-        for _ in range(5):
-            _sync(runner.device)
-            t = time.perf_counter()
-            _prefill(runner, 0, prompt_len)
-            ttft.append(time.perf_counter() - t)
-        result: dict[str, Any] = {
-            "preset": preset,
-            "tp": world,
-            "load_s": load_s,
-            "ttft_ms": statistics.median(ttft) * 1000,
-            "weights_gib_per_gpu": runner.weight_bytes() / GIB,
-            "streamed_bytes": _streamed_bytes(runner),
-            "step_ms": {},
-        }
-        for batch in batches:
-            result["step_ms"][str(batch)] = _decode_step_s(runner, batch, prompt_len, steps) * 1000
+        result = {"preset": preset, "tp": world, "load_s": load_s}
+        result |= _measure(runner, batches, prompt_len, steps)
         result["gpu_mem_used_gib"] = _gpu_memory_used_gib(world, runner.device)
         return result
     finally:
@@ -183,20 +276,91 @@ def run_case(
 def _table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) -> str:
     head = (
         "| preset | TP | weights/GPU (GiB) | GPU mem used (GiB, per GPU) | TTFT (ms) | batch "
-        "| step (ms) | floor (ms) | step / floor | decode tok/s |"
+        "| floor (ms) | eager step (ms) | graph step (ms) | eager / floor | graph / floor "
+        "| eager tok/s | graph tok/s |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         floor_ms = r["streamed_bytes"] / bandwidth * 1000
         mem = " / ".join(f"{m:.1f}" for m in r["gpu_mem_used_gib"])
         for batch in batches:
-            step_ms = r["step_ms"][str(batch)]
+            cells = []
+            for key in ("step_ms", "graph_step_ms"):
+                ms = r[key].get(str(batch))
+                if ms is None:
+                    cells.append(("-", "-", "-"))
+                else:
+                    cells.append((f"{ms:.2f}", f"{ms / floor_ms:.2f}", f"{batch / ms * 1000:.0f}"))
+            (e_ms, e_floor, e_tok), (g_ms, g_floor, g_tok) = cells
             rows.append(
                 f"| {r['preset']} | {r['tp']} | {r['weights_gib_per_gpu']:.2f} | {mem} "
-                f"| {r['ttft_ms']:.1f} | {batch} | {step_ms:.2f} | {floor_ms:.2f} "
-                f"| {step_ms / floor_ms:.2f} | {batch / step_ms * 1000:.0f} |"
+                f"| {r['ttft_ms']:.1f} | {batch} | {floor_ms:.2f} | {e_ms} | {g_ms} "
+                f"| {e_floor} | {g_floor} | {e_tok} | {g_tok} |"
             )
     return "\n".join(rows)
+
+
+def _parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
+    """Human lines for a case's graph-vs-eager checks, and whether all of them passed."""
+    lines, ok = [], True
+    for check in result["parity"]:
+        ok &= check["equal"]
+        lines.append(
+            f"parity {result['preset']} tp={result['tp']} slots={check['slots']} "
+            f"(bucket {check['bucket']}), {check['tokens']} greedy tokens each: "
+            f"{'PASS, graph == eager' if check['equal'] else 'FAIL, tokens differ'}; "
+            f"max |logit diff| before any divergence {check['max_abs_diff']:.3g}"
+        )
+    return lines, ok
+
+
+def _run_one(
+    args: argparse.Namespace, preset: str, world: int, graphs: bool
+) -> dict[str, Any] | str:
+    """One case in a fresh process: its result, or why it failed."""
+    cmd = [sys.executable, "-m", "backend.bench", "--one", "--presets", preset, "--tp", str(world)]
+    cmd += ["--device", args.device, "--batches", args.batches]
+    cmd += ["--prompt-len", str(args.prompt_len), "--steps", str(args.steps)]
+    cmd += [] if graphs else ["--no-cuda-graphs"]
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, timeout=args.case_timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        return f"timed out after {args.case_timeout}s:\n{tail!r}"
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        return f"exit {out.returncode}:\n{out.stderr[-3000:]}"
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def _run_cases(args: argparse.Namespace, gpus: int) -> tuple[list[dict[str, Any]], bool]:
+    """Every (preset, tp) case; a case whose graphs fail is rerun eagerly for its numbers."""
+    results, ok = [], True
+    for preset in args.presets.split(","):
+        for world in (int(t) for t in args.tp.split(",")):
+            if args.device == "cuda" and world > gpus:
+                print(f"skip {preset} tp={world}: only {gpus} GPUs")
+                continue
+            result = _run_one(args, preset, world, args.cuda_graphs)
+            if isinstance(result, str) and args.cuda_graphs:
+                ok = False
+                print(f"case {preset} tp={world} with CUDA graphs failed, {result}", flush=True)
+                result = _run_one(args, preset, world, graphs=False)
+            if isinstance(result, str):
+                ok = False
+                print(f"case {preset} tp={world} failed, {result}", flush=True)
+                continue
+            lines, passed = _parity_lines(result)
+            ok &= passed
+            capture = (
+                f", graphs captured in {result['capture_s']:.2f}s" if result["capture_s"] else ""
+            )
+            print(f"done {preset} tp={world}: load {result['load_s']:.1f}s{capture}", flush=True)
+            print("\n".join(lines), flush=True)
+            results.append(result)
+    return results, ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=64, help="timed decode steps per batch size")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: smoke test")
     p.add_argument("--copy-gib", type=float, default=4.0, help="size of the bandwidth copy")
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="measure eager decoding only (no graph capture, no parity check)",
+    )
+    p.add_argument("--case-timeout", type=float, default=300, help="seconds per (preset, tp)")
     p.add_argument("--one", action="store_true", help="internal: run a single case, print JSON")
     a = p.parse_args(argv)
     batches = [int(b) for b in a.batches.split(",")]
     if a.one:
-        result = run_case(a.presets, int(a.tp), a.device, a.prompt_len, a.steps, batches)
+        result = run_case(
+            a.presets, int(a.tp), a.device, a.prompt_len, a.steps, batches, a.cuda_graphs
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     device = tp.device_for(0, a.device)
@@ -228,40 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             f"cuDNN off {off:.3f} ms/call",
             flush=True,
         )
-    results = []
-    for preset in a.presets.split(","):
-        for world in (int(t) for t in a.tp.split(",")):
-            if a.device == "cuda" and world > gpus:
-                print(f"skip {preset} tp={world}: only {gpus} GPUs")
-                continue
-            cmd = [
-                sys.executable,
-                "-m",
-                "backend.bench",
-                "--one",
-                "--presets",
-                preset,
-                "--tp",
-                str(world),
-                "--device",
-                a.device,
-                "--batches",
-                a.batches,
-                "--prompt-len",
-                str(a.prompt_len),
-                "--steps",
-                str(a.steps),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode != 0 or not lines:
-                print(f"case {preset} tp={world} failed:\n{out.stderr[-3000:]}", flush=True)
-                continue
-            results.append(json.loads(lines[-1].removeprefix("RESULT ")))
-            print(f"done {preset} tp={world}: load {results[-1]['load_s']:.1f}s", flush=True)
+    results, ok = _run_cases(a, gpus)
     print()
     print(_table(bandwidth, results, batches))
-    return 0
+    if not ok:
+        print("\nFAILED: see the case and parity lines above")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

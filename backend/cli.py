@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens accepted")
     p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="decode eagerly on GPUs too (default: CUDA graphs per batch bucket)",
+    )
+    p.add_argument(
         "--fault-latency",
         type=parse_duration_s,
         default=0.0,
@@ -85,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         max_model_len=a.max_model_len,
         max_queue=a.max_queue,
         max_tokens=a.max_tokens,
+        cuda_graphs=a.cuda_graphs,
         fault_latency_s=a.fault_latency,
         fault_error_rate=a.fault_error_rate,
         collective_timeout_s=a.collective_timeout,

@@ -37,6 +37,7 @@ class BackendConfig:
     max_model_len: int = 512
     max_queue: int = 64
     max_tokens: int = 256
+    cuda_graphs: bool = True  # decode through CUDA graphs on GPUs; CPUs always run eagerly
     fault_latency_s: float = 0.0
     fault_error_rate: float = 0.0
     collective_timeout_s: float = 30.0

@@ -240,6 +240,7 @@ class Engine:
             slots=torch.tensor(slots, device=device),
             kv_len=max(positions) + 1,
             slot_start=first if contiguous else None,
+            slot_limit=(slots[-1] or 0) + 1,  # sorted by slot
         )
         logits = runner.forward(step)[:, -1]
         self._record("decode", batch)

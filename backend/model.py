@@ -98,7 +98,10 @@ class Step:
     tokens sit at consecutive positions, so ``seq == kv_len`` means a prefill from position 0.
     ``kv_len`` bounds the attended cache (max position + 1), known on the host so the model
     never syncs to find it. ``slot_start`` is set when ``slots`` is a contiguous run, letting
-    attention read the cache as a view instead of gathering a copy.
+    attention read the cache as a view instead of gathering a copy: row i then attends to slot
+    ``slot_start + i`` while it writes to ``slots[i]`` (the two differ only for the padding
+    rows of a CUDA graph, which write to a spare slot and whose output is dropped).
+    ``slot_limit`` (one past the highest slot) is a host-side hint for picking a graph's batch.
     """
 
     tokens: Tensor
@@ -107,6 +110,7 @@ class Step:
     kv_len: int
     slot_start: int | None = None
     last_only: bool = False
+    slot_limit: int | None = None
 
 
 class RMSNorm(nn.Module):

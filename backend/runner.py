@@ -3,6 +3,10 @@
 Rank 0's :class:`ModelRunner` is what the engine calls; each :meth:`ModelRunner.forward`
 broadcasts its :class:`~backend.model.Step` before running it, so the workers (``worker_main``,
 in their own processes) execute the identical pass and meet rank 0 in every all-reduce.
+
+With ``cuda_graphs`` each rank also captures its decode step as CUDA graphs at start-up
+(:mod:`backend.graphs`); rank 0 picks eager or a graph bucket per step and the header carries
+the choice. Prefills always run eagerly.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 from backend import tp
+from backend.graphs import DecodeGraphs
 from backend.model import ModelConfig, Step, Transformer
 from backend.weights import ModelSource, load_model
 
@@ -36,6 +41,8 @@ class RunnerSpec:
     store_host: str = "127.0.0.1"
     store_port: int = 0
     timeout_s: float = 30.0
+    # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
+    cuda_graphs: bool = False
 
     def rank(self, rank: int) -> tp.Rank:
         return tp.Rank(rank, self.world, tp.device_for(rank, self.device_type))
@@ -57,26 +64,51 @@ def _pick_attention_kernels(spec: RunnerSpec) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def build_shard(
-    spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None
-) -> Transformer:
-    """Join the group, load this rank's weights and allocate its KV cache."""
+@dataclass
+class Shard:
+    """One rank's model and, when enabled, its decode graphs."""
+
+    model: Transformer
+    graphs: DecodeGraphs | None
+
+    def run(self, step: Step, graph_batch: int) -> Tensor:
+        """Logits of ``step``: replayed from bucket ``graph_batch``, or eagerly when it is 0."""
+        if graph_batch:
+            assert self.graphs is not None, "rank 0 asked for a graph this rank never captured"
+            return self.graphs.run(step, graph_batch)
+        return self.model(step)
+
+
+def build_shard(spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None) -> Shard:
+    """Join the group, load this rank's weights, allocate its KV cache, capture its graphs."""
     _limit_cpu_threads(spec)
     _pick_attention_kernels(spec)
     if store is not None:
         tp.init_group(rank, store, spec.timeout_s)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
-    model.setup_cache(spec.max_batch_size, spec.max_model_len)
-    return model
+    if not spec.cuda_graphs:
+        model.setup_cache(spec.max_batch_size, spec.max_model_len)
+        return Shard(model, None)
+    model.setup_cache(spec.max_batch_size + 1, spec.max_model_len)  # + the graphs' spare slot
+    graphs = DecodeGraphs(model, spec.max_batch_size)
+    if rank.device.type == "cuda":
+        graphs.capture()
+    return Shard(model, graphs)
 
 
 class ModelRunner:
-    """Rank 0's handle on the (possibly sharded) model."""
+    """Rank 0's handle on the (possibly sharded) model.
 
-    def __init__(self, model: Transformer, rank: tp.Rank) -> None:
-        self.model = model
+    ``use_graphs`` may be switched off at run time (the benchmark compares both paths); the
+    workers follow whatever each step's header says.
+    """
+
+    def __init__(self, shard: Shard, rank: tp.Rank) -> None:
+        self.shard = shard
+        self.model = shard.model
         self.rank = rank
         self.channel = tp.StepChannel(rank)
+        self.use_graphs = shard.graphs is not None
         self._closed = False
 
     @classmethod
@@ -96,10 +128,23 @@ class ModelRunner:
         """Bytes of weights this rank holds (a tied head counted once)."""
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
+    def graph_batch(self, step: Step) -> int:
+        """The graph bucket that runs ``step``, or 0 to run it eagerly.
+
+        Graphs serve one token per row (decodes); prefills, and any step when graphs are off,
+        run eagerly.
+        """
+        graphs = self.shard.graphs
+        if not self.use_graphs or graphs is None or step.tokens.shape[1] != 1:
+            return 0
+        return graphs.bucket_for(step)
+
     @torch.inference_mode()
     def forward(self, step: Step) -> Tensor:
-        self.channel.send(step)
-        return self.model(step)
+        """Logits of ``step``; from a graph they are valid only until the next forward."""
+        graph_batch = self.graph_batch(step)
+        self.channel.send(step, graph_batch)
+        return self.shard.run(step, graph_batch)
 
     def heartbeat(self) -> None:
         """Keep idle workers' collective timeouts from firing."""
@@ -121,9 +166,9 @@ def worker_main(rank_id: int, spec: RunnerSpec) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rank = spec.rank(rank_id)
     store = tp.open_store(spec.store_host, spec.store_port, rank, spec.timeout_s)
-    model = build_shard(spec, rank, store)
+    shard = build_shard(spec, rank, store)
     channel = tp.StepChannel(rank)
     with torch.inference_mode():
-        while (step := channel.receive()) is not None:
-            model(step)
+        while (received := channel.receive()) is not None:
+            shard.run(*received)
     tp.close_group()

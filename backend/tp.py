@@ -42,7 +42,8 @@ COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 ROW_PARALLEL = ("o_proj", "down_proj")
 
 CMD_STEP, CMD_HEARTBEAT, CMD_STOP = 0, 1, 2
-HEADER_LEN = 6  # cmd, batch, seq, kv_len, slot_start (-1: none), last_only
+# cmd, batch, seq, kv_len, slot_start (-1: none), last_only, graph_batch (0: run eagerly)
+HEADER_LEN = 7
 
 
 @dataclass(frozen=True)
@@ -171,23 +172,27 @@ def close_group() -> None:
 
 
 class StepChannel:
-    """Rank 0 broadcasts each step's inputs; the other ranks receive and replay them."""
+    """Rank 0 broadcasts each step's inputs; the other ranks receive and replay them.
+
+    The header also names the CUDA-graph bucket rank 0 chose for the step (0: run it eagerly),
+    so every rank replays the same graph and its captured collectives meet.
+    """
 
     def __init__(self, rank: Rank) -> None:
         self.rank = rank
 
-    def _header(self, cmd: int, step: Step | None) -> Tensor:
-        values = [cmd, 0, 0, 0, -1, 0]
+    def _header(self, cmd: int, step: Step | None, graph_batch: int = 0) -> Tensor:
+        values = [cmd, 0, 0, 0, -1, 0, 0]
         if step is not None:
             b, t = step.tokens.shape
             start = -1 if step.slot_start is None else step.slot_start
-            values = [cmd, b, t, step.kv_len, start, int(step.last_only)]
+            values = [cmd, b, t, step.kv_len, start, int(step.last_only), graph_batch]
         return torch.tensor(values, dtype=torch.int64, device=self.rank.device)
 
-    def send(self, step: Step) -> None:
+    def send(self, step: Step, graph_batch: int = 0) -> None:
         if self.rank.world == 1:
             return
-        dist.broadcast(self._header(CMD_STEP, step), src=0)
+        dist.broadcast(self._header(CMD_STEP, step, graph_batch), src=0)
         payload = torch.cat((step.tokens.flatten(), step.input_pos.flatten(), step.slots))
         dist.broadcast(payload, src=0)
 
@@ -195,12 +200,15 @@ class StepChannel:
         if self.rank.world > 1:
             dist.broadcast(self._header(cmd, None), src=0)
 
-    def receive(self) -> Step | None:
-        """Block for rank 0's next step; ``None`` means stop. Heartbeats are absorbed here."""
+    def receive(self) -> tuple[Step, int] | None:
+        """Block for rank 0's next step and its graph bucket; ``None`` means stop.
+
+        Heartbeats are absorbed here.
+        """
         while True:
             header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.rank.device)
             dist.broadcast(header, src=0)
-            cmd, b, t, kv_len, start, last_only = header.tolist()
+            cmd, b, t, kv_len, start, last_only, graph_batch = header.tolist()
             if cmd == CMD_STOP:
                 return None
             if cmd == CMD_HEARTBEAT:
@@ -208,7 +216,7 @@ class StepChannel:
             payload = torch.empty(2 * b * t + b, dtype=torch.int64, device=self.rank.device)
             dist.broadcast(payload, src=0)
             tokens, pos, slots = payload.split((b * t, b * t, b))
-            return Step(
+            step = Step(
                 tokens=tokens.view(b, t),
                 input_pos=pos.view(b, t),
                 slots=slots,
@@ -216,6 +224,7 @@ class StepChannel:
                 slot_start=None if start < 0 else start,
                 last_only=bool(last_only),
             )
+            return step, graph_batch
 
 
 def _die_with_parent() -> None:

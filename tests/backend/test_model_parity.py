@@ -26,7 +26,7 @@ PROMPTS = [[1, 17, 42, 99, 5, 230, 7], [1, 300, 12]]
 NEW_TOKENS = 12
 
 
-def spec_for(folder: Path, world: int) -> RunnerSpec:
+def spec_for(folder: Path, world: int, graphs: bool = False) -> RunnerSpec:
     return RunnerSpec(
         source=ModelSource(path=folder),
         world=world,
@@ -35,6 +35,7 @@ def spec_for(folder: Path, world: int) -> RunnerSpec:
         max_batch_size=4,
         max_model_len=64,
         timeout_s=20,
+        cuda_graphs=graphs,
     )
 
 
@@ -107,7 +108,8 @@ def tp1(hf_checkpoint: Path) -> ModelRunner:
 
 @pytest.fixture(scope="module")
 def tp2(hf_checkpoint: Path) -> Iterator[ModelRunner]:
-    spec = spec_for(hf_checkpoint, 2)
+    """Two ranks with decode graphs built (run uncaptured on CPU); ``use_graphs`` picks the path."""
+    spec = spec_for(hf_checkpoint, 2, graphs=True)
     store = tp.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s)
     spec = replace(spec, store_port=store.port)
     workers = tp.Workers.launch(2, worker_main, (spec,))
@@ -157,7 +159,34 @@ def test_tp2_logits_match_transformers(tp2: ModelRunner, reference) -> None:
 def test_greedy_tokens_equal_at_tp1_tp2_and_reference(tp1, tp2, reference) -> None:
     expected = [reference_greedy(reference, p, NEW_TOKENS) for p in PROMPTS]
     assert generate(tp1, PROMPTS, NEW_TOKENS) == expected
+    tp2.use_graphs = False
     assert generate(tp2, PROMPTS, NEW_TOKENS) == expected
+
+
+def test_tp2_graph_decode_equals_reference(tp2, reference) -> None:
+    """Both ranks replay rank 0's choice of bucket: the header carries it."""
+    expected = [reference_greedy(reference, p, NEW_TOKENS) for p in PROMPTS]
+    tp2.use_graphs = True
+    assert generate(tp2, PROMPTS, NEW_TOKENS) == expected
+
+
+def test_tp2_graph_decode_on_scattered_slots_matches_eager(tp2) -> None:
+    """Slots 0 and 2 in bucket 4; rewriting the same keys makes the step repeatable."""
+    for slot, ids in zip((0, 2), PROMPTS, strict=True):
+        n = len(ids)
+        tp2.forward(Step(torch.tensor([ids]), torch.arange(n)[None], torch.tensor([slot]), n, slot))
+    positions = [len(p) for p in PROMPTS]
+    step = Step(
+        torch.tensor([[5], [6]]), torch.tensor([[p] for p in positions]), torch.tensor([0, 2]), 8
+    )
+    logits = {}
+    for use_graphs in (True, False):
+        tp2.use_graphs = use_graphs
+        logits[use_graphs] = tp2.forward(step).clone()
+    assert tp2.graph_batch(step) == 0  # graphs off now
+    tp2.use_graphs = True
+    assert tp2.graph_batch(step) == 4
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
 
 
 def test_indivisible_heads_are_refused_at_start() -> None:
