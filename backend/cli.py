@@ -48,10 +48,9 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens accepted")
     p.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        help="decode eagerly on GPUs too (default: CUDA graphs per batch bucket)",
+        "--cuda-graphs",
+        action="store_true",
+        help="decode through CUDA graphs per batch bucket (GPU, --tp 1 only; default: eager)",
     )
     p.add_argument(
         "--fault-latency",

@@ -18,6 +18,8 @@ every shape and address, hence:
 At TP > 1 the all-reduces and the logits all-gather are captured too. Every rank captures the same
 buckets in the same order at start-up (the warm-up passes meet in their collectives), and replays
 the bucket that rank 0 names in each step's header, so the NCCL kernels meet in lock step.
+Status: TP=1 ran on H200s (3-5x faster steps); at TP=2 capture finished but the case then
+stalled with no NCCL timeout, so the server refuses graphs at TP > 1 (BENCHMARKS-backend.md).
 
 On a CPU nothing is captured: :meth:`DecodeGraphs.run` runs the same static-shape step eagerly,
 which lets the tests check the padding and slot mapping where no GPU is available.

@@ -40,7 +40,7 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         max_model_len=config.max_model_len,
         store_port=store_port,
         timeout_s=config.collective_timeout_s,
-        cuda_graphs=config.cuda_graphs and config.device == "cuda",
+        cuda_graphs=config.cuda_graphs,
     )
 
 

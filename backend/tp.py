@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import multiprocessing as mp
 import signal
@@ -235,6 +236,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_entry(target: Callable[..., None], rank: int, args: tuple[Any, ...]) -> None:
+    faulthandler.enable()  # a rank killed by a signal says where, instead of vanishing
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when a Ctrl-C ends the run
     target(rank, *args)

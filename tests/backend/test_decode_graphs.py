@@ -12,7 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backend.config import BackendConfig  # noqa: E402
 from backend.graphs import DecodeGraphs, batch_buckets  # noqa: E402
 from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
@@ -121,13 +120,15 @@ def test_padding_rows_never_write_a_live_slot(runners) -> None:
         assert torch.equal(cache.k[1], k) and torch.equal(cache.v[1], v)
 
 
-def test_graphs_are_on_for_gpus_unless_refused_and_never_on_cpu() -> None:
+def test_graphs_are_opt_in_and_refused_on_cpu_or_several_ranks() -> None:
     from backend.cli import parse_args
+    from backend.config import ConfigError
     from backend.lifecycle import runner_spec
 
-    assert parse_args(["--device", "cpu"]).cuda_graphs
-    assert not parse_args(["--device", "cpu", "--no-cuda-graphs"]).cuda_graphs
-    gpu = BackendConfig(device="cuda", dtype="bfloat16")
+    assert not parse_args(["--device", "cpu"]).cuda_graphs
+    gpu = parse_args(["--device", "cuda", "--tp", "1", "--cuda-graphs"]).validate()
     assert runner_spec(gpu, 0).cuda_graphs
-    assert not runner_spec(replace(gpu, cuda_graphs=False), 0).cuda_graphs
-    assert not runner_spec(BackendConfig(device="cpu"), 0).cuda_graphs
+    with pytest.raises(ConfigError, match="cuda_graphs needs --device cuda"):
+        replace(gpu, device="cpu", dtype="float32").validate()
+    with pytest.raises(ConfigError, match="tp 1 only"):
+        replace(gpu, tp=2).validate()
