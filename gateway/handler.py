@@ -55,13 +55,23 @@ class RetryableTry(Exception):
 
 @dataclass
 class RequestContext:
+    """One client request on its way through the gateway: what it is and what became of it."""
+
+    request: web.BaseRequest
+    config: GatewayConfig  # one config for the whole request, even if a reload lands meanwhile
     request_id: str
     started_at: float
-    route: str = "-"
+    route: Route | None = None
+    group: str = "default"
+    body: RequestBody | None = None
     backend: str = "-"
     status: int = 0
     tried: list[str] = field(default_factory=list)
     response_started: bool = False
+
+    @property
+    def route_name(self) -> str:
+        return self.route.name if self.route is not None else "-"
 
 
 class ProxyHandler:
@@ -72,39 +82,35 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime
-        config = rt.config  # one config for the whole request, even if a reload lands meanwhile
-        ctx = RequestContext(
-            request_id_from(request.headers, config.headers.request_id), rt.clock()
-        )
+        config = rt.config
+        rid = request_id_from(request.headers, config.headers.request_id)
+        ctx = RequestContext(request, config, rid, rt.clock())
         response: web.StreamResponse | None = None
         try:
-            response = await self._handle(request, config, ctx)
+            response = await self._handle(ctx)
             return response
         finally:
-            self._finish(request, config, ctx, response)
+            self._finish(ctx, response)
 
-    async def _handle(
-        self, request: web.BaseRequest, config: GatewayConfig, ctx: RequestContext
-    ) -> web.StreamResponse:
-        rid = ctx.request_id
+    async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
+        request, config, rid = ctx.request, ctx.config, ctx.request_id
         if header_bytes(request.headers) > config.limits.max_header_size:
             return error_response(431, "headers_too_large", "request headers too large", rid)
         length = request.content_length
         if length is not None and length > config.limits.max_body:
             return error_response(413, "body_too_large", "request body too large", rid)
-        body = RequestBody(request, config.limits.max_body)
+        ctx.body = body = RequestBody(request, config.limits.max_body)
         try:
             await body.buffer_if_small(config.retries.buffer_limit)
         except (aiohttp.ClientPayloadError, ConnectionError):
             return error_response(400, "bad_request", "request body broke off", rid)
         model = model_of(body.buffered) if self.runtime.router.needs_model else None
-        route = self.runtime.router.match(request.path, request.headers, model)
-        ctx.route = route.name
-        group = route.pick_group(self.runtime.rng)
+        ctx.route = route = self.runtime.router.match(request.path, request.headers, model)
+        ctx.group = route.pick_group(self.runtime.rng)
         self.runtime.retry_budget.record_request(self.runtime.clock())
         try:
             async with asyncio.timeout(config.timeouts.total):
-                return await self._forward(request, config, ctx, route, group, body)
+                return await self._forward(ctx)
         except TimeoutError:
             if ctx.response_started:
                 _abort(request)
@@ -116,20 +122,12 @@ class ProxyHandler:
         except BodyTooLarge:
             return error_response(413, "body_too_large", "request body too large", rid)
 
-    async def _forward(
-        self,
-        request: web.BaseRequest,
-        config: GatewayConfig,
-        ctx: RequestContext,
-        route: Route,
-        group: str,
-        body: RequestBody,
-    ) -> web.StreamResponse:
+    async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         try:  # the first try runs bare: most requests never need the retry machinery
-            return await self._try_once(request, config, ctx, route, group, body, 1)
+            return await self._try_once(ctx, 1)
         except RetryableTry:
             pass  # _try_once already checked that a retry is allowed and spent the budget
-        retries = config.retries
+        retries = ctx.config.retries
         backoff = wait_random_exponential(multiplier=retries.backoff_base, max=retries.backoff_max)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries.attempts - 1),
@@ -140,27 +138,19 @@ class ProxyHandler:
         )
         async for attempt in retrying:
             with attempt:
-                number = attempt.retry_state.attempt_number + 1
-                return await self._try_once(request, config, ctx, route, group, body, number)
+                return await self._try_once(ctx, attempt.retry_state.attempt_number + 1)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _try_once(
-        self,
-        request: web.BaseRequest,
-        config: GatewayConfig,
-        ctx: RequestContext,
-        route: Route,
-        group: str,
-        body: RequestBody,
-        number: int,
-    ) -> web.StreamResponse:
-        rt = self.runtime
-        endpoint = await self._acquire(group, ctx.tried, config)
+    async def _try_once(self, ctx: RequestContext, number: int) -> web.StreamResponse:
+        """Try number ``number``: pick a backend, send, and relay or raise RetryableTry."""
+        rt, request, config = self.runtime, ctx.request, ctx.config
+        body = ctx.body
+        assert body is not None and rt.session is not None
+        endpoint = await self._acquire(ctx.group, ctx.tried, config)
         ctx.tried.append(endpoint.name)
         ctx.backend = endpoint.name
         url = proxy.target_url(endpoint.url, request)
         headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
-        assert rt.session is not None
         with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.attempt_done) as att:
             try:
                 upstream = await proxy.send(
@@ -179,16 +169,7 @@ class ProxyHandler:
                         400, "bad_request", "request body broke off", ctx.request_id
                     )
                 att.failed(failure.kind.value)
-                if self._may_retry(
-                    failure.kind.value,
-                    failure.reached_upstream,
-                    request,
-                    config,
-                    route,
-                    body,
-                    number,
-                    ctx,
-                ):
+                if self._may_retry(ctx, failure.kind.value, failure.reached_upstream, number):
                     raise RetryableTry(failure.kind.value) from None
                 return self._failure_response(failure, ctx)
             except BodyTooLarge:
@@ -198,34 +179,29 @@ class ProxyHandler:
                 streaming = upstream.content_type == "text/event-stream"
                 reported = upstream.headers.get(config.balancer.queue_depth.header)
                 att.got_headers(upstream.status, streaming, reported)
-                if upstream.status in config.retries.retry_on and self._may_retry(
-                    str(upstream.status), True, request, config, route, body, number, ctx
+                status = upstream.status
+                if status in config.retries.retry_on and self._may_retry(
+                    ctx, str(status), True, number
                 ):
-                    raise RetryableTry(str(upstream.status))
-                return await self._relay(request, upstream, att, ctx, config, endpoint)
+                    raise RetryableTry(str(status))
+                return await self._relay(ctx, upstream, att, endpoint)
             finally:
                 upstream.release()
 
     def _may_retry(
-        self,
-        reason: str,
-        reached_upstream: bool,
-        request: web.BaseRequest,
-        config: GatewayConfig,
-        route: Route,
-        body: RequestBody,
-        number: int,
-        ctx: RequestContext,
+        self, ctx: RequestContext, reason: str, reached_upstream: bool, number: int
     ) -> bool:
         rt = self.runtime
+        route = ctx.route
+        assert route is not None and ctx.body is not None
         condition: str | int = int(reason) if reason.isdigit() else reason
         allowed = retry_allowed(
             condition,
             reached_upstream,
-            request.method,
-            body.replayable,
+            ctx.request.method,
+            ctx.body.replayable,
             number,
-            config.retries,
+            ctx.config.retries,
             route.retry_non_idempotent,
             rt.retry_budget,
             rt.clock(),
@@ -283,14 +259,13 @@ class ProxyHandler:
 
     async def _relay(
         self,
-        request: web.BaseRequest,
+        ctx: RequestContext,
         upstream: aiohttp.ClientResponse,
         att: Attempt,
-        ctx: RequestContext,
-        config: GatewayConfig,
         endpoint: Endpoint,
     ) -> web.StreamResponse:
         """Stream the upstream response to the client chunk by chunk, as it arrives."""
+        request, config = ctx.request, ctx.config
         headers = proxy.response_headers(upstream)
         headers[config.headers.request_id] = ctx.request_id
         if config.headers.expose_backend:
@@ -343,20 +318,16 @@ class ProxyHandler:
             502, "upstream_reset", "upstream closed the connection", ctx.request_id
         )
 
-    def _finish(
-        self,
-        request: web.BaseRequest,
-        config: GatewayConfig,
-        ctx: RequestContext,
-        response: web.StreamResponse | None,
-    ) -> None:
+    def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
+        request, config = ctx.request, ctx.config
         rt = self.runtime
         status = response.status if response is not None else 499  # client went away
         if response is not None and not ctx.response_started:
             response.headers.setdefault(config.headers.request_id, ctx.request_id)
         elapsed = rt.clock() - ctx.started_at
-        rt.metrics.requests.labels(ctx.route, ctx.backend, str(status)).inc()
-        rt.metrics.request_duration.labels(ctx.route).observe(elapsed)
+        route = ctx.route_name
+        rt.metrics.requests.labels(route, ctx.backend, str(status)).inc()
+        rt.metrics.request_duration.labels(route).observe(elapsed)
         if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(
@@ -364,7 +335,7 @@ class ProxyHandler:
                         "id": ctx.request_id,
                         "method": request.method,
                         "path": request.path,
-                        "route": ctx.route,
+                        "route": route,
                         "backend": ctx.backend,
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),

@@ -133,8 +133,8 @@ class PairRun:
             self.backends = [Backend("upstream", port)]
             return
         started = []
-        for i, pod in enumerate(s.pods):
-            port = procs.free_port()
+        ports = procs.free_ports(len(s.pods))
+        for i, (pod, port) in enumerate(zip(s.pods, ports, strict=True)):
             cmd = [sys.executable, "-m", "loadtests.fakepod", "--port", str(port),
                    "--name", pod.name, "--slots", str(pod.slots),
                    "--service-ms", str(pod.service_ms), "--sigma", str(pod.sigma),
@@ -151,7 +151,7 @@ class PairRun:
         """Start the peer; return the base URLs the load goes to."""
         if not self.peer.is_proxy:
             return [f"http://127.0.0.1:{b.port}" for b in self.backends]
-        listen, admin = procs.free_port(), procs.free_port()
+        listen, admin = procs.free_ports(2)
         conf = self.run_dir / f"peer{peers_mod.config_suffix(self.peer.kind)}"
         text = peers_mod.render(
             self.peer, self.backends, listen, admin, self.run_dir, self.settings.budget

@@ -288,3 +288,37 @@ async def test_chaos_every_request_succeeds_or_fails_cleanly() -> None:
         assert outcomes["hung"] == 0
         assert not [k for k in outcomes if k.startswith("unexpected")], outcomes
         assert outcomes["succeeded"] >= 0.9 * sent
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "max_errors"),
+    [
+        ("[connect-failure, reset, 502, 503, 504]", 5),
+        ("[connect-failure, reset, 500, 502, 503, 504]", 0),
+    ],
+)
+async def test_client_error_rate_with_one_pod_answering_only_500s(
+    retry_on: str, max_errors: int
+) -> None:
+    """One pod of three answers every request with 500. By default (500 is not retried, as an
+    inference server's 500 is often the request's own fault) clients see at most the breaker's
+    threshold of errors, as failures make the pod look slow and then eject it; with 500 in
+    retry_on they see none."""
+    extra = (
+        "health_check: {enabled: false}\nheaders: {expose_backend: true}\n"
+        f"retries: {{attempts: 2, retry_on: {retry_on}, retry_non_idempotent: true}}\n"
+    )
+    async with pods_and_gateway(3, extra, service_s=0.002) as (pods, gw):
+        pods[0].state.faults.error_rate = 1.0
+        statuses: Counter[int] = Counter()
+        async with aiohttp.ClientSession() as client:
+            for _ in range(600):
+                async with client.post(f"{base(gw)}/v1/completions", json={}) as resp:
+                    statuses[resp.status] += 1
+                    await resp.read()
+        errors = sum(n for status, n in statuses.items() if status >= 500)
+        print(f"\nretry_on {retry_on}: {errors} of 600 requests failed ({errors / 6:.2f}%)")
+        assert errors <= max_errors, statuses
+        # Each 500 doubles pod0's latency estimate, so the balancer starves it even before
+        # the breaker's 5 consecutive failures eject it.
+        assert pods[0].state.served <= 10, pods[0].state.served
