@@ -116,3 +116,18 @@ async def test_upstream_error_status_passes_through_with_its_body() -> None:
             assert resp.status == 418
             assert json.loads(await resp.text()) == {"status": 418}
             assert "X-Tailgate-Error" not in resp.headers
+
+
+async def test_bodiless_responses_pass_and_the_connection_stays_usable() -> None:
+    """HEAD keeps the upstream's Content-Length with no body; 204 and 304 carry none."""
+    async with pods_and_gateway(1) as (pods, gw), aiohttp.ClientSession() as client:
+        async with client.head(f"{base(gw)}/echo") as resp:
+            assert resp.status == 200
+            assert int(resp.headers["Content-Length"]) > 0
+            assert await resp.read() == b""
+        for status in (204, 304):
+            async with client.get(f"{base(gw)}/status/{status}") as resp:
+                assert resp.status == status
+                assert await resp.read() == b""
+        async with client.get(f"{base(gw)}/echo") as resp:
+            assert resp.status == 200
