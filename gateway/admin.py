@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import error_response
@@ -17,7 +18,7 @@ from gateway.health.transition import CircuitState
 from gateway.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
-METRICS_RENDER = web.AppKey("metrics_render", Callable[[], bytes])  # type: ignore[arg-type]
+METRICS_RENDER: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics_render")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +85,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 def auth_middleware(
     token: str | None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Bearer-token check for every admin path but ``/healthz``; JSON errors for HTTP errors."""
 
     @web.middleware

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from gateway.config import (
     ConfigError,
@@ -78,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(coro, use_uvloop: bool) -> None:  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
     if use_uvloop:
         try:
             import uvloop

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -346,7 +347,9 @@ class ProxyHandler:
             )
 
 
-def _first_backoff(backoff: wait_random_exponential):  # type: ignore[no-untyped-def]
+def _first_backoff(
+    backoff: wait_random_exponential,
+) -> Callable[[RetryCallState], Awaitable[None]]:
     """tenacity waits only between its own attempts; the retries here follow a first try made
     outside it, so the first of them waits too, drawn from the same jittered back-off."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from gateway.health.transition import CircuitState
 from gateway.metrics import CIRCUIT_STATE_VALUE
@@ -76,7 +77,7 @@ class Maintenance:
                 await task
         self._tasks = []
 
-    async def _every(self, period_s, action) -> None:  # type: ignore[no-untyped-def]
+    async def _every(self, period_s: Callable[[], float], action: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(period_s())
             try:

@@ -112,6 +112,9 @@ def backend_specs(config: GatewayConfig) -> list[BackendSpec]:
 class Runtime:
     """Everything a request needs, built from one validated config."""
 
+    retry_budget: RetryBudget
+    admission: AdmissionController
+
     def __init__(
         self,
         config: GatewayConfig,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
+from typing import cast
 
 from gateway.balancer.base import Policy
 from gateway.config.model import RetriesConfig
@@ -46,12 +47,12 @@ def select_endpoint(
         pool = candidates
         if tried:
             pool = [c for c in candidates if c.name not in tried] or candidates
-        endpoint = policy.pick(pool, now, rng)
+        endpoint = cast(Endpoint, policy.pick(pool, now, rng))
         if endpoint.signals.in_flight >= max_requests:
             roomy = [c for c in pool if c.signals.in_flight < max_requests]
             if not roomy:
                 return NoPick.ALL_FULL
-            endpoint = policy.pick(roomy, now, rng)
+            endpoint = cast(Endpoint, policy.pick(roomy, now, rng))
         if panic or endpoint.health.try_acquire(now):
             return endpoint
         fleet.invalidate()

@@ -13,8 +13,9 @@ import hashlib
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -175,7 +176,7 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: self._spawn(self.drain_and_stop()))
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run a signal's work as a task, holding a reference until it is done."""
         task = asyncio.ensure_future(coro)
         self._signal_tasks.add(task)

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -394,8 +394,8 @@ class Master:
         await runner.setup()
         site = web.TCPSite(runner, admin.host, admin.port)
         await site.start()
-        server = site._server
-        self.admin_port = int(server.sockets[0].getsockname()[1]) if server else admin.port
+        sockets = getattr(site._server, "sockets", None)
+        self.admin_port = int(sockets[0].getsockname()[1]) if sockets else admin.port
         return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -445,15 +445,15 @@ def serve_workers(
         return _run(main, use_uvloop)
 
 
-def _run(main: Callable[[], Awaitable[int]], use_uvloop: bool) -> int:
+def _run(main: Callable[[], Coroutine[Any, Any, int]], use_uvloop: bool) -> int:
     if use_uvloop:
         try:
             import uvloop
         except ImportError:
             log.warning("uvloop not installed; using asyncio's loop")
         else:
-            return uvloop.run(main())  # type: ignore[no-any-return]
-    return asyncio.run(main())  # type: ignore[arg-type]
+            return int(uvloop.run(main()))
+    return asyncio.run(main())
 
 
 # -- the worker process ------------------------------------------------------------------------

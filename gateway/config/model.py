@@ -8,7 +8,8 @@ in seconds (``*_s`` in code, ``10s`` in YAML); sizes in bytes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.config.schema import field, in_range, non_negative, positive
@@ -18,7 +19,9 @@ Policy = Literal["weighted_score", "round_robin", "random", "least_request", "pe
 Selection = Literal["best", "p2c"]
 
 
-def _duration(default: float, check=None, doc: str = ""):  # type: ignore[no-untyped-def]
+def _duration(
+    default: float, check: Callable[[float], str | None] | None = None, doc: str = ""
+) -> Any:
     return field(default, parse=parse_duration, check=check, doc=doc)
 
 

@@ -116,7 +116,7 @@ def _convert(hint: Any, meta: Any, raw: Any, path: str, problems: list[Problem])
         if raw is None and len(non_none) < len(args):
             return None
         return _convert(non_none[0], None, raw, path, problems)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return load(hint, raw, path, problems)
     if origin in (tuple, list):
         if not isinstance(raw, list):
