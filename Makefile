@@ -27,6 +27,7 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: install tools lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -109,7 +109,7 @@ class GatewayServer(web.Server):
         super().__init__(handler, **kwargs)
         self._header_timeout_s = header_timeout_s
 
-    def __call__(self) -> RequestHandler:  # type: ignore[override]
+    def __call__(self) -> RequestHandler:
         return GatewayProtocol(
             self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from loadtests.simulate.scenarios import PodSpec
@@ -21,7 +22,7 @@ BIMODAL_LONG = 8.0
 BIMODAL_LONG_SHARE = 0.1
 
 
-def size_sampler(dist: str, sigma: float, rng: random.Random):  # type: ignore[no-untyped-def]
+def size_sampler(dist: str, sigma: float, rng: random.Random) -> Callable[[], float]:
     """A function drawing a request's service demand (mean 1 for lognormal) from `rng`."""
     if dist == "fixed" or (dist == "lognormal" and sigma <= 0):
         return lambda: 1.0
