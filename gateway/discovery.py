@@ -58,6 +58,7 @@ def parse_backend_file(text: str, group: str) -> list[BackendSpec]:
                     backend.url,
                     backend.weight,
                     backend.group if "group" in item else group,
+                    configured_name=backend.name is not None,
                 )
             )
     names = [s.name for s in specs]

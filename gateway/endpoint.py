@@ -17,7 +17,7 @@ from gateway.load.signals import EndpointSignals
 class Endpoint:
     """A backend: name, base URL, capacity weight, group, signals and health."""
 
-    __slots__ = ("draining", "group", "health", "name", "signals", "url", "weight")
+    __slots__ = ("draining", "group", "health", "name", "public_name", "signals", "url", "weight")
 
     def __init__(
         self,
@@ -27,6 +27,7 @@ class Endpoint:
         group: str,
         signals: EndpointSignals,
         health: EndpointHealth,
+        public_name: str | None = None,
     ) -> None:
         self.name = name
         self.url = URL(url)
@@ -34,6 +35,7 @@ class Endpoint:
         self.group = group
         self.signals = signals
         self.health = health
+        self.public_name = public_name or name  # what clients may see (X-Tailgate-Backend)
         self.draining = False  # removed from config: finishes in-flight work, gets nothing new
 
     def routable(self, now: float) -> bool:

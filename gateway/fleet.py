@@ -26,6 +26,7 @@ class BackendSpec:
     url: str
     weight: float = 1.0
     group: str = "default"
+    configured_name: bool = False  # named by the operator, not derived from the address
 
 
 @dataclass

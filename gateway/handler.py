@@ -270,7 +270,8 @@ class ProxyHandler:
         headers = proxy.response_headers(upstream)
         headers[config.headers.request_id] = ctx.request_id
         if config.headers.expose_backend:
-            headers["X-Tailgate-Backend"] = endpoint.name
+            label = endpoint.name if config.headers.expose_backend_address else endpoint.public_name
+            headers["X-Tailgate-Backend"] = label
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -105,8 +106,16 @@ def active_settings(config: GatewayConfig) -> ActiveCheckSettings | None:
     )
 
 
+def opaque_label(url: str) -> str:
+    """A stable name for a backend the operator did not name, that does not reveal its address."""
+    return "backend-" + hashlib.sha256(url.encode()).hexdigest()[:8]
+
+
 def backend_specs(config: GatewayConfig) -> list[BackendSpec]:
-    return [BackendSpec(b.display_name, b.url, b.weight, b.group) for b in config.backends]
+    return [
+        BackendSpec(b.display_name, b.url, b.weight, b.group, configured_name=b.name is not None)
+        for b in config.backends
+    ]
 
 
 class Runtime:
@@ -218,7 +227,8 @@ class Runtime:
             listener=self._on_transition,
         )
         signals = EndpointSignals(self.signal_settings, now)
-        return Endpoint(spec.name, spec.url, spec.weight, spec.group, signals, health)
+        public = spec.name if spec.configured_name else opaque_label(spec.url)
+        return Endpoint(spec.name, spec.url, spec.weight, spec.group, signals, health, public)
 
     def _forget_labels(self, name: str) -> None:
         """Drop a removed backend's per-backend gauges.

@@ -270,6 +270,9 @@ class RouteConfig:
 @dataclasses.dataclass(frozen=True)
 class HeadersConfig:
     expose_backend: bool = field(False, doc="add X-Tailgate-Backend naming the serving backend")
+    expose_backend_address: bool = field(
+        False, doc="unnamed backends appear as host:port instead of an opaque label"
+    )
     request_id: str = "X-Request-ID"
 
 

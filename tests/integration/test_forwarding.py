@@ -8,7 +8,16 @@ import json
 import aiohttp
 import pytest
 
-from tests.helpers import base, json_body, pods_and_gateway, raw_request, status_of
+from tests.helpers import (
+    base,
+    gateway_yaml,
+    json_body,
+    pods_and_gateway,
+    raw_request,
+    running_gateway,
+    start_pod,
+    status_of,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,6 +107,23 @@ async def test_backend_header_only_when_enabled() -> None:
     async with pods_and_gateway(1, "headers: {expose_backend: true}\n") as (pods, gw):
         async with aiohttp.ClientSession() as client, client.get(f"{base(gw)}/echo") as resp:
             assert resp.headers["X-Tailgate-Backend"] == "pod0"
+
+
+async def test_backend_header_never_shows_an_unnamed_backends_address() -> None:
+    pod = await start_pod("p")
+    try:
+        async with running_gateway(
+            gateway_yaml([pod.url], "headers: {expose_backend: true}\n")
+        ) as gw:
+            async with aiohttp.ClientSession() as client, client.get(f"{base(gw)}/echo") as resp:
+                label = resp.headers["X-Tailgate-Backend"]
+            assert label.startswith("backend-") and str(pod.port) not in label
+        extra = "headers: {expose_backend: true, expose_backend_address: true}\n"
+        async with running_gateway(gateway_yaml([pod.url], extra)) as gw:
+            async with aiohttp.ClientSession() as client, client.get(f"{base(gw)}/echo") as resp:
+                assert resp.headers["X-Tailgate-Backend"] == f"127.0.0.1:{pod.port}"
+    finally:
+        await pod.runner.cleanup()
 
 
 async def test_round_robin_spreads_evenly() -> None:
