@@ -159,3 +159,18 @@ def test_serve_refuses_an_invalid_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "balancer.policy" in result.stderr
+
+
+def test_readme_configuration_reference_names_only_real_keys() -> None:
+    """The README's "every key with its default" block must stay loadable."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml", readme.index("## Configuration")) + len("```yaml")
+    reference = yaml.safe_load(readme[start : readme.index("```", start)])
+    reference.pop("discovery")  # shown beside `backends:`; a config has one or the other
+    reference["backends"] += [
+        {"url": "http://127.0.0.1:8101", "group": "stable"},
+        {"url": "http://127.0.0.1:8102", "group": "canary"},
+    ]
+    parse_config(yaml.safe_dump(reference))
