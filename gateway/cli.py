@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from gateway.config import (
     ConfigError,
@@ -16,20 +12,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    access = logging.getLogger("tailgate.access")
-    access.propagate = False
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+from gateway.process import run_loop, setup_logging
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -63,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(args.config or "<embedded default>", exc)
         return 2
-    _setup_logging(config.logging.level)
+    setup_logging(config.logging.level)
     if args.workers > 1:
         from gateway.workers import serve_workers
 
@@ -76,20 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway.install_signal_handlers()
         await gateway.stopped.wait()
 
-    _run(run(), use_uvloop=not args.no_uvloop)
+    run_loop(run(), use_uvloop=not args.no_uvloop)
     return 0
-
-
-def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            logging.getLogger("tailgate").warning("uvloop not installed; using asyncio's loop")
-        else:
-            uvloop.run(coro)
-            return
-    asyncio.run(coro)
 
 
 def cmd_default_config(args: argparse.Namespace) -> int:

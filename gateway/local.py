@@ -27,6 +27,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.process import run_loop, setup_logging
 
 log = logging.getLogger("tailgate.up")
 
@@ -69,7 +70,6 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout_s
 def run_local_stack(
     backends: int, backend_kind: str, use_uvloop: bool, config_path: str | None
 ) -> int:
-    from gateway.cli import _run, _setup_logging
     from gateway.server import Gateway
 
     try:
@@ -79,7 +79,7 @@ def run_local_stack(
     except ConfigError as exc:
         print(f"invalid config:\n{exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.logging.level)
+    setup_logging(config.logging.level)
     if backend_kind == "auto":
         has_torch = importlib.util.find_spec("torch") is not None
         backend_kind = "torch" if has_torch else "fake"
@@ -109,7 +109,7 @@ def run_local_stack(
             )
             await gateway.stopped.wait()
 
-        _run(serve(), use_uvloop)
+        run_loop(serve(), use_uvloop)
         return 0
     except RuntimeError as exc:
         log.error("%s", exc)

@@ -135,14 +135,14 @@ class Gateway:
                 reuse_address=True,
             )
         await self._public_site.start()
-        self.public_port = _bound_port(self._public_site)
+        self.public_port = bound_port(self._public_site)
         if self._serve_admin:
             app = build_admin_app(rt, cfg.admin.token, self._render_metrics)
             self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._admin_runner.setup()
             admin_site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
             await admin_site.start()
-            self.admin_port = _bound_port(admin_site)
+            self.admin_port = bound_port(admin_site)
         await self._start_discovery(cfg)
         self._prober.sync()
         self._maintenance.start()
@@ -266,7 +266,8 @@ class Gateway:
         self.stopped.set()
 
 
-def _bound_port(site: web.BaseSite) -> int | None:
+def bound_port(site: web.BaseSite) -> int | None:
+    """The port a started site listens on (the real one when it was asked for port 0)."""
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None)
     if sockets:

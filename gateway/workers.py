@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from gateway.admin import auth_middleware, build_admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.server import Gateway, make_listen_socket
+from gateway.process import run_loop, setup_logging
+from gateway.server import Gateway, bound_port, make_listen_socket
 
 log = logging.getLogger("tailgate.workers")
 
@@ -394,8 +395,7 @@ class Master:
         await runner.setup()
         site = web.TCPSite(runner, admin.host, admin.port)
         await site.start()
-        sockets = getattr(site._server, "sockets", None)
-        self.admin_port = int(sockets[0].getsockname()[1]) if sockets else admin.port
+        self.admin_port = bound_port(site) or admin.port
         return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -442,18 +442,7 @@ def serve_workers(
             master.install_signal_handlers()
             return await master.run()
 
-        return _run(main, use_uvloop)
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, int]], use_uvloop: bool) -> int:
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            log.warning("uvloop not installed; using asyncio's loop")
-        else:
-            return int(uvloop.run(main()))
-    return asyncio.run(main())
+        return run_loop(main(), use_uvloop)
 
 
 # -- the worker process ------------------------------------------------------------------------
@@ -470,7 +459,7 @@ async def _serve_worker(args: argparse.Namespace, config: GatewayConfig) -> None
     site = web.TCPSite(admin, "127.0.0.1", 0)
     await site.start()
     gateway.install_signal_handlers()
-    admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    admin_port = bound_port(site)
     report = json.dumps({"pid": os.getpid(), "admin_port": admin_port}) + "\n"
     with os.fdopen(args.status_fd, "wb") as status:
         status.write(report.encode())
@@ -499,21 +488,13 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     config: GatewayConfig = pickle.load(sys.stdin.buffer)  # the master's, same code: trusted
-    logging.basicConfig(
-        level=getattr(logging, config.logging.level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.slot} %(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
-    access = logging.getLogger("tailgate.access")
-    access.propagate = False
-    access.addHandler(logging.StreamHandler(sys.stdout))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    setup_logging(config.logging.level, tag=f"[worker {args.slot} %(process)d]")
 
     async def main() -> int:
         await _serve_worker(args, config)
         return 0
 
-    return _run(main, use_uvloop=not args.no_uvloop)
+    return run_loop(main(), use_uvloop=not args.no_uvloop)
 
 
 if __name__ == "__main__":
