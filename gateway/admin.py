@@ -30,8 +30,7 @@ def backends_snapshot(runtime: Runtime) -> dict[str, object]:
     for group, members in runtime.fleet.groups.items():
         policy = runtime.policy_for(group)
         candidates, panic = runtime.fleet.candidates(group, now)
-        prior = getattr(getattr(policy, "fleet", None), "latency_s", None)
-        prior_s = prior if prior is not None else runtime.balancer_settings.default_latency_s
+        prior_s = runtime.prior_latency_s(group)
         entries = []
         for endpoint in members:
             entries.append(

@@ -47,7 +47,7 @@ class Attempt:
         clock: Callable[[], float],
         metrics: GatewayMetrics,
         sink: OutcomeSink,
-        on_done: Callable[[Endpoint, Transition | None], None],
+        on_done: Callable[[], None],
     ) -> None:
         self.endpoint = endpoint
         self._clock = clock
@@ -79,7 +79,7 @@ class Attempt:
                 depth = float(reported_depth)
             except ValueError:
                 return
-            if depth >= 0 and depth == depth:  # ignore NaN and negatives
+            if depth >= 0:  # NaN fails this too; signals also drop infinities
                 self.endpoint.signals.report_queue_depth(depth, now)
 
     def failed(self, kind: str) -> None:
@@ -120,8 +120,8 @@ class Attempt:
             self._metrics.upstream_latency.labels(name).observe(latency)
         if self.failure is not None and not cancelled:
             self._metrics.upstream_failures.labels(name, self.failure).inc()
-        transition = self._sink(self.endpoint, outcome, now)
-        self._on_done(self.endpoint, transition)
+        self._sink(self.endpoint, outcome, now)  # transitions reach metrics via the listener
+        self._on_done()
 
     def _latency(self, now: float, outcome: Outcome) -> float | None:
         """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.

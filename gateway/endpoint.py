@@ -17,7 +17,7 @@ from gateway.load.signals import EndpointSignals
 class Endpoint:
     """A backend: name, base URL, capacity weight, group, signals and health."""
 
-    __slots__ = ("draining", "group", "health", "name", "public_name", "signals", "url", "weight")
+    __slots__ = ("group", "health", "name", "public_name", "signals", "url", "weight")
 
     def __init__(
         self,
@@ -36,11 +36,10 @@ class Endpoint:
         self.signals = signals
         self.health = health
         self.public_name = public_name or name  # what clients may see (X-Tailgate-Backend)
-        self.draining = False  # removed from config: finishes in-flight work, gets nothing new
 
     def routable(self, now: float) -> bool:
         """May this endpoint be offered to the balancer for a new request?"""
-        return not self.draining and self.health.is_routable(now)
+        return self.health.is_routable(now)
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name!r}, {str(self.url)!r})"

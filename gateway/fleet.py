@@ -2,7 +2,7 @@
 
 Membership changes (config reload, discovery) go through :meth:`Fleet.apply`: a backend that
 stays (same name and URL) keeps its signals and health; a new one starts fresh from the fleet's
-prior; a removed one is marked draining and dropped once its in-flight requests finish.
+prior; a removed one leaves the fleet at once and its requests in flight finish on their own.
 
 Picking happens per request, so the list of routable endpoints of a group is cached and rebuilt
 only when something changed (a health transition bumps :attr:`Fleet.version`) or after
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gateway.endpoint import Endpoint
 from gateway.health.circuit import EndpointHealth
+from gateway.health.outlier import in_panic
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,6 @@ class Fleet:
         self.endpoints: dict[str, Endpoint] = {}
         self.groups: dict[str, list[Endpoint]] = {}
         self.group_healths: dict[str, list[EndpointHealth]] = {}  # for the outlier detector
-        self.draining: dict[int, Endpoint] = {}
         self.version = 0
         self._cache: dict[str, _GroupCache] = {}
 
@@ -64,10 +64,7 @@ class Fleet:
         for name, endpoint in list(self.endpoints.items()):
             spec = wanted.get(name)
             if spec is None or str(endpoint.url) != spec.url.rstrip("/"):
-                endpoint.draining = True
-                if endpoint.signals.in_flight > 0:
-                    self.draining[id(endpoint)] = endpoint
-                del self.endpoints[name]
+                del self.endpoints[name]  # its requests in flight hold it until they finish
                 removed.append(name)
         for name, spec in wanted.items():
             existing = self.endpoints.get(name)
@@ -89,16 +86,11 @@ class Fleet:
         """Something about routability changed: rebuild cached views on next use."""
         self.version += 1
 
-    def forget_drained(self) -> None:
-        for key, endpoint in list(self.draining.items()):
-            if endpoint.signals.in_flight == 0:
-                del self.draining[key]
-
     def candidates(self, group: str, now: float) -> tuple[list[Endpoint], bool]:
         """Routable endpoints of ``group`` and whether the group is in panic.
 
         In panic (fewer than ``panic_threshold_percent`` of the group routable, Envoy's rule)
-        every non-draining endpoint is a candidate, so load spreads instead of piling onto the
+        every endpoint of the group is a candidate, so load spreads instead of piling onto the
         few survivors.
         """
         cache = self._cache.get(group)
@@ -110,12 +102,8 @@ class Fleet:
             return cache.routable, cache.panic
         members = self.groups.get(group, [])
         routable = [e for e in members if e.routable(now)]
-        panic = False
-        if members and len(routable) * 100 < self.panic_threshold_percent * len(members):
-            panic = True
-            routable = [e for e in members if not e.draining]
+        panic = in_panic(len(routable), len(members), self.panic_threshold_percent)
+        if panic:
+            routable = list(members)
         self._cache[group] = _GroupCache(self.version, now, routable, panic)
         return routable, panic
-
-    def all_endpoints(self) -> list[Endpoint]:
-        return list(self.endpoints.values())

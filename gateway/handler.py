@@ -152,7 +152,7 @@ class ProxyHandler:
         ctx.backend = endpoint.name
         url = proxy.target_url(endpoint.url, request)
         headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
-        with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.attempt_done) as att:
+        with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
             try:
                 upstream = await proxy.send(
                     rt.session,

@@ -7,7 +7,6 @@ forwarded: the fixed set below plus every header named in ``Connection``.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -39,16 +38,14 @@ def is_hop_by_hop(name: str, connection_tokens: set[str]) -> bool:
 
 
 def end_to_end(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop headers and without the names in ``drop``."""
+    """A copy of ``headers`` without hop-by-hop headers and without the (lower-case) ``drop``."""
     tokens = _connection_tokens(headers)
-    dropped = {d.lower() for d in drop}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if is_hop_by_hop(name, tokens) or name.lower() in dropped:
-            continue
-        out.add(name, value)
+        if not is_hop_by_hop(name, tokens) and name.lower() not in drop:
+            out.add(name, value)
     return out
 
 

@@ -18,13 +18,6 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import error_body, raw_error
 
-_STATUS_TEXT = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-}
-
 
 def _classify(exc: BaseException | None, message: str | None) -> tuple[int, str, str]:
     text = str(message or exc or "malformed request")

@@ -3,8 +3,7 @@
 * every ``outlier_detection.interval``: the outlier detector's sweep (success-rate ejection,
   ejection-multiplier decay), per group;
 * every 250 ms: each group policy's fleet reference (medians), so a P2C pick stays O(1);
-* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state)
-  and dropping drained backends.
+* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state).
 """
 
 from __future__ import annotations
@@ -29,18 +28,15 @@ def publish_gauges(runtime: Runtime) -> None:
     m = runtime.metrics
     for group, members in runtime.fleet.groups.items():
         policy = runtime.policy_for(group)
-        prior = getattr(getattr(policy, "fleet", None), "latency_s", None)
-        prior_s = prior if prior is not None else runtime.balancer_settings.default_latency_s
+        prior_s = runtime.prior_latency_s(group)
         for endpoint in members:
             name = endpoint.name
-            signals = endpoint.signals
-            m.in_flight.labels(name).set(signals.in_flight)
-            m.queue_depth.labels(name).set(signals.queue_depth(now))
-            snapshot = signals.snapshot(now, prior_s)
-            reported = snapshot.get("reported_queue_depth")
-            if isinstance(reported, (int, float)):
-                m.reported_queue_depth.labels(name).set(reported)
-            m.latency_estimate.labels(name).set(signals.latency_s(now, prior_s))
+            snapshot = endpoint.signals.snapshot(now, prior_s)
+            m.in_flight.labels(name).set(snapshot["in_flight"] or 0)
+            m.queue_depth.labels(name).set(snapshot["queue_depth"] or 0.0)
+            if snapshot["reported_queue_depth"] is not None:
+                m.reported_queue_depth.labels(name).set(snapshot["reported_queue_depth"])
+            m.latency_estimate.labels(name).set(snapshot["latency_s"] or 0.0)
             score = policy.score(endpoint, now)
             if score is not None:
                 m.score.labels(name).set(score)
@@ -90,7 +86,6 @@ class Maintenance:
 
     def _publish(self) -> None:
         publish_gauges(self.runtime)
-        self.runtime.fleet.forget_drained()
 
     def _sweep(self) -> None:
         rt = self.runtime

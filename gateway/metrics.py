@@ -155,6 +155,15 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        self.per_backend_gauges = (
+            self.in_flight,
+            self.queue_depth,
+            self.reported_queue_depth,
+            self.latency_estimate,
+            self.score,
+            self.routable,
+            self.circuit_state,
+        )
         self.backends = Gauge(
             "tailgate_backends",
             "Configured or discovered backends.",

@@ -20,6 +20,10 @@ from yarl import URL
 
 from gateway.headers import end_to_end, forwarded_for
 
+# Set by the gateway itself for the hop it makes, so never copied from the other side.
+_NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
+_NOT_RELAYED = frozenset({"content-length"})
+
 
 class FailureKind(enum.Enum):
     CONNECT = "connect-failure"  # refused / unreachable / connect timeout: never reached upstream
@@ -60,10 +64,6 @@ class RequestBody:
         self.too_large = False
         self.client_error: str | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.buffered == b"" or (self.buffered is None and not self._request.body_exists)
-
     async def buffer_if_small(self, buffer_limit: int) -> None:
         length = self._request.content_length
         if not self._request.body_exists:
@@ -103,7 +103,7 @@ def upstream_headers(
     request: web.BaseRequest, request_id: str, request_id_header: str, upstream: URL
 ) -> CIMultiDict[str]:
     """End-to-end client headers plus the X-Forwarded-* set and the request id."""
-    headers = end_to_end(request.headers, drop=("host", "content-length", "expect"))
+    headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
     client_ip = request.remote
     headers["X-Forwarded-For"] = forwarded_for(request.headers.get("X-Forwarded-For"), client_ip)
     headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
@@ -193,4 +193,4 @@ def _short(exc: BaseException) -> str:
 
 def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     """Upstream headers safe to send to the client (hop-by-hop and framing removed)."""
-    return end_to_end(upstream.headers, drop=("content-length",))
+    return end_to_end(upstream.headers, drop=_NOT_RELAYED)

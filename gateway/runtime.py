@@ -34,7 +34,7 @@ from gateway.health.outlier import OutlierDetector
 from gateway.health.settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
 from gateway.health.transition import CheckState, CircuitState, Transition
 from gateway.load.signals import EndpointSignals, SignalSettings
-from gateway.metrics import CIRCUIT_STATE_VALUE, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
 
@@ -68,7 +68,6 @@ def balancer_settings(config: GatewayConfig) -> BalancerSettings:
 
 def outlier_settings(config: GatewayConfig) -> OutlierSettings:
     od = config.outlier_detection
-    big = 10**9  # "off": a threshold no streak reaches
     return OutlierSettings(
         consecutive_5xx=od.consecutive_5xx if od.enabled else 0,
         consecutive_gateway_failure=od.consecutive_gateway_failure if od.enabled else 0,
@@ -78,7 +77,7 @@ def outlier_settings(config: GatewayConfig) -> OutlierSettings:
         max_ejection_percent=od.max_ejection_percent,
         success_rate_enabled=od.enabled,
         success_rate_minimum_hosts=od.success_rate_minimum_hosts,
-        success_rate_request_volume=od.success_rate_request_volume if od.enabled else big,
+        success_rate_request_volume=od.success_rate_request_volume,
         success_rate_stdev_factor=od.success_rate_stdev_factor,
         panic_threshold_percent=od.panic_threshold,
     )
@@ -139,7 +138,8 @@ class Runtime:
         self.session: aiohttp.ClientSession | None = None
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
         self._install(config)
-        self.fleet.apply(backend_specs(config), self.clock()) if config.backends else None
+        if config.backends:
+            self.fleet.apply(backend_specs(config), self.clock())
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class Runtime:
         at once, without losing counters.
         """
         self._install(config)
-        for endpoint in self.fleet.all_endpoints():
+        for endpoint in self.fleet.endpoints.values():
             endpoint.signals.settings = self.signal_settings
             endpoint.health.outlier = self.outlier_settings
             endpoint.health.breaker = self.breaker_settings
@@ -211,6 +211,16 @@ class Runtime:
             policy.refresh(self.fleet.groups.get(group, []), self.clock())
         return policy
 
+    def prior_latency_s(self, group: str) -> float:
+        """The latency an unmeasured backend of ``group`` is assumed to have: the fleet median
+        its policy keeps, or the configured default for policies that keep none."""
+        reference = getattr(self.policy_for(group), "fleet", None)
+        return (
+            reference.latency_s
+            if reference is not None
+            else self.balancer_settings.default_latency_s
+        )
+
     def refresh_policies(self) -> None:
         """Recompute each group's fleet reference (medians); called periodically."""
         now = self.clock()
@@ -237,17 +247,8 @@ class Runtime:
         the gauges are zeroed instead (routable 0, nothing in flight), which is what they mean
         for a backend that is gone.
         """
-        gauges = (
-            self.metrics.in_flight,
-            self.metrics.queue_depth,
-            self.metrics.reported_queue_depth,
-            self.metrics.latency_estimate,
-            self.metrics.score,
-            self.metrics.routable,
-            self.metrics.circuit_state,
-        )
         multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        for gauge in gauges:
+        for gauge in self.metrics.per_backend_gauges:
             if multiprocess:
                 gauge.labels(name).set(0)
             else:
@@ -261,7 +262,7 @@ class Runtime:
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
-    def attempt_done(self, endpoint: Endpoint, transition: Transition | None) -> None:
+    def capacity_freed(self) -> None:
         """A try finished: wake the longest-waiting queued request, if any (FIFO)."""
         waiters = self.capacity_waiters
         while waiters:
@@ -278,8 +279,6 @@ class Runtime:
         self.metrics.circuit_transitions.labels(name, to.value, transition.reason).inc()
         if to is CircuitState.OPEN:
             self.metrics.ejections.labels(name, transition.reason).inc()
-        if isinstance(to, CircuitState):
-            self.metrics.circuit_state.labels(name).set(CIRCUIT_STATE_VALUE[to.value])
         log.warning(
             "backend %s: %s -> %s (%s)",
             name,

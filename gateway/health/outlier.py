@@ -11,6 +11,12 @@ from .settings import OutlierSettings
 from .transition import CircuitState, Reason, Transition
 
 
+def in_panic(routable: int, total: int, threshold_percent: float) -> bool:
+    """Envoy's panic rule: fewer than ``threshold_percent`` of ``total`` endpoints routable
+    (never with no endpoints or a threshold of 0)."""
+    return total > 0 and routable * 100 < threshold_percent * total
+
+
 class OutlierDetector:
     """The part of health that needs the whole fleet (one detector per backend group).
 
@@ -69,11 +75,8 @@ class OutlierDetector:
     def in_panic(self, fleet: Sequence[EndpointHealth], now: float) -> bool:
         """Fewer than ``panic_threshold_percent`` routable: balance across all endpoints instead,
         as Envoy does, so a fleet-wide failure degrades service rather than refusing it."""
-        threshold = self.settings.panic_threshold_percent
-        if not fleet or threshold <= 0:
-            return False
         routable = sum(1 for h in fleet if h.is_routable(now))
-        return routable * 100 < threshold * len(fleet)
+        return in_panic(routable, len(fleet), self.settings.panic_threshold_percent)
 
     def _success_rate_ejections(
         self, fleet: Sequence[EndpointHealth], now: float

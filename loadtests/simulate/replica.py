@@ -116,7 +116,9 @@ class GatewayReplica:
     def begin(self, endpoint: Endpoint) -> Attempt:
         """Enter the gateway's Attempt for one try (counts it in flight)."""
         rt = self.runtime
-        attempt = Attempt(endpoint, rt.clock, self._metrics, self._record_outcome, rt.attempt_done)
+        attempt = Attempt(
+            endpoint, rt.clock, self._metrics, self._record_outcome, rt.capacity_freed
+        )
         attempt.__enter__()
         return attempt
 

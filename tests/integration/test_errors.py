@@ -165,9 +165,7 @@ async def test_no_backend_at_all_is_a_clean_503() -> None:
     extra = "outlier_detection: {panic_threshold: 0}\nhealth_check: {enabled: false}\n"
     try:
         async with running_gateway(gateway_yaml([pod], extra)) as gw:
-            endpoint = gw.runtime.fleet.endpoints["only"]
-            endpoint.draining = True  # as if discovery had just removed it
-            gw.runtime.fleet.invalidate()
+            gw.runtime.apply_backends([])  # as if discovery had just removed the only one
             async with aiohttp.ClientSession() as client, client.get(f"{base(gw)}/x") as resp:
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "1"
