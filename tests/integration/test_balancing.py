@@ -8,7 +8,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from tests.helpers import admin, base, get_json, pods_and_gateway
+from tests.helpers import admin, base, get_json, pods_and_gateway, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -87,10 +87,9 @@ async def test_scraped_queue_depth_steers_traffic_too() -> None:
     async with await start_fleet_with_slow_pod(extra) as (pods, gw):
         pods[0].state.faults.reported_depth = 40
         endpoint = gw.runtime.fleet.endpoints["pod0"]
-        for _ in range(500):  # wait for a scrape to land (condition, not a fixed sleep)
-            if endpoint.signals.snapshot(gw.runtime.clock(), 0.1)["reported_queue_depth"]:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(  # a scrape has landed
+            lambda: bool(endpoint.signals.snapshot(gw.runtime.clock(), 0.1)["reported_queue_depth"])
+        )
         served = await drive(base(gw))
     assert served["pod0"] < min(served["pod1"], served["pod2"]) / 3, served
 

@@ -15,6 +15,7 @@ from tests.helpers import (
     pods_and_gateway,
     running_gateway,
     start_pod,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -130,11 +131,7 @@ async def test_client_disconnect_cancels_the_upstream_request() -> None:
             writer.close()  # the client gives up
             await asyncio.wait_for(upstream_saw_close.wait(), 5)
             endpoint = next(iter(gw.runtime.fleet.endpoints.values()))
-            for _ in range(500):
-                if endpoint.signals.in_flight == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert endpoint.signals.in_flight == 0
+            await wait_until(lambda: endpoint.signals.in_flight == 0, timeout_s=5)
     finally:
         server.close()
 

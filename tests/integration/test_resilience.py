@@ -126,8 +126,9 @@ async def test_retry_budget_caps_retries_under_a_fleet_wide_failure() -> None:
                 assert resp.status == 503
                 await resp.read()
         sent_upstream = sum(pod.state.served for pod in pods)
-        assert 100 <= sent_upstream <= 100 + 11  # at most 10% of requests were retried
         exhausted = gw.runtime.metrics.retry_budget_exhausted.labels("default")._value.get()
+        print(f"\nfleet-wide 503s, 100 requests: {sent_upstream} tries, {exhausted:.0f} refused")
+        assert 100 <= sent_upstream <= 100 + 11  # at most 10% of requests were retried
         assert exhausted >= 80
 
 

@@ -89,6 +89,7 @@ async def test_large_bodies_both_ways_in_bounded_memory() -> None:
                 assert received == size
                 assert digest.hexdigest() == hashlib.sha256(_pattern(size)).hexdigest()
             growth_mib = (proc.rss_peak_kib() - baseline_kib) / 1024
+            print(f"\n64 MiB up + 64 MiB down: gateway peak RSS grew {growth_mib:.1f} MiB")
             assert growth_mib < 24, f"gateway peak memory grew by {growth_mib:.1f} MiB"
         finally:
             proc.stop()
