@@ -66,7 +66,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(text: str) -> GatewayConfig:
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
@@ -79,6 +79,36 @@ def parse_config(text: str) -> GatewayConfig:
     if problems or config is None:
         raise ConfigError(problems or [Problem("", "invalid config")])
     return config
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a second ``health_check:`` further down a
+    long file would quietly override the first; an operator should hear about it instead.
+    Keys brought in by a ``<<`` merge may still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the schema reports it
+                if earlier is not key_node:
+                    first_line = earlier.start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {first_line})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 
 def _cross_checks(config: GatewayConfig) -> list[Problem]:

@@ -129,6 +129,29 @@ def test_bad_yaml_names_the_line() -> None:
     assert found[0].startswith("<yaml line")
 
 
+def test_a_key_given_twice_is_an_error_not_a_silent_override() -> None:
+    text = (
+        "backends: [{url: 'http://a:1'}]\n"
+        "health_check: {enabled: false}\n"
+        "retries: {attempts: 2}\n"
+        "health_check: {enabled: true}\n"
+    )
+    assert problems(text) == [
+        "<yaml line 4, column 1>: not valid YAML: duplicate key 'health_check' "
+        "(first given on line 2)"
+    ]
+
+
+def test_a_merge_key_may_still_be_overridden() -> None:
+    text = (
+        "backends: [{url: 'http://a:1'}]\n"
+        "listen: &common {host: 127.0.0.1, port: 8080}\n"
+        "admin: {<<: *common, port: 9090}\n"
+    )
+    config = parse_config(text)
+    assert (config.admin.host, config.admin.port) == ("127.0.0.1", 9090)
+
+
 def test_embedded_default_is_valid_and_matches_config_dir() -> None:
     parse_config(default_config_text())
     assert (ROOT / "config" / "gateway.yaml").read_text() == default_config_text()
