@@ -32,6 +32,7 @@ from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.routing import Route, model_of
 from gateway.runtime import Runtime
 from gateway.selection import NoPick, retry_allowed, select_endpoint
+from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
 log = logging.getLogger("tailgate")
@@ -146,18 +147,19 @@ class ProxyHandler:
         """Try number ``number``: pick a backend, send, and relay or raise RetryableTry."""
         rt, request, config = self.runtime, ctx.request, ctx.config
         body = ctx.body
-        assert body is not None and rt.session is not None
+        assert body is not None and rt.upstream is not None
         endpoint = await self._acquire(ctx.group, ctx.tried, config)
         ctx.tried.append(endpoint.name)
         ctx.backend = endpoint.name
-        url = proxy.target_url(endpoint.url, request)
-        headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
+        headers = proxy.upstream_headers(
+            request, ctx.request_id, config.headers.request_id, endpoint.url
+        )
         with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
             try:
                 upstream = await proxy.send(
-                    rt.session,
+                    rt.upstream,
                     request,
-                    url,
+                    endpoint.url,
                     headers,
                     body,
                     config.timeouts.connect,
@@ -261,7 +263,7 @@ class ProxyHandler:
     async def _relay(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
     ) -> web.StreamResponse:
@@ -286,11 +288,7 @@ class ProxyHandler:
         while True:
             try:
                 chunk = await content.readany()
-            except (
-                aiohttp.ClientPayloadError,
-                aiohttp.ClientConnectionError,
-                ConnectionError,
-            ) as exc:
+            except UpstreamError as exc:
                 att.failed("reset")
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
                 _abort(request)

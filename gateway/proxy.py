@@ -8,7 +8,6 @@ upstream — which is what the retry policy needs to decide if a resend is safe.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +18,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.headers import end_to_end, forwarded_for
+from gateway.upstream import (
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 # Set by the gateway itself for the hop it makes, so never copied from the other side.
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
@@ -115,75 +121,59 @@ def upstream_headers(
     return headers
 
 
-def target_url(base: URL, request: web.BaseRequest) -> URL:
-    """The backend URL for this request: the configured base plus the path and query unchanged.
+def request_target(request: web.BaseRequest) -> str:
+    """The path and query to ask the backend for, unchanged from the client's request.
 
-    Only the path and query of the client's request-target are used, so neither an absolute-URI
-    request nor a Host header can point the gateway at anything but a configured backend.
+    Only the path and query of the client's request-target are used (the backend's base URL
+    supplies scheme, host and port), so neither an absolute-URI request nor a Host header can
+    point the gateway at anything but a configured backend.
     """
-    raw = request.rel_url.raw_path
+    url = request.rel_url
+    raw = url.raw_path
     if not raw.startswith("/"):
         raw = "/" + raw
-    query = request.rel_url.raw_query_string
-    return URL(f"{base}{raw}{'?' + query if query else ''}", encoded=True)
+    query = url.raw_query_string
+    return f"{raw}?{query}" if query else raw
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     request: web.BaseRequest,
-    url: URL,
+    base: URL,
     headers: CIMultiDict[str],
     body: RequestBody,
     connect_timeout_s: float,
     headers_timeout_s: float,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """One try: send the request and wait for the response headers (not the body).
 
     Raises :class:`UpstreamFailure` for connect failures, resets and timeouts, and
     :class:`BodyTooLarge` when the streamed client body goes over ``limits.max_body``.
     """
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=None, sock_connect=connect_timeout_s, sock_read=None
-    )
     try:
-        async with asyncio.timeout(headers_timeout_s):
-            response = await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body.payload(),
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            )
-            return response
+        return await client.request(
+            request.method,
+            base,
+            request_target(request),
+            headers,
+            body.payload(),
+            connect_timeout_s,
+            headers_timeout_s,
+        )
     except (BodyTooLarge, UpstreamFailure):
         raise
-    except Exception as exc:
-        # aiohttp wraps errors raised by the body generator; report what really happened.
-        if body.too_large:
-            raise BodyTooLarge() from None
-        if body.client_error is not None:
-            raise UpstreamFailure(FailureKind.CLIENT_BODY, body.client_error, True) from None
-        failure = classify_error(exc)
-        if failure is None:
-            raise
-        raise failure from None
+    except UpstreamError as exc:
+        raise classify_error(exc) from None
 
 
-def classify_error(exc: BaseException) -> UpstreamFailure | None:
-    """What a client-side exception from one try means for the proxy (None: not an I/O error)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+def classify_error(exc: UpstreamError) -> UpstreamFailure:
+    """What a failed try means for the proxy, and whether the request may have reached it."""
+    if isinstance(exc, UpstreamConnectError):
         return UpstreamFailure(FailureKind.CONNECT, _short(exc), False)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure(FailureKind.CONNECT, "connect timeout", False)
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, UpstreamTimeout):
         # The per-try deadline: counted as reached, so a non-idempotent request is not resent.
         return UpstreamFailure(FailureKind.TIMEOUT, "no response headers in time", True)
-    if isinstance(exc, (aiohttp.ClientError, ConnectionError, OSError)):
-        return UpstreamFailure(FailureKind.RESET, _short(exc), True)
-    return None
+    return UpstreamFailure(FailureKind.RESET, _short(exc), True)
 
 
 def _short(exc: BaseException) -> str:
@@ -191,6 +181,6 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def response_headers(upstream: UpstreamResponse) -> CIMultiDict[str]:
     """Upstream headers safe to send to the client (hop-by-hop and framing removed)."""
     return end_to_end(upstream.headers, drop=_NOT_RELAYED)

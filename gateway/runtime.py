@@ -37,6 +37,7 @@ from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
 
@@ -135,7 +136,8 @@ class Runtime:
         self.metrics = metrics or GatewayMetrics()
         self.draining = False
         self.capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
+        self.upstream: UpstreamClient | None = None  # the forwarding path
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
         self._install(config)
         if config.backends:
@@ -199,6 +201,8 @@ class Runtime:
         added, removed = self.fleet.apply(specs, self.clock())
         for name in removed:
             self._forget_labels(name)
+        if removed and self.upstream is not None:
+            self.upstream.retain({endpoint.url for endpoint in self.fleet.endpoints.values()})
         if added or removed:
             log.info("backends changed: added=%s removed=%s", added, removed)
         self.refresh_policies()

@@ -30,6 +30,7 @@ from gateway.maintenance import Maintenance
 from gateway.metrics import GatewayMetrics
 from gateway.probes import Prober
 from gateway.runtime import Runtime
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
 
@@ -93,6 +94,10 @@ class Gateway:
             limit_per_host=cfg.limits.max_connections_per_backend,
             keepalive_timeout=cfg.timeouts.upstream_idle,
             ttl_dns_cache=10,
+        )
+        rt.upstream = UpstreamClient(
+            max_per_origin=cfg.limits.max_connections_per_backend,
+            idle_timeout_s=cfg.timeouts.upstream_idle,
         )
         rt.session = aiohttp.ClientSession(
             connector=connector,
@@ -263,6 +268,8 @@ class Gateway:
             await self._admin_runner.cleanup()
         if self.runtime.session is not None:
             await self.runtime.session.close()
+        if self.runtime.upstream is not None:
+            await self.runtime.upstream.close()
         self.stopped.set()
 
 

@@ -108,7 +108,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                         f"duplicate key {key!r} (first given on line {first_line})",
                         key_node.start_mark,
                     )
-        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+        return super().construct_mapping(node, deep=deep)
 
 
 def _cross_checks(config: GatewayConfig) -> list[Problem]:
