@@ -99,6 +99,11 @@ class _Connection(asyncio.Protocol):
         """Has the response head of the current exchange arrived?"""
         return self._response is not None
 
+    def head_overdue(self) -> None:
+        """The head deadline passed: fail the exchange unless the head made it just in time."""
+        if self._head is not None and not self._head.done():
+            self.fail(UpstreamTimeout("no response head in time"))
+
     def fail(self, exc: BaseException) -> None:
         """End the exchange with ``exc`` and drop the connection."""
         if self._head is not None and not self._head.done():
@@ -493,7 +498,7 @@ class UpstreamClient:
             conn.writer = self.loop.create_task(
                 _send_body(conn, body, chunked="Content-Length" not in headers)
             )
-        timer = self.loop.call_at(deadline, conn.fail, UpstreamTimeout("no response head in time"))
+        timer = self.loop.call_at(deadline, conn.head_overdue)
         try:
             return await head_future
         except BaseException:
