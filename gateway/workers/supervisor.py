@@ -1,35 +1,11 @@
-"""Multi-worker mode: N gateway processes share the public port; a master supervises them.
+"""The master of multi-worker mode: starts, supervises, signals and stops the workers.
 
-One Python process proxies on one core. With ``tailgate serve --workers N`` each worker is a
-whole :class:`~gateway.server.Gateway` (its own fleet, signals and health, so it balances on
-what it observes itself) listening on its own ``SO_REUSEPORT`` socket: the kernel spreads new
-connections across the workers, and a worker that stops accepting never blocks the others.
-
-The master proxies nothing. It
-
-- reserves the public port (bound, never listening) so port 0 resolves once and a port in use
-  fails before any worker starts;
-- starts each worker as a fresh interpreter (``python -m gateway.workers``) whose environment
-  names a private, temporary ``PROMETHEUS_MULTIPROC_DIR``, so prometheus-client runs in
-  multiprocess mode from its first import; a worker reports its pid and its private admin port
-  (127.0.0.1, ephemeral, guarded by a per-run secret token) on a pipe once it is listening.
-  The worker gets its config from the master (pickled on stdin): the last valid one, so a
-  worker restarted while the file holds a broken edit serves what its siblings serve;
-- serves the admin listener only after every worker listens: ``/metrics`` aggregated over all
-  workers, live and dead (counters survive restarts), ``/readyz`` (ready while one worker is),
-  ``/admin/backends`` (each worker's snapshot, fetched from its private listener), ``/healthz``;
-- forwards SIGHUP (reload) to every worker; on SIGTERM/SIGINT forwards SIGTERM, waits for the
-  workers to drain, removes the metrics directory and exits 0;
-- replaces a worker that dies unexpectedly, after a short backoff. A crash loop
-  (:class:`RestartPolicy`) stops the master with exit status 1 instead: flapping forever would
-  hide a broken host or release from the supervisor (systemd, Kubernetes) that should see it.
+It proxies nothing; see :mod:`gateway.workers` for the whole design.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -43,52 +19,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead
 
-from gateway.admin import auth_middleware, build_admin_app
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.process import run_loop, setup_logging
-from gateway.server import Gateway, bound_port, make_listen_socket
+from gateway.process import run_loop
+from gateway.workers.master_admin import MasterAdmin
+from gateway.workers.restarts import RestartPolicy
+from gateway.workers.worker import WORKER_TOKEN_ENV
 
 log = logging.getLogger("tailgate.workers")
 
-WORKER_TOKEN_ENV = "TAILGATE_WORKER_ADMIN_TOKEN"
 START_TIMEOUT_S = 30.0  # a worker imports, binds and reports within this, or startup fails
 STOP_GRACE_S = 5.0  # beyond drain_timeout, before a worker that ignores SIGTERM is killed
 WORKER_QUERY_TIMEOUT_S = 2.0  # master -> worker private admin requests
-PARENT_POLL_S = 1.0  # how often a worker checks that its master is still alive
-
-
-@dataclasses.dataclass
-class RestartPolicy:
-    """Bounded restarts with backoff, shared by all workers; pure (``now`` is passed in).
-
-    A crash now and then (an OOM kill, a bug on one rare request) costs 1/N of capacity for
-    ``delay`` seconds. ``max_restarts`` crashes within ``window_s`` is a crash loop: give up.
-    """
-
-    max_restarts: int = 5
-    window_s: float = 60.0
-    base_delay_s: float = 0.1
-    max_delay_s: float = 5.0
-    _crashes: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
-
-    def on_crash(self, now: float) -> float | None:
-        """Seconds to wait before the restart, or None when the crash loop limit is reached."""
-        while self._crashes and now - self._crashes[0] > self.window_s:
-            self._crashes.popleft()
-        self._crashes.append(now)
-        if len(self._crashes) > self.max_restarts:
-            return None
-        return min(self.max_delay_s, self.base_delay_s * 2 ** (len(self._crashes) - 1))
 
 
 @dataclasses.dataclass
@@ -124,13 +73,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def render_metrics(metrics_dir: Path) -> bytes:
-    """Every worker's metrics, summed (or per the gauges' ``multiprocess_mode``)."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
-    return generate_latest(registry)
 
 
 class Master:
@@ -188,7 +130,9 @@ class Master:
             if failures:
                 log.error("workers failed to start: %s", "; ".join(map(str, failures)))
                 return 1
-            admin_runner = await self._start_admin()
+            admin = await MasterAdmin(self).start()
+            if admin is not None:
+                admin_runner, self.admin_port = admin
             log.info(
                 "tailgate master pid %d: %d workers on http://%s:%d, admin %s",
                 os.getpid(),
@@ -369,60 +313,12 @@ class Master:
         async with self.session.get(url) as resp:
             return resp.status, await resp.json()
 
-    async def _ask_all(self, path: str) -> list[tuple[Worker, tuple[int, Any] | BaseException]]:
+    async def ask_all(self, path: str) -> list[tuple[Worker, tuple[int, Any] | BaseException]]:
         workers = sorted(self.workers.values(), key=lambda w: w.slot)
         answers = await asyncio.gather(
             *(self._ask(w, path) for w in workers), return_exceptions=True
         )
         return list(zip(workers, answers, strict=True))
-
-    # -- admin -------------------------------------------------------------------------------
-
-    async def _start_admin(self) -> web.AppRunner | None:
-        admin = self.config.admin
-        if not admin.enabled:
-            return None
-        app = web.Application(middlewares=[auth_middleware(admin.token)])
-        routes: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
-            "/metrics": self._metrics,
-            "/admin/backends": self._backends,
-            "/healthz": self._healthz,
-            "/readyz": self._readyz,
-        }
-        for path, handler in routes.items():
-            app.router.add_get(path, handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, admin.host, admin.port)
-        await site.start()
-        self.admin_port = bound_port(site) or admin.port
-        return runner
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(render_metrics, self.metrics_dir)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _backends(self, request: web.Request) -> web.Response:
-        entries: list[dict[str, Any]] = []
-        for worker, answer in await self._ask_all("/admin/backends"):
-            entry: dict[str, Any] = {"slot": worker.slot, "pid": worker.pid}
-            if isinstance(answer, BaseException):
-                entry["error"] = repr(answer)
-            else:
-                entry.update(answer[1])
-            entries.append(entry)
-        return web.json_response({"workers": entries, "draining": self.stopping})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "workers": len(self.workers)})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        answers = [] if self.stopping else await self._ask_all("/readyz")
-        ready = sum(1 for _, a in answers if not isinstance(a, BaseException) and a[0] == 200)
-        reason = "draining" if self.stopping else ("ok" if ready else "no ready worker")
-        body = {"ready": ready > 0, "reason": reason, "workers_ready": ready}
-        body["workers"] = len(self.workers)
-        return web.json_response(body, status=200 if ready else 503)
 
 
 def _describe(returncode: int) -> str:
@@ -443,59 +339,3 @@ def serve_workers(
             return await master.run()
 
         return run_loop(main(), use_uvloop)
-
-
-# -- the worker process ------------------------------------------------------------------------
-
-
-async def _serve_worker(args: argparse.Namespace, config: GatewayConfig) -> None:
-    """One worker: a Gateway on its own SO_REUSEPORT socket plus a private admin listener."""
-    sock = make_listen_socket(args.host, args.port, config.listen.backlog, reuse_port=True)
-    gateway = Gateway(config, args.config, public_socket=sock, serve_admin=False)
-    await gateway.start()
-    app = build_admin_app(gateway.runtime, os.environ.get(WORKER_TOKEN_ENV) or None)
-    admin = web.AppRunner(app, access_log=None, handle_signals=False)
-    await admin.setup()
-    site = web.TCPSite(admin, "127.0.0.1", 0)
-    await site.start()
-    gateway.install_signal_handlers()
-    admin_port = bound_port(site)
-    report = json.dumps({"pid": os.getpid(), "admin_port": admin_port}) + "\n"
-    with os.fdopen(args.status_fd, "wb") as status:
-        status.write(report.encode())
-    orphan_watch = asyncio.create_task(_drain_if_orphaned(gateway.drain_and_stop))
-    await gateway.stopped.wait()
-    orphan_watch.cancel()
-    await admin.cleanup()
-
-
-async def _drain_if_orphaned(drain: Callable[[], Awaitable[None]]) -> None:
-    """A master killed with SIGKILL cannot stop its workers: they notice and drain."""
-    master = os.getppid()
-    while os.getppid() == master:
-        await asyncio.sleep(PARENT_POLL_S)
-    log.error("master process %d is gone: draining", master)
-    await drain()
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="one tailgate worker (started by the master)")
-    parser.add_argument("--slot", type=int, required=True)
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--status-fd", type=int, required=True)
-    parser.add_argument("--config", help="the file to reload from (initial config: stdin)")
-    parser.add_argument("--no-uvloop", action="store_true")
-    args = parser.parse_args(argv)
-    config: GatewayConfig = pickle.load(sys.stdin.buffer)  # the master's, same code: trusted
-    setup_logging(config.logging.level, tag=f"[worker {args.slot} %(process)d]")
-
-    async def main() -> int:
-        await _serve_worker(args, config)
-        return 0
-
-    return run_loop(main(), use_uvloop=not args.no_uvloop)
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
