@@ -7,8 +7,10 @@ run at half of that so a good balancer has room to route around trouble.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal
 
 TROUBLE_PEERS = (
@@ -61,6 +63,23 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     trouble: bool = False  # counts toward the "p99 at most 0.8x the best peer" target
     peers: tuple[str, ...] = TROUBLE_PEERS
+
+
+def service_floor_p99_s(scenario: Scenario) -> float | None:
+    """The p99 of a request's own service time on the fleet's fastest pods, with no queueing.
+
+    No balancer that sends each request once can have a lower p99 (only hedging, which
+    duplicates work, could), so a target below it cannot be met. Lognormal with the pods' mean,
+    as :mod:`loadtests.fakepod` draws it; None without pods.
+    """
+    if not scenario.pods:
+        return None
+    fastest = min(scenario.pods, key=lambda pod: pod.service_ms * pod.slow_factor)
+    mean_s = fastest.service_ms * fastest.slow_factor / 1000
+    if fastest.sigma <= 0:
+        return mean_s
+    mu = math.log(mean_s) - fastest.sigma**2 / 2
+    return math.exp(mu + NormalDist().inv_cdf(0.99) * fastest.sigma)
 
 
 def _three(**slow: float) -> tuple[PodSpec, ...]:

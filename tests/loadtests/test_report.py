@@ -5,9 +5,11 @@ import pytest
 from loadtests import report
 from loadtests.profiles import frame_name, summarize_collapsed
 from loadtests.runner import RowResult
+from loadtests.scenarios import SCENARIOS, service_floor_p99_s
 from loadtests.stats import Summary
 from loadtests.wrk import WrkResult, parse_duration_s, parse_output
 
+TAILGATE = "tailgate weighted_score"
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/v1/completions
   1 threads and 64 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -72,11 +74,28 @@ def test_latency_table_rows_and_cells() -> None:
 
 def test_targets_and_closed_tables_state_ratios() -> None:
     targets = report.targets_table(RESULTS, ["hang"])
-    assert "| hang | 80.0 | haproxy leastconn | 100 | 0.80 | 0 | 0 | yes |" in targets
+    assert "| hang | 80.0 | haproxy leastconn | 100 | 0.80 | 70.6 | 0 | 0 | yes |" in targets
     assert "0.25x Envoy's 12,000 rps (target >= 0.5: **missed**)" in targets
     assert "tailgate --workers 2, closed loop: not available: x." in targets
     closed = report.closed_table(RESULTS)
     assert "| tailgate weighted_score | 3,000 | 1.00 | 4.00 | 0 |" in closed
+
+
+def test_a_target_below_the_service_floor_says_so() -> None:
+    # The pods' lognormal service time (mean 25 ms, sigma 0.5) has p99 70.6 ms; 0.8 x a peer's
+    # 80 ms is 64 ms, below it: no balancer sending each request once can meet that target.
+    assert service_floor_p99_s(SCENARIOS["hang"]) == pytest.approx(0.0706, abs=0.0001)
+    assert service_floor_p99_s(SCENARIOS["slow-pod"]) == pytest.approx(0.0706, abs=0.0001)
+    assert service_floor_p99_s(SCENARIOS["overhead-open"]) is None
+    rows = [
+        _row("hang", "tailgate weighted_score", 0.090),
+        _row("hang", "haproxy leastconn", 0.080),
+    ]
+    targets = report.targets_table(rows, ["hang"])
+    verdict = "**no**: 0.8x the peer is below the floor"
+    assert (
+        f"| hang | 90.0 | haproxy leastconn | 80.0 | 1.12 | 70.6 | 0 | 0 | {verdict} |" in targets
+    )
 
 
 def test_fmt_ms_precision() -> None:
