@@ -12,7 +12,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-from gateway.process import run_loop, setup_logging
+from gateway.process import run_loop, settle_heap, setup_logging
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -57,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway = Gateway(config, args.config)
         await gateway.start()
         gateway.install_signal_handlers()
+        settle_heap()
         await gateway.stopped.wait()
 
     run_loop(run(), use_uvloop=not args.no_uvloop)

@@ -282,8 +282,24 @@ class ProxyHandler:
         ctx.status = upstream.status
         if self.runtime.draining:
             response.force_close()
-        await response.prepare(request)
-        ctx.response_started = True
+        try:
+            await response.prepare(request)
+            ctx.response_started = True
+            await self._stream_body(request, response, upstream, att, endpoint)
+        except ConnectionError:  # the client left (aiohttp's reset error is one too)
+            att.client_gone()
+            upstream.close()
+        return response
+
+    async def _stream_body(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        upstream: UpstreamResponse,
+        att: Attempt,
+        endpoint: Endpoint,
+    ) -> None:
+        """Relay body chunks as they arrive; an upstream break cuts the client off too."""
         content = upstream.content
         while True:
             try:
@@ -292,17 +308,11 @@ class ProxyHandler:
                 att.failed("reset")
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
                 _abort(request)
-                return response
+                return
             if not chunk:
                 break
-            try:
-                await response.write(chunk)
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                att.client_gone()
-                upstream.close()
-                return response
+            await response.write(chunk)
         await response.write_eof()
-        return response
 
     def _failure_response(self, failure: UpstreamFailure, ctx: RequestContext) -> web.Response:
         kind = failure.kind

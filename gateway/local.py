@@ -27,7 +27,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-from gateway.process import run_loop, setup_logging
+from gateway.process import run_loop, settle_heap, setup_logging
 
 log = logging.getLogger("tailgate.up")
 
@@ -107,6 +107,7 @@ def run_local_stack(
                 """-d '{"prompt": "Hello", "max_tokens": 8}'\n""",
                 flush=True,
             )
+            settle_heap()
             await gateway.stopped.wait()
 
         run_loop(serve(), use_uvloop)

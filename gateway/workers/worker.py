@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.admin import build_admin_app
 from gateway.config import GatewayConfig
-from gateway.process import run_loop, setup_logging
+from gateway.process import run_loop, settle_heap, setup_logging
 from gateway.server import Gateway, bound_port, make_listen_socket
 
 log = logging.getLogger("tailgate.workers")
@@ -44,6 +44,7 @@ async def serve_worker(args: argparse.Namespace, config: GatewayConfig) -> None:
     report = json.dumps({"pid": os.getpid(), "admin_port": admin_port}) + "\n"
     with os.fdopen(args.status_fd, "wb") as status:
         status.write(report.encode())
+    settle_heap()
     orphan_watch = asyncio.create_task(drain_if_orphaned(gateway.drain_and_stop))
     await gateway.stopped.wait()
     orphan_watch.cancel()
