@@ -17,9 +17,12 @@ every shape and address, hence:
 
 At TP > 1 the all-reduces and the logits all-gather are captured too. Every rank captures the same
 buckets in the same order at start-up (the warm-up passes meet in their collectives), and replays
-the bucket that rank 0 names in each step's header, so the NCCL kernels meet in lock step.
-Status: TP=1 ran on H200s (3-5x faster steps); at TP=2 capture finished but the case then
-stalled with no NCCL timeout, so the server refuses graphs at TP > 1 (BENCHMARKS-backend.md).
+the bucket that rank 0 names in each step's header, so the NCCL kernels meet in lock step. The
+captured collectives share the communicator with the eager control broadcasts: each rank issues
+both in one order from one thread, and the streams serialize them. NCCL will not destroy a
+communicator while a graph holding its collectives lives, so every rank calls
+:meth:`DecodeGraphs.release` before it leaves the process group.
+Measured on H200s at TP=1 and TP=2 (float32 greedy parity with eager; BENCHMARKS-backend.md).
 
 On a CPU nothing is captured: :meth:`DecodeGraphs.run` runs the same static-shape step eagerly,
 which lets the tests check the padding and slot mapping where no GPU is available.
@@ -130,6 +133,20 @@ class DecodeGraphs:
             self.capture_s,
         )
 
+    def release(self) -> None:
+        """Destroy the graphs; call before leaving the process group. Later steps run eagerly.
+
+        NCCL counts the graphs holding collectives captured on a communicator, and destroying
+        the communicator waits until that count is zero: with the graphs alive,
+        ``destroy_process_group`` never returns (seen at TP=2, NCCL 2.28).
+        """
+        if self._graphs and self._inputs.is_cuda:
+            torch.cuda.synchronize(self._inputs.device)  # no replay may still be running
+        for graph in self._graphs.values():
+            graph.reset()
+        self._graphs.clear()
+        self._outputs.clear()
+
     def run(self, step: Step, batch: int) -> Tensor:
         """Logits ``[rows, 1, vocab]`` of a one-token-per-row ``step`` run in bucket ``batch``.
 
@@ -141,7 +158,7 @@ class DecodeGraphs:
         inputs.copy_(self._blank[:, :batch])
         inputs[:, step.slots] = torch.stack((step.tokens[:, 0], step.input_pos[:, 0], step.slots))
         graph = self._graphs.get(batch)
-        if graph is None:  # not captured (CPU): the same static-shape step, eagerly
+        if graph is None:  # not captured (CPU) or released: the same static-shape step, eagerly
             logits = self.model(self._static_step(batch))
         else:
             graph.replay()

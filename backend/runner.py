@@ -6,7 +6,8 @@ in their own processes) execute the identical pass and meet rank 0 in every all-
 
 With ``cuda_graphs`` each rank also captures its decode step as CUDA graphs at start-up
 (:mod:`backend.graphs`); rank 0 picks eager or a graph bucket per step and the header carries
-the choice. Prefills always run eagerly.
+the choice. Prefills always run eagerly. Every rank destroys its graphs before it leaves the
+process group, which NCCL would otherwise wait on forever (:meth:`DecodeGraphs.release`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class Shard:
             assert self.graphs is not None, "rank 0 asked for a graph this rank never captured"
             return self.graphs.run(step, graph_batch)
         return self.model(step)
+
+    def release_graphs(self) -> None:
+        """Free the graphs before leaving the group (:meth:`DecodeGraphs.release` says why)."""
+        if self.graphs is not None:
+            self.graphs.release()
 
 
 def build_shard(spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None) -> Shard:
@@ -156,6 +162,7 @@ class ModelRunner:
             return
         self._closed = True
         try:
+            self.shard.release_graphs()
             self.channel.send_control(tp.CMD_STOP)
         finally:
             tp.close_group()
@@ -171,4 +178,5 @@ def worker_main(rank_id: int, spec: RunnerSpec) -> None:
     with torch.inference_mode():
         while (received := channel.receive()) is not None:
             shard.run(*received)
+    shard.release_graphs()
     tp.close_group()

@@ -120,7 +120,25 @@ def test_padding_rows_never_write_a_live_slot(runners) -> None:
         assert torch.equal(cache.k[1], k) and torch.equal(cache.v[1], v)
 
 
-def test_graphs_are_opt_in_and_refused_on_cpu_or_several_ranks() -> None:
+def test_close_destroys_the_graphs_before_leaving_the_group(monkeypatch) -> None:
+    """NCCL cannot destroy a communicator while a graph holding its collectives lives."""
+    from backend import tp
+
+    events: list[str] = []
+
+    class CapturedGraph:  # what capture() stores, minus the GPU
+        def reset(self) -> None:
+            events.append("graph destroyed")
+
+    graphs = runner(graphs=True)
+    graphs.shard.graphs._graphs[1] = CapturedGraph()
+    monkeypatch.setattr(tp, "close_group", lambda: events.append("group left"))
+    graphs.close()
+    assert events == ["graph destroyed", "group left"]
+    assert graphs.shard.graphs._graphs == {}
+
+
+def test_graphs_are_opt_in_gpu_only_and_allowed_at_any_tp() -> None:
     from backend.cli import parse_args
     from backend.config import ConfigError
     from backend.lifecycle import runner_spec
@@ -130,5 +148,4 @@ def test_graphs_are_opt_in_and_refused_on_cpu_or_several_ranks() -> None:
     assert runner_spec(gpu, 0).cuda_graphs
     with pytest.raises(ConfigError, match="cuda_graphs needs --device cuda"):
         replace(gpu, device="cpu", dtype="float32").validate()
-    with pytest.raises(ConfigError, match="tp 1 only"):
-        replace(gpu, tp=2).validate()
+    assert runner_spec(replace(gpu, tp=2).validate(), 0).cuda_graphs
