@@ -282,8 +282,11 @@ class Workers:
         def run() -> None:
             if not self.procs:
                 return
-            wait([p.sentinel for p in self.procs])
-            dead = next(p for p in self.procs if not p.is_alive())
+            ready = wait([p.sentinel for p in self.procs])
+            dead = next(p for p in self.procs if p.sentinel in ready)
+            # The sentinel can fire just before the exit status is readable (is_alive() may
+            # still say True); wait for it so the report names the exit code.
+            dead.join(1.0)
             if self._stopping.is_set() and dead.exitcode == 0:
                 return
             reason = self._report(dead)
