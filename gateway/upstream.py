@@ -366,8 +366,11 @@ class _OriginPool:
         while True:
             while self.idle:
                 conn = self.idle.pop()
-                if not conn.closed:
+                if conn.closed:
+                    continue
+                if self.loop.time() - conn.idle_since < self.client.idle_timeout_s:
                     return conn
+                conn.close()  # too old to trust between sweeps: the backend may be closing it
             left = deadline - self.loop.time()
             if self.open < self.client.max_per_origin:
                 return await self._connect(min(connect_timeout_s, max(left, 0.0)))

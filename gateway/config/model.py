@@ -155,7 +155,10 @@ class TimeoutsConfig:
     request_header: float = _duration(10.0, positive, "a client must send its headers within this")
     idle: float = _duration(75.0, positive, "keep-alive time of an idle client connection")
     upstream_idle: float = _duration(
-        30.0, positive, "keep-alive time of a pooled upstream connection"
+        4.0,
+        positive,
+        "keep-alive time of a pooled upstream connection; keep it below the backends' own "
+        "(uvicorn, so vLLM, closes idle connections after 5 s)",
     )
 
 

@@ -381,6 +381,20 @@ async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
         assert upstream._pool(server.url).open == 0
 
 
+async def test_a_connection_idle_past_the_timeout_is_never_reused() -> None:
+    async with serving(answering(OK)) as server, client(idle_timeout_s=0.05) as upstream:
+        response = await get(upstream, server.url)
+        await read_all(response)
+        response.release()
+        [conn] = upstream._pool(server.url).idle
+        loop = asyncio.get_running_loop()
+        await wait_until(lambda: loop.time() - conn.idle_since > 0.05)
+        again = await get(upstream, server.url)  # whether or not a sweep ran meanwhile
+        assert await read_all(again) == b"ok"
+        again.release()
+        assert server.accepted == 2
+
+
 async def test_retain_closes_idle_connections_to_removed_backends() -> None:
     async with serving(answering(OK)) as server, client() as upstream:
         response = await get(upstream, server.url)
