@@ -30,6 +30,7 @@ from yarl import URL
 _HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 _LOW_WATER = 64 * 1024
 _SWEEP_EVERY_S = 1.0
+_MAX_HEAD_BYTES = 64 * 1024  # a response head larger than this is refused, not buffered
 _NO_BODY_EXPECTED = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -79,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self._response: UpstreamResponse | None = None
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
         self._reason = b""
         self._head_only = False
         self._write_paused: asyncio.Future[None] | None = None
@@ -88,6 +90,7 @@ class _Connection(asyncio.Protocol):
     def begin(self, head_only: bool) -> asyncio.Future[UpstreamResponse]:
         self._parser = httptools.HttpResponseParser(self)
         self._raw_headers = []
+        self._head_bytes = 0
         self._reason = b""
         self._head_only = head_only
         self._response = None
@@ -138,7 +141,11 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamClosed(f"invalid HTTP response: {exc}"))
+            reason = exc.__context__  # a callback's own verdict, wrapped by the parser
+            if isinstance(reason, UpstreamClosed):
+                self.fail(reason)
+            else:
+                self.fail(UpstreamClosed(f"invalid HTTP response: {exc}"))
         except httptools.HttpParserUpgrade:
             self.fail(UpstreamClosed("upstream switched protocols"))
 
@@ -181,6 +188,9 @@ class _Connection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise UpstreamClosed(f"response head over {_MAX_HEAD_BYTES} bytes")
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -190,6 +200,7 @@ class _Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (e.g. 100 Continue): the real one follows
             self._raw_headers = []
+            self._head_bytes = 0
             self._reason = b""
             return
         headers: CIMultiDict[str] = CIMultiDict()

@@ -301,6 +301,23 @@ async def test_broken_answers_before_the_head(answer: bytes) -> None:
         assert upstream._pool(server.url).open == 0
 
 
+async def test_an_endless_response_head_is_refused_not_buffered() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(2000):  # 2,000 headers of ~100 bytes: past the 64 KiB cap
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"v" * 90))
+            if writer.is_closing():
+                return
+            await writer.drain()
+        await reader.read()
+
+    async with scripted(script) as server, client() as upstream:
+        with pytest.raises(UpstreamClosed, match="response head over 65536 bytes"):
+            await get(upstream, server.url)
+        assert upstream._pool(server.url).open == 0
+
+
 async def test_reset_mid_body_is_an_error_not_a_short_body() -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
     async with serving(answering(cut, keep_open=False)) as server, client() as upstream:
