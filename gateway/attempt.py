@@ -73,7 +73,7 @@ class Attempt:
         self.status = status
         self.streaming = streaming
         self.endpoint.signals.headers_received(self.started_at)
-        self._metrics.time_to_first_byte.labels(self.endpoint.name).observe(now - self.started_at)
+        self._metrics.time_to_first_byte_for(self.endpoint.name).observe(now - self.started_at)
         if reported_depth is not None:
             try:
                 depth = float(reported_depth)
@@ -117,9 +117,9 @@ class Attempt:
         )
         name = self.endpoint.name
         if latency is not None:
-            self._metrics.upstream_latency.labels(name).observe(latency)
+            self._metrics.upstream_latency_for(name).observe(latency)
         if self.failure is not None and not cancelled:
-            self._metrics.upstream_failures.labels(name, self.failure).inc()
+            self._metrics.upstream_failures_for(name, self.failure).inc()
         self._sink(self.endpoint, outcome, now)  # transitions reach metrics via the listener
         self._on_done()
 

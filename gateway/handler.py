@@ -336,8 +336,8 @@ class ProxyHandler:
             response.headers.setdefault(config.headers.request_id, ctx.request_id)
         elapsed = rt.clock() - ctx.started_at
         route = ctx.route_name
-        rt.metrics.requests.labels(route, ctx.backend, str(status)).inc()
-        rt.metrics.request_duration.labels(route).observe(elapsed)
+        rt.metrics.requests_for(route, ctx.backend, str(status)).inc()
+        rt.metrics.request_duration_for(route).observe(elapsed)
         if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(

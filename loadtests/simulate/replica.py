@@ -42,6 +42,9 @@ class _Discard:
     def labels(self, *values: str) -> _Discard:
         return self
 
+    def __call__(self, *values: str) -> _Discard:  # as GatewayMetrics' cached Children
+        return self
+
     def observe(self, value: float) -> None:
         return None
 
@@ -53,9 +56,9 @@ class DiscardMetrics:
     """The families an :class:`Attempt` writes, discarding every value."""
 
     __slots__ = ()
-    time_to_first_byte = _Discard()
-    upstream_latency = _Discard()
-    upstream_failures = _Discard()
+    time_to_first_byte_for = _Discard()
+    upstream_latency_for = _Discard()
+    upstream_failures_for = _Discard()
 
 
 def pod_name(index: int) -> str:
