@@ -300,10 +300,9 @@ class ProxyHandler:
         endpoint: Endpoint,
     ) -> None:
         """Relay body chunks as they arrive; an upstream break cuts the client off too."""
-        content = upstream.content
         while True:
             try:
-                chunk = await content.readany()
+                chunk = await upstream.readany()
             except UpstreamError as exc:
                 att.failed("reset")
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)

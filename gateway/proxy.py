@@ -66,9 +66,7 @@ class RequestBody:
         self._max_body = max_body
         self.buffered: bytes | None = None
         self.consumed = False
-        self.size = 0
-        self.too_large = False
-        self.client_error: str | None = None
+        self._streamed = 0  # bytes streamed so far, held to max_body
 
     async def buffer_if_small(self, buffer_limit: int) -> None:
         length = self._request.content_length
@@ -76,7 +74,6 @@ class RequestBody:
             self.buffered = b""
         elif length is not None and length <= buffer_limit:
             self.buffered = await self._request.read()
-            self.size = len(self.buffered)
 
     @property
     def replayable(self) -> bool:
@@ -94,13 +91,12 @@ class RequestBody:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientPayloadError, ConnectionError) as exc:
-                self.client_error = str(exc) or type(exc).__name__
-                raise UpstreamFailure(FailureKind.CLIENT_BODY, self.client_error, True) from exc
+                detail = str(exc) or type(exc).__name__
+                raise UpstreamFailure(FailureKind.CLIENT_BODY, detail, True) from exc
             if not chunk:
                 return
-            self.size += len(chunk)
-            if self.size > self._max_body:
-                self.too_large = True
+            self._streamed += len(chunk)
+            if self._streamed > self._max_body:
                 raise BodyTooLarge()
             yield chunk
 
@@ -116,8 +112,6 @@ def upstream_headers(
     headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
     headers[request_id_header] = request_id
     headers["Host"] = upstream.raw_authority
-    if request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)
     return headers
 
 
@@ -157,6 +151,7 @@ async def send(
             request_target(request),
             headers,
             body.payload(),
+            request.content_length,
             connect_timeout_s,
             headers_timeout_s,
         )

@@ -297,10 +297,6 @@ class UpstreamResponse:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
 
-    @property
-    def content(self) -> UpstreamResponse:
-        return self
-
     async def readany(self) -> bytes:
         """The body bytes that have arrived (waiting for some); ``b""`` at the end."""
         while not self._chunks:
@@ -477,40 +473,41 @@ class UpstreamClient:
         target: str,
         headers: CIMultiDict[str],
         body: bytes | AsyncIterator[bytes] | None,
+        body_length: int | None,
         connect_timeout_s: float,
         head_timeout_s: float,
     ) -> UpstreamResponse:
         """Send one request to ``base`` + ``target`` (path and query, already encoded) and
-        return once the response head has arrived; the body is read from the response."""
+        return once the response head has arrived; the body is read from the response.
+
+        The framing is this client's: ``headers`` must carry no Content-Length or
+        Transfer-Encoding. A streamed ``body`` goes out with ``body_length`` as its length
+        when the client declared one, else chunked.
+        """
         if self._closed:
             raise UpstreamConnectError("client closed")
+        payload = b"" if body is None else body
+        if isinstance(payload, bytes):
+            if payload or method not in _NO_BODY_EXPECTED:
+                headers["Content-Length"] = str(len(payload))
+        elif body_length is not None:
+            headers["Content-Length"] = str(body_length)
+        else:
+            headers["Transfer-Encoding"] = "chunked"
         pool = self._pool(base)
+        head = _request_head(method, pool.origin.path_prefix + target, headers)
         deadline = self.loop.time() + head_timeout_s
         conn = await pool.acquire(connect_timeout_s, deadline)
-        if body is None or isinstance(body, bytes):
-            if body:
-                headers["Content-Length"] = str(len(body))
-            elif method in _NO_BODY_EXPECTED:
-                headers.popall("Content-Length", None)
-            else:
-                headers["Content-Length"] = "0"
-        elif "Content-Length" not in headers:
-            headers["Transfer-Encoding"] = "chunked"
-        try:
-            head = _request_head(method, pool.origin.path_prefix + target, headers)
-        except UpstreamClosed:
-            pool.give_back(conn)
-            raise
         head_future = conn.begin(head_only=method == "HEAD")
         assert conn.transport is not None
-        if isinstance(body, bytes) or body is None:
+        if isinstance(payload, bytes):
             conn.request_sent = True
-            conn.transport.write(head + body if body else head)
+            conn.transport.write(head + payload if payload else head)
         else:
             conn.request_sent = False
             conn.transport.write(head)
             conn.writer = self.loop.create_task(
-                _send_body(conn, body, chunked="Content-Length" not in headers)
+                _send_body(conn, payload, chunked=body_length is None)
             )
         timer = self.loop.call_at(deadline, conn.head_overdue)
         try:

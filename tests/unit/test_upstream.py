@@ -115,16 +115,22 @@ async def serving(make: Callable[[Scripted], Script]) -> AsyncIterator[Scripted]
 
 
 async def get(
-    upstream: UpstreamClient, base: URL, method: str = "GET", body: object = None, **headers: str
+    upstream: UpstreamClient,
+    base: URL,
+    method: str = "GET",
+    body: object = None,
+    body_length: int | None = None,
+    **headers: str,
 ) -> UpstreamResponse:
     return await upstream.request(
         method,
         base,
         "/x?y=1",
         CIMultiDict(headers),
-        body,
+        body,  # type: ignore[arg-type]
+        body_length,
         1.0,
-        5.0,  # type: ignore[arg-type]
+        5.0,
     )
 
 
@@ -223,7 +229,7 @@ async def test_headers_and_request_framing() -> None:
         assert response.content_type == "text/event-stream"
         assert response.headers.getall("set-cookie") == ["a=1", "b=2"]
         response.release()
-        empty = await get(upstream, server.url, "GET", None, **{"Content-Length": "0"})
+        empty = await get(upstream, server.url, "GET", None)
         empty.release()
     first, second = (head.decode().lower() for head in server.requests)
     assert "content-length: 5\r\n" in first and "host: pod:1\r\n" in first
@@ -252,6 +258,30 @@ async def test_streamed_request_body_is_chunked_without_a_length() -> None:
         assert len(upstream._pool(server.url).idle) == 1
     assert b"transfer-encoding: chunked" in received[0].lower()
     assert received[1] == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+
+
+async def test_streamed_request_body_with_a_declared_length_goes_out_raw() -> None:
+    received: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_head(reader))
+        received.append(await reader.readexactly(11))
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    async with scripted(script) as server, client() as upstream:
+        response = await get(upstream, server.url, "POST", body(), 11)
+        assert await read_all(response) == b"ok"
+        response.release()
+        assert len(upstream._pool(server.url).idle) == 1
+    head = received[0].lower()
+    assert b"content-length: 11\r\n" in head and b"transfer-encoding" not in head
+    assert received[1] == b"hello world"
 
 
 async def test_a_failing_request_body_fails_the_try_with_its_own_error() -> None:
@@ -284,7 +314,7 @@ async def test_no_head_in_time_is_a_timeout_and_the_connection_is_dropped() -> N
 
     async with scripted(script) as server, client() as upstream:
         with pytest.raises(UpstreamTimeout):
-            await upstream.request("GET", server.url, "/", CIMultiDict(), None, 1.0, 0.2)
+            await upstream.request("GET", server.url, "/", CIMultiDict(), None, None, 1.0, 0.2)
         await wait_until(lambda: server.open == 0)
         assert upstream._pool(server.url).open == 0
 
@@ -362,7 +392,7 @@ async def test_waiting_for_a_connection_is_bounded_by_the_head_deadline() -> Non
     async with serving(answering(OK)) as server, client(max_per_origin=1) as upstream:
         held = await get(upstream, server.url)
         with pytest.raises(UpstreamTimeout):
-            await upstream.request("GET", server.url, "/", CIMultiDict(), None, 1.0, 0.2)
+            await upstream.request("GET", server.url, "/", CIMultiDict(), None, None, 1.0, 0.2)
         assert not upstream._pool(server.url).waiters
         held.release()
 
