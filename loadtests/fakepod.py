@@ -27,6 +27,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
+def lognormal_mu(mean: float, sigma: float) -> float:
+    """The ``mu`` of a lognormal with this ``sigma`` whose mean is ``mean``: service times are
+    specified by their mean, and every model of the fake pods draws them the same way."""
+    return math.log(mean) - sigma**2 / 2
+
+
 @dataclass
 class Faults:
     """Run-time behaviour knobs; all off by default."""
@@ -69,8 +75,7 @@ class PodState:
             return base
         if self.dist == "bimodal":
             return base * (8.0 if self.rng.random() < 0.1 else 0.3)
-        mu = math.log(base) - self.sigma**2 / 2  # keeps the mean at `base`
-        return self.rng.lognormvariate(mu, self.sigma)
+        return self.rng.lognormvariate(lognormal_mu(base, self.sigma), self.sigma)
 
     def pause_left(self) -> float:
         f = self.faults

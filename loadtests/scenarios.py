@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
 
+from loadtests.fakepod import lognormal_mu
+
 TROUBLE_PEERS = (
     "direct",
     "tailgate weighted_score",
@@ -78,7 +80,7 @@ def service_floor_p99_s(scenario: Scenario) -> float | None:
     mean_s = fastest.service_ms * fastest.slow_factor / 1000
     if fastest.sigma <= 0:
         return mean_s
-    mu = math.log(mean_s) - fastest.sigma**2 / 2
+    mu = lognormal_mu(mean_s, fastest.sigma)
     return math.exp(mu + NormalDist().inv_cdf(0.99) * fastest.sigma)
 
 

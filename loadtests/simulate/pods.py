@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from loadtests.fakepod import lognormal_mu
 from loadtests.simulate.scenarios import PodSpec
 
 BIMODAL_SHORT = 0.3  # fakepod's bimodal: 90% short prompts, 10% long ones, as multiples
@@ -29,7 +30,7 @@ def size_sampler(dist: str, sigma: float, rng: random.Random) -> Callable[[], fl
     if dist == "bimodal":
         r = rng.random
         return lambda: BIMODAL_LONG if r() < BIMODAL_LONG_SHARE else BIMODAL_SHORT
-    mu = -(sigma**2) / 2  # keeps the mean at 1, as fakepod keeps it at service_ms
+    mu = lognormal_mu(1.0, sigma)  # mean demand 1, as fakepod's mean is its service time
     draw = rng.lognormvariate
     return lambda: draw(mu, sigma)
 
