@@ -16,20 +16,13 @@ from gateway.load.signals import EndpointSignals
 from gateway.runtime import Runtime
 from loadtests.simulate.arrivals import arrivals
 from loadtests.simulate.cli import main
-from loadtests.simulate.compare import compare
+from loadtests.simulate.compare import POLICIES, compare
 from loadtests.simulate.engine import PolicyChoice, Simulation, simulate
 from loadtests.simulate.oracle import oracle
 from loadtests.simulate.scenarios import SCENARIOS, build_scenario
 from loadtests.simulate.stats import percentile
 
-ALL_POLICIES = [
-    PolicyChoice("weighted_score", "p2c"),
-    PolicyChoice("weighted_score", "best"),
-    PolicyChoice("round_robin"),
-    PolicyChoice("random"),
-    PolicyChoice("least_request"),
-    PolicyChoice("peak_ewma"),
-]
+ALL_POLICIES = list(POLICIES)
 SHORT_TIMEOUT = dataclasses.replace(
     GatewayConfig(), timeouts=dataclasses.replace(TimeoutsConfig(), per_try=0.5)
 )
