@@ -301,11 +301,13 @@ async def test_a_failing_request_body_fails_the_try_with_its_own_error() -> None
         await wait_until(lambda: server.open == 0)
 
 
-async def test_connect_refused() -> None:
-    async with client() as upstream:
-        with pytest.raises(UpstreamConnectError):
-            await get(upstream, URL(f"http://127.0.0.1:{free_port()}"))
-        assert upstream._pool(URL(f"http://127.0.0.1:{free_port()}")).open == 0
+async def test_connect_refused_frees_its_place_under_the_cap() -> None:
+    dead = URL(f"http://127.0.0.1:{free_port()}")
+    async with client(max_per_origin=1) as upstream:
+        for _ in range(2):  # a leaked place would make the second try wait, then time out
+            with pytest.raises(UpstreamConnectError):
+                await get(upstream, dead)
+        assert upstream._pool(dead).open == 0
 
 
 async def test_no_head_in_time_is_a_timeout_and_the_connection_is_dropped() -> None:
