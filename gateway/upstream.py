@@ -427,7 +427,7 @@ class _OriginPool:
         if not conn.counted:
             return
         conn.counted = False
-        if conn in self.idle:
+        with contextlib.suppress(ValueError):  # not idle: it was in use
             self.idle.remove(conn)
         self.open -= 1
         self._wake_one()
