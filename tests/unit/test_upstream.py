@@ -236,52 +236,44 @@ async def test_headers_and_request_framing() -> None:
     assert "content-length" not in second  # a GET without a body says nothing about one
 
 
-async def test_streamed_request_body_is_chunked_without_a_length() -> None:
+@pytest.mark.parametrize(
+    ("declared", "framing", "other", "wire"),
+    [
+        (
+            None,
+            b"transfer-encoding: chunked",
+            b"content-length",
+            b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+        ),
+        (11, b"content-length: 11", b"transfer-encoding", b"hello world"),
+    ],
+    ids=["chunked-without-a-length", "raw-with-a-declared-length"],
+)
+async def test_streamed_request_body_framing(
+    declared: int | None, framing: bytes, other: bytes, wire: bytes
+) -> None:
     received: list[bytes] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         received.append(await read_head(reader))
-        received.append(await reader.readuntil(b"0\r\n\r\n"))
+        received.append(await reader.readexactly(len(wire)))
         writer.write(OK)
         await writer.drain()
         await reader.read()
 
     async def body() -> AsyncIterator[bytes]:
         yield b"hello "
-        yield b""
+        yield b""  # an empty chunk would end a chunked body early: never sent
         yield b"world"
 
     async with scripted(script) as server, client() as upstream:
-        response = await get(upstream, server.url, "POST", body())
+        response = await get(upstream, server.url, "POST", body(), declared)
         assert await read_all(response) == b"ok"
         response.release()
-        assert len(upstream._pool(server.url).idle) == 1
-    assert b"transfer-encoding: chunked" in received[0].lower()
-    assert received[1] == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
-
-
-async def test_streamed_request_body_with_a_declared_length_goes_out_raw() -> None:
-    received: list[bytes] = []
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received.append(await read_head(reader))
-        received.append(await reader.readexactly(11))
-        writer.write(OK)
-        await writer.drain()
-        await reader.read()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b"hello "
-        yield b"world"
-
-    async with scripted(script) as server, client() as upstream:
-        response = await get(upstream, server.url, "POST", body(), 11)
-        assert await read_all(response) == b"ok"
-        response.release()
-        assert len(upstream._pool(server.url).idle) == 1
+        assert len(upstream._pool(server.url).idle) == 1  # the whole body went out: reusable
     head = received[0].lower()
-    assert b"content-length: 11\r\n" in head and b"transfer-encoding" not in head
-    assert received[1] == b"hello world"
+    assert framing in head and other not in head
+    assert received[1] == wire
 
 
 async def test_a_failing_request_body_fails_the_try_with_its_own_error() -> None:
