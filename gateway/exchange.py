@@ -84,7 +84,9 @@ class Exchange:
         return self.runtime.capacity.expire(self.ticket)
 
     def start_try(self, endpoint: Endpoint) -> Attempt:
-        """An :class:`Attempt` for one try at ``endpoint``; the caller enters it."""
+        """An :class:`Attempt` for one try at ``endpoint`` (its reserved slot turns into the
+        attempt's in-flight count once the caller enters it)."""
+        endpoint.reserved -= 1
         self.tried.append(endpoint.name)
         self.tries += 1
         rt = self.runtime

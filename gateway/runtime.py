@@ -270,9 +270,10 @@ class Runtime:
             self.capacity.release(endpoint.group, self.clock())
 
     def _pick(self, ticket: Ticket[Endpoint], now: float) -> Endpoint | NoPick:
-        """The capacity module's pick: the group's policy over backends with room."""
+        """The capacity module's pick: the group's policy over backends with room. The pick
+        reserves its slot until :meth:`gateway.exchange.Exchange.start_try` starts the try."""
         group = ticket.group
-        return select_endpoint(
+        picked = select_endpoint(
             self.fleet,
             self.policy_for(group),
             group,
@@ -281,6 +282,9 @@ class Runtime:
             now,
             self.rng,
         )
+        if isinstance(picked, Endpoint):
+            picked.reserved += 1
+        return picked
 
     def _on_transition(self, transition: Transition) -> None:
         """Every health state change: metrics, logs, cached views, and a fresh start on recovery."""

@@ -38,8 +38,8 @@ def select_endpoint(
         if tried:
             pool = [c for c in candidates if c.name not in tried] or candidates
         endpoint = cast(Endpoint, policy.pick(pool, now, rng))
-        if endpoint.signals.in_flight >= max_requests:
-            roomy = [c for c in pool if c.signals.in_flight < max_requests]
+        if endpoint.load >= max_requests:
+            roomy = [c for c in pool if c.load < max_requests]
             if not roomy:
                 return NoPick.ALL_FULL
             endpoint = cast(Endpoint, policy.pick(roomy, now, rng))
