@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from gateway.failures import Failure
+from gateway.request_info import NO_INFO, RequestInfo
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ class Ticket(Generic[T]):
     group: str
     arrived_at: float
     deadline: float
+    request: RequestInfo = NO_INFO  # what the pick may know of the request
     tried: list[str] = field(default_factory=list)
     tenant: str = ""
     priority: int = 1  # lower is served first; the FIFO queue ignores it
@@ -141,9 +143,9 @@ class Capacity(Generic[T]):
         self.pending = 0  # tickets waiting, all groups
         self.shed_total = 0
 
-    def ticket(self, group: str, arrived_at: float) -> Ticket[T]:
+    def ticket(self, group: str, arrived_at: float, request: RequestInfo = NO_INFO) -> Ticket[T]:
         """A ticket for a request of ``group`` that arrived at ``arrived_at``."""
-        return Ticket(group, arrived_at, arrived_at + self.settings.queue_timeout_s)
+        return Ticket(group, arrived_at, arrived_at + self.settings.queue_timeout_s, request)
 
     def admit(self, ticket: Ticket[T], now: float) -> T | Failure | None:
         """A backend for this try, the :class:`Failure` that sheds it, or None: queued (the

@@ -21,6 +21,7 @@ from gateway.attempt import Attempt
 from gateway.capacity import Ticket
 from gateway.endpoint import Endpoint
 from gateway.failures import Failure, consequence
+from gateway.request_info import RequestInfo
 from gateway.routing import Route
 
 if TYPE_CHECKING:
@@ -40,14 +41,14 @@ def open_exchange(
     method: str,
     path: str,
     headers: Mapping[str, str],
-    model: str | None,
+    request: RequestInfo,
     now: float,
 ) -> Exchange:
     """Route a newly arrived request, choose its group, and count it for the retry budget."""
-    route = runtime.router.match(path, headers, model)
+    route = runtime.router.match(path, headers, request.model)
     group = route.pick_group(runtime.rng)
     runtime.retry_budget.record_request(now)
-    return Exchange(runtime, route, group, method, now)
+    return Exchange(runtime, route, group, method, request, now)
 
 
 class Exchange:
@@ -56,13 +57,23 @@ class Exchange:
     __slots__ = ("method", "route", "runtime", "ticket", "tries")
 
     def __init__(
-        self, runtime: Runtime, route: Route, group: str, method: str, arrived_at: float
+        self,
+        runtime: Runtime,
+        route: Route,
+        group: str,
+        method: str,
+        request: RequestInfo,
+        arrived_at: float,
     ) -> None:
         self.runtime = runtime
         self.route = route
         self.method = method
-        self.ticket: Ticket[Endpoint] = runtime.capacity.ticket(group, arrived_at)
+        self.ticket: Ticket[Endpoint] = runtime.capacity.ticket(group, arrived_at, request)
         self.tries = 0
+
+    @property
+    def request(self) -> RequestInfo:
+        return self.ticket.request
 
     @property
     def group(self) -> str:

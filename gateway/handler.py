@@ -30,6 +30,7 @@ from gateway.exchange import Exchange, RetryVerdict, open_exchange
 from gateway.failures import Failure, consequence
 from gateway.headers import header_bytes, request_id_from
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
+from gateway.request_info import NO_INFO, RequestInfo
 from gateway.routing import model_of
 from gateway.runtime import Runtime
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -105,8 +106,9 @@ class ProxyHandler:
         except (aiohttp.ClientPayloadError, ConnectionError):
             return _failure_response(Failure.CLIENT_BODY, rid)
         model = model_of(body.buffered) if rt.router.needs_model else None
+        info = RequestInfo(model=model) if model is not None else NO_INFO
         ctx.exchange = exchange = open_exchange(
-            rt, request.method, request.path, request.headers, model, rt.clock()
+            rt, request.method, request.path, request.headers, info, rt.clock()
         )
         try:
             async with asyncio.timeout(config.timeouts.total):

@@ -281,6 +281,7 @@ class Runtime:
             self.config.limits.max_requests_per_backend,
             now,
             self.rng,
+            ticket.request,
         )
         if isinstance(picked, Endpoint):
             picked.reserved += 1

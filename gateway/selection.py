@@ -13,6 +13,7 @@ from gateway.balancer.base import Policy
 from gateway.capacity import NoPick
 from gateway.endpoint import Endpoint
 from gateway.fleet import Fleet
+from gateway.request_info import RequestInfo
 
 
 def select_endpoint(
@@ -23,6 +24,7 @@ def select_endpoint(
     max_requests: int,
     now: float,
     rng: random.Random,
+    request: RequestInfo | None = None,
 ) -> Endpoint | NoPick:
     """The endpoint that takes this try, its circuit permit already taken (unless in panic).
 
@@ -37,12 +39,12 @@ def select_endpoint(
         pool = candidates
         if tried:
             pool = [c for c in candidates if c.name not in tried] or candidates
-        endpoint = cast(Endpoint, policy.pick(pool, now, rng))
+        endpoint = cast(Endpoint, policy.pick(pool, now, rng, request))
         if endpoint.load >= max_requests:
             roomy = [c for c in pool if c.load < max_requests]
             if not roomy:
                 return NoPick.ALL_FULL
-            endpoint = cast(Endpoint, policy.pick(roomy, now, rng))
+            endpoint = cast(Endpoint, policy.pick(roomy, now, rng, request))
         if panic or endpoint.health.try_acquire(now):
             return endpoint
         fleet.invalidate()

@@ -23,6 +23,7 @@ from gateway.config.model import BackendConfig, GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.exchange import Exchange, open_exchange
 from gateway.metrics import GatewayMetrics
+from gateway.request_info import NO_INFO
 from gateway.runtime import Runtime
 from loadtests.simulate.scenarios import PodSpec
 
@@ -104,7 +105,7 @@ class GatewayReplica:
 
     def open(self, now: float) -> Exchange:
         """A newly arrived inference POST, routed and counted, as the handler opens it."""
-        return open_exchange(self.runtime, "POST", "/v1/completions", {}, None, now)
+        return open_exchange(self.runtime, "POST", "/v1/completions", {}, NO_INFO, now)
 
     # -- background upkeep (after gateway.maintenance and gateway.probes) ----------------------
 
