@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,24 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class SafePaths:
+    """``retries.safe_paths`` compiled once: paths whose POSTs change nothing on the backend
+    (inference: completions, embeddings, TGI's generate, Triton's infer), so that a request that
+    reached one backend may still be resent to another. ``*`` matches one path segment."""
+
+    __slots__ = ("_exact", "_pattern")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self._exact = frozenset(p for p in patterns if "*" not in p)
+        wild = [re.escape(p).replace(r"\*", "[^/]+") for p in patterns if "*" in p]
+        self._pattern = re.compile("|".join(wild)) if wild else None
+
+    def match(self, path: str) -> bool:
+        if path in self._exact:
+            return True
+        return self._pattern is not None and self._pattern.fullmatch(path) is not None
 
 
 class RetryVerdict(enum.Enum):
@@ -48,28 +67,40 @@ def open_exchange(
     route = runtime.router.match(path, headers, request.model)
     group = route.pick_group(runtime.rng)
     runtime.retry_budget.record_request(now)
-    return Exchange(runtime, route, group, method, request, now)
+    resendable = method in IDEMPOTENT or _resend_allowed(runtime, route, method, path)
+    return Exchange(runtime, route, group, resendable, request, now)
+
+
+def _resend_allowed(runtime: Runtime, route: Route, method: str, path: str) -> bool:
+    """May a non-idempotent request that reached a backend be sent to another one?"""
+    opted_in = route.retry_non_idempotent
+    if opted_in is None:
+        opted_in = runtime.config.retries.retry_non_idempotent
+    return opted_in or runtime.safe_paths.match(path)
 
 
 class Exchange:
     """One client request's way through the gateway's decisions."""
 
-    __slots__ = ("method", "route", "runtime", "ticket", "tries")
+    __slots__ = ("last_failure", "resendable", "route", "runtime", "ticket", "tries")
 
     def __init__(
         self,
         runtime: Runtime,
         route: Route,
         group: str,
-        method: str,
+        resendable: bool,
         request: RequestInfo,
         arrived_at: float,
     ) -> None:
         self.runtime = runtime
         self.route = route
-        self.method = method
+        # Safe to send again after it reached a backend: an idempotent method, an inference
+        # path (retries.safe_paths) or an opt-in.
+        self.resendable = resendable
         self.ticket: Ticket[Endpoint] = runtime.capacity.ticket(group, arrived_at, request)
         self.tries = 0
+        self.last_failure: tuple[Failure | int, str | None] | None = None  # and where
 
     @property
     def request(self) -> RequestInfo:
@@ -107,8 +138,13 @@ class Exchange:
         """May the try that ended with ``what`` (a failure, or an upstream status with no byte
         relayed yet) be sent again? Spends the retry budget when the answer is yes."""
         retries = self.runtime.config.retries
+        previous = self.last_failure
+        backend = self.tried[-1] if self.tried else None
+        self.last_failure = (what, backend)
         if self.tries >= retries.attempts or not replayable:
             return RetryVerdict.ANSWER
+        if previous is not None and previous[0] == what and previous[1] != backend:
+            return RetryVerdict.ANSWER  # the same failure on two backends: the request's fault
         if isinstance(what, Failure):
             rule = consequence(what)
             if not rule.retryable or what.value not in retries.retry_on:
@@ -118,7 +154,7 @@ class Exchange:
             if what not in retries.retry_on:
                 return RetryVerdict.ANSWER
             reached = True
-        if reached and self.method not in IDEMPOTENT and not self._resend_allowed():
+        if reached and not self.resendable:
             return RetryVerdict.ANSWER
         if not self.runtime.retry_budget.try_spend(now):
             return RetryVerdict.BUDGET_EXHAUSTED
@@ -130,9 +166,3 @@ class Exchange:
         retries = self.runtime.config.retries
         high = min(retries.backoff_max, retries.backoff_base * 2 ** max(0, self.tries - 1))
         return rng.uniform(0.0, high)
-
-    def _resend_allowed(self) -> bool:
-        opted_in = self.route.retry_non_idempotent
-        return (
-            opted_in if opted_in is not None else self.runtime.config.retries.retry_non_idempotent
-        )

@@ -24,6 +24,7 @@ from gateway.balancer.settings import BalancerSettings
 from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
+from gateway.exchange import SafePaths
 from gateway.fleet import BackendSpec, Fleet
 from gateway.health.active import ActiveCheckState
 from gateway.health.circuit import EndpointHealth
@@ -153,6 +154,7 @@ class Runtime:
         self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
         self.detector = OutlierDetector(self.outlier_settings)
         self.router = Router(config.routes)
+        self.safe_paths = SafePaths(config.retries.safe_paths)
         budget = RetryBudgetSettings(
             budget_percent=config.retries.budget_percent,
             min_retries_per_s=config.retries.min_retries_per_second,
