@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -28,10 +29,13 @@ from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
 from gateway.headers import header_bytes, request_id_from
+from gateway.llm_stream import AnswerObserver
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.routing import Route, model_of
 from gateway.runtime import Runtime
 from gateway.selection import NoPick, retry_allowed, select_endpoint
+from gateway.token_metrics import record_answer
+from gateway.tracing import TRACEPARENT, RequestTrace, TrySpan
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
@@ -70,6 +74,8 @@ class RequestContext:
     status: int = 0
     tried: list[str] = field(default_factory=list)
     response_started: bool = False
+    trace: RequestTrace | None = None  # None when tracing is off
+    model: str | None = None  # the request body's "model", when it was read
 
     @property
     def route_name(self) -> str:
@@ -87,6 +93,8 @@ class ProxyHandler:
         config = rt.config
         rid = request_id_from(request.headers, config.headers.request_id)
         ctx = RequestContext(request, config, rid, rt.clock())
+        if rt.tracer is not None:  # tracing: continue the client's trace or start one
+            ctx.trace = rt.tracer.start(request.headers, request.method, request.path)
         response: web.StreamResponse | None = None
         try:
             response = await self._handle(ctx)
@@ -107,6 +115,7 @@ class ProxyHandler:
         except (aiohttp.ClientPayloadError, ConnectionError):
             return error_response(400, "bad_request", "request body broke off", rid)
         model = model_of(body.buffered) if self.runtime.router.needs_model else None
+        ctx.model = model  # tokens: the answer's model when the backend names none
         ctx.route = route = self.runtime.router.match(request.path, request.headers, model)
         ctx.group = route.pick_group(self.runtime.rng)
         self.runtime.retry_budget.record_request(self.runtime.clock())
@@ -154,7 +163,12 @@ class ProxyHandler:
         headers = proxy.upstream_headers(
             request, ctx.request_id, config.headers.request_id, endpoint.url
         )
-        with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
+        with (
+            Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att,
+            _try_span(ctx.trace, endpoint.name, number, att) as span,  # tracing
+        ):
+            if span is not None:  # tracing: this try's own span id goes upstream
+                headers[TRACEPARENT] = span.traceparent
             try:
                 upstream = await proxy.send(
                     rt.upstream,
@@ -214,6 +228,8 @@ class ProxyHandler:
             return False
         if allowed:
             rt.metrics.retries.labels(route.name, reason).inc()
+            if ctx.trace is not None:  # tracing
+                ctx.trace.event("retry", {"reason": reason, "after_try": number})
         return allowed
 
     async def _acquire(self, group: str, tried: list[str], config: GatewayConfig) -> Endpoint:
@@ -282,13 +298,18 @@ class ProxyHandler:
         ctx.status = upstream.status
         if self.runtime.draining:
             response.force_close()
+        observer = _answer_observer(ctx, upstream)  # tokens
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, upstream, att, endpoint)
+            await self._stream_body(request, response, upstream, att, endpoint, observer)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.client_gone()
             upstream.close()
+        finally:
+            if observer is not None:  # tokens: what the relayed answer showed
+                report = observer.finish(self.runtime.clock())
+                record_answer(self.runtime.metrics, endpoint.name, report, config.slo)
         return response
 
     async def _stream_body(
@@ -298,8 +319,12 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
+        observer: AnswerObserver | None,
     ) -> None:
-        """Relay body chunks as they arrive; an upstream break cuts the client off too."""
+        """Relay body chunks as they arrive; an upstream break cuts the client off too.
+
+        The observer (tokens) reads each chunk only after it went out to the client."""
+        clock = self.runtime.clock
         while True:
             try:
                 chunk = await upstream.readany()
@@ -310,7 +335,10 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
+            arrived_at = clock() if observer is not None else 0.0
             await response.write(chunk)
+            if observer is not None:
+                observer.feed(chunk, arrived_at)
         await response.write_eof()
 
     def _failure_response(self, failure: UpstreamFailure, ctx: RequestContext) -> web.Response:
@@ -337,6 +365,10 @@ class ProxyHandler:
         route = ctx.route_name
         rt.metrics.requests_for(route, ctx.backend, str(status)).inc()
         rt.metrics.request_duration_for(route).observe(elapsed)
+        trace_id = "-"
+        if ctx.trace is not None:  # tracing
+            ctx.trace.end(status, route, ctx.backend)
+            trace_id = ctx.trace.trace_id
         if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(
@@ -349,6 +381,7 @@ class ProxyHandler:
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": len(ctx.tried),
+                        "trace_id": trace_id,
                     },
                     separators=(",", ":"),
                 )
@@ -366,6 +399,27 @@ def _first_backoff(
             await asyncio.sleep(backoff(retry_state))
 
     return before
+
+
+_ANSWER_TYPES = frozenset({"application/json", "text/event-stream"})
+
+
+def _answer_observer(ctx: RequestContext, upstream: UpstreamResponse) -> AnswerObserver | None:
+    """Tokens: an observer for what may be an OpenAI-style answer (a successful POST answered
+    with JSON or a stream), else None."""
+    content_type = upstream.content_type
+    if ctx.request.method != "POST" or upstream.status != 200 or content_type not in _ANSWER_TYPES:
+        return None
+    body = ctx.body.buffered if ctx.body is not None else None
+    streamed = content_type == "text/event-stream"
+    return AnswerObserver(streamed, ctx.started_at, ctx.model, body)
+
+
+def _try_span(
+    trace: RequestTrace | None, backend: str, number: int, att: Attempt
+) -> AbstractContextManager[TrySpan | None]:
+    """Tracing: the try's span, ended with the try's outcome (nothing when tracing is off)."""
+    return nullcontext() if trace is None else trace.start_try(backend, number, att)
 
 
 def _abort(request: web.BaseRequest) -> None:
