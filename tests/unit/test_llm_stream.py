@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -76,7 +77,7 @@ def test_where_the_chunks_are_cut_does_not_change_the_counts(cuts: list[int]) ->
     body = _whole_stream()
     bounds = [0, *sorted(cuts), len(body)]
     observer = AnswerObserver(streamed=True, started_at=0.0)
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         observer.feed(body[start:end], 1.0)
     report = observer.finish(1.0)
     assert (report.completion_tokens, report.prompt_tokens) == (3, 7)
