@@ -269,3 +269,40 @@ async def test_spans_are_exported_over_otlp_with_tries_and_retries() -> None:
 
 def _attribute(span: object, key: str) -> str:
     return next(a.value.string_value for a in span.attributes if a.key == key)  # type: ignore[attr-defined]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+async def test_the_bundled_backends_answers_are_counted_token_for_token() -> None:
+    """The gateway's token counts agree with the usage the bundled backend reports."""
+    pytest.importorskip("torch")
+    from tests.backend.conftest import BackendProcess
+
+    backend = BackendProcess("--preset", "tiny")
+    try:
+        url = await asyncio.to_thread(backend.wait_ready, 60)
+        config = (
+            "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
+            f"backends: [{{url: '{url}', name: tiny}}]\n"
+        )
+        async with running_gateway(config) as gateway, aiohttp.ClientSession() as client:
+            payload = {
+                "model": "tailgate-tiny",
+                "messages": [{"role": "user", "content": "count with me"}],
+                "max_tokens": 6,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            async with client.post(f"{base(gateway)}/v1/chat/completions", json=payload) as resp:
+                lines = [line async for line in resp.content if line.startswith(b"data: {")]
+            usage = json.loads(lines[-1][6:])["usage"]
+            samples = await _samples(gateway)
+    finally:
+        backend.stop()
+    model = {"backend": "tiny", "model": "tailgate-tiny"}
+    completion = {**model, "kind": "completion", "source": "usage"}
+    assert _value(samples, "tailgate_tokens_total", **completion) == usage["completion_tokens"]
+    prompt = {**model, "kind": "prompt", "source": "usage"}
+    assert _value(samples, "tailgate_tokens_total", **prompt) == usage["prompt_tokens"]
+    assert _value(samples, "tailgate_time_to_first_token_seconds_count", **model) == 1
+    assert _value(samples, "tailgate_time_per_output_token_seconds_count", **model) == 1
