@@ -311,7 +311,7 @@ class OtlpConfig:
         None,
         parse=_otlp_endpoint,
         doc="OTLP/HTTP traces URL (http://collector:4318/v1/traces); null: no export. "
-        "Needs the otel extra: pip install tailgate[otel]",
+        "Needs the otel extra: pip install 'tailgate[otel]'",
     )
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     timeout: float = _duration(10.0, positive, "one export's time limit")
