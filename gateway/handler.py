@@ -309,7 +309,8 @@ class ProxyHandler:
         finally:
             if observer is not None:  # tokens: what the relayed answer showed
                 report = observer.finish(self.runtime.clock())
-                record_answer(self.runtime.metrics, endpoint.name, report, config.slo)
+                broken = att.failure is not None  # the upstream broke off mid-answer
+                record_answer(self.runtime.metrics, endpoint.name, report, config.slo, broken)
         return response
 
     async def _stream_body(

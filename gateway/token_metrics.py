@@ -20,10 +20,15 @@ def meets_slo(report: AnswerReport, slo: SloConfig) -> bool:
 
 
 def record_answer(
-    metrics: GatewayMetrics, backend: str, report: AnswerReport, slo: SloConfig
+    metrics: GatewayMetrics,
+    backend: str,
+    report: AnswerReport,
+    slo: SloConfig,
+    broken: bool = False,
 ) -> None:
     """Record one answer served by ``backend``; a response that was no answer records nothing
-    but its unparsed count."""
+    but its unparsed count. A ``broken`` answer (the upstream broke off mid-body) keeps the
+    tokens it delivered but misses the SLO whatever its timings."""
     if report.unparsed is not None:
         metrics.unparsed_answers_for(backend, report.unparsed.value).inc()
     if not report.is_answer:
@@ -39,5 +44,5 @@ def record_answer(
         if report.prompt_tokens is not None:
             metrics.tokens_for(backend, model, "prompt", "usage").inc(report.prompt_tokens)
     if report.unparsed is None:  # a half-read answer says nothing sure about its SLO
-        met = meets_slo(report, slo)
+        met = not broken and meets_slo(report, slo)
         metrics.slo_requests_for(backend, model, "met" if met else "missed").inc()

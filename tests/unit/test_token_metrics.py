@@ -67,6 +67,15 @@ def test_an_unparsed_answer_is_counted_and_left_out_of_goodput() -> None:
     assert value(metrics, "tailgate_slo_requests_total", backend="b1", model="m", result="met") == 0
 
 
+def test_an_answer_broken_off_keeps_its_tokens_but_misses_the_slo() -> None:
+    metrics = GatewayMetrics()
+    record_answer(metrics, "b1", report(), SloConfig(), broken=True)
+    labels = {"backend": "b1", "model": "m"}
+    assert value(metrics, "tailgate_slo_requests_total", **labels, result="missed") == 1
+    completion = {**labels, "kind": "completion", "source": "usage"}
+    assert value(metrics, "tailgate_tokens_total", **completion) == 5
+
+
 def test_model_labels_are_bounded() -> None:
     labels = ModelLabels()
     names = [labels(f"model-{i}") for i in range(MAX_MODEL_LABELS + 5)]
