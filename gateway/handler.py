@@ -35,7 +35,7 @@ from gateway.routing import Route, model_of
 from gateway.runtime import Runtime
 from gateway.selection import NoPick, retry_allowed, select_endpoint
 from gateway.token_metrics import record_answer
-from gateway.tracing import TRACEPARENT, RequestTrace, TrySpan
+from gateway.tracing import RequestTrace, TrySpan
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
@@ -168,7 +168,7 @@ class ProxyHandler:
             _try_span(ctx.trace, endpoint.name, number, att) as span,  # tracing
         ):
             if span is not None:  # tracing: this try's own span id goes upstream
-                headers[TRACEPARENT] = span.traceparent
+                span.stamp(headers)
             try:
                 upstream = await proxy.send(
                     rt.upstream,

@@ -41,9 +41,9 @@ def _ids(span: trace.Span) -> tuple[str, str, int]:
 class OtelTrySpan(TrySpan):
     __slots__ = ("_span",)
 
-    def __init__(self, span: trace.Span, result: TryResult) -> None:
+    def __init__(self, span: trace.Span, result: TryResult, continued: bool) -> None:
         trace_id, span_id, flags = _ids(span)
-        super().__init__(format_traceparent(trace_id, span_id, flags), result)
+        super().__init__(format_traceparent(trace_id, span_id, flags), result, continued)
         self._span = span
 
     def ended(self, outcome: str) -> None:
@@ -58,9 +58,11 @@ class OtelTrySpan(TrySpan):
 class OtelRequestTrace(RequestTrace):
     __slots__ = ("_span", "_tracer")
 
-    def __init__(self, span: trace.Span, tracer: trace.Tracer, rng: random.Random) -> None:
+    def __init__(
+        self, span: trace.Span, tracer: trace.Tracer, continued: bool, rng: random.Random
+    ) -> None:
         trace_id, span_id, flags = _ids(span)
-        super().__init__(trace_id, span_id, flags, rng)
+        super().__init__(trace_id, span_id, flags, continued, rng)
         self._span = span
         self._tracer = tracer
 
@@ -71,7 +73,7 @@ class OtelRequestTrace(RequestTrace):
             kind=SpanKind.CLIENT,
             attributes={"tailgate.backend": backend, "tailgate.try": number},
         )
-        return OtelTrySpan(span, result)
+        return OtelTrySpan(span, result, self.continued)
 
     def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
         self._span.add_event(name, dict(attributes))
@@ -125,7 +127,7 @@ class OtlpTracer(Tracer):
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": path},
         )
-        return OtelRequestTrace(span, self._tracer, self._rng)
+        return OtelRequestTrace(span, self._tracer, parent is not None, self._rng)
 
     def close(self) -> None:
         self._provider.shutdown()  # flushes what is queued, within the exporter's timeout

@@ -4,8 +4,8 @@ upstream try its own span id.
 - An incoming valid ``traceparent`` continues: the trace id stays, the flags stay, and every try
   goes upstream with a span id of the gateway's own (the backend's spans hang under the try).
   ``tracestate`` is relayed unchanged, as a participant that adds no entry of its own may.
-- A request without one (or with an invalid one, which the spec says to ignore) starts a new
-  trace, sampled.
+- A request without one (or with an invalid one, which the spec says to ignore, together with
+  its ``tracestate``) starts a new trace, sampled.
 - The trace id is in the access log line, so a log line and a trace find each other.
 
 :class:`Tracer` only makes ids and exports nothing: the default, costing two random draws a
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -100,11 +100,20 @@ def try_outcome(result: TryResult) -> str:
 class TrySpan:
     """One upstream try's span: ``traceparent`` is what goes upstream with it."""
 
-    __slots__ = ("result", "traceparent")
+    __slots__ = ("continued", "result", "traceparent")
 
-    def __init__(self, traceparent: str, result: TryResult) -> None:
+    def __init__(self, traceparent: str, result: TryResult, continued: bool) -> None:
         self.traceparent = traceparent
         self.result = result
+        self.continued = continued
+
+    def stamp(self, headers: MutableMapping[str, str]) -> None:
+        """Put the try's trace context on its upstream request: its own ``traceparent``; the
+        client's ``tracestate`` only with the client's trace (the spec drops it when the
+        ``traceparent`` beside it was invalid or missing)."""
+        headers[TRACEPARENT] = self.traceparent
+        if not self.continued:
+            headers.pop(TRACESTATE, None)
 
     def __enter__(self) -> TrySpan:
         return self
@@ -124,18 +133,22 @@ class TrySpan:
 class RequestTrace:
     """One request's place in a trace: the ids-only kind (see the module docstring)."""
 
-    __slots__ = ("_rng", "flags", "span_id", "trace_id")
+    __slots__ = ("_rng", "continued", "flags", "span_id", "trace_id")
 
-    def __init__(self, trace_id: str, span_id: str, flags: int, rng: random.Random) -> None:
+    def __init__(
+        self, trace_id: str, span_id: str, flags: int, continued: bool, rng: random.Random
+    ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
         self.flags = flags
+        self.continued = continued  # the client's trace, not one the gateway started
         self._rng = rng
 
     def start_try(self, backend: str, number: int, result: TryResult) -> TrySpan:
         """A span for try ``number`` at ``backend``, a child of the request's span."""
         span_id = new_span_id(self._rng)
-        return TrySpan(format_traceparent(self.trace_id, span_id, self.flags), result)
+        traceparent = format_traceparent(self.trace_id, span_id, self.flags)
+        return TrySpan(traceparent, result, self.continued)
 
     def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
         """Something that happened to the request (a retry, a hedge): kept only when exported."""
@@ -153,9 +166,10 @@ class Tracer:
 
     def start(self, headers: Mapping[str, str], method: str, path: str) -> RequestTrace:
         parent = parse_traceparent(headers.get(TRACEPARENT))
+        span_id = new_span_id(self._rng)
         if parent is None:
-            return RequestTrace(new_trace_id(self._rng), new_span_id(self._rng), SAMPLED, self._rng)
-        return RequestTrace(parent.trace_id, new_span_id(self._rng), parent.flags, self._rng)
+            return RequestTrace(new_trace_id(self._rng), span_id, SAMPLED, False, self._rng)
+        return RequestTrace(parent.trace_id, span_id, parent.flags, True, self._rng)
 
     def close(self) -> None:
         """Flush and stop any exporter (blocking: call it off the event loop)."""

@@ -79,6 +79,17 @@ def test_a_request_without_a_trace_starts_a_sampled_one() -> None:
     assert len(one.trace_id) == 32 and one.flags == SAMPLED
 
 
+def test_a_tracestate_goes_upstream_only_with_the_trace_it_belongs_to() -> None:
+    tracer = Tracer(TracingConfig(), random.Random(3))
+    continued = tracer.start({"traceparent": VALID}, "POST", "/v1").start_try("b", 1, Result())
+    started = tracer.start({"traceparent": "bad"}, "POST", "/v1").start_try("b", 1, Result())
+    for span, kept in ((continued, True), (started, False)):
+        headers = {"tracestate": "vendor=abc", "traceparent": "client's"}
+        span.stamp(headers)
+        assert headers["traceparent"] == span.traceparent
+        assert ("tracestate" in headers) is kept
+
+
 def test_build_tracer_follows_the_config() -> None:
     assert build_tracer(TracingConfig(enabled=False), random.Random()) is None
     assert type(build_tracer(TracingConfig(), random.Random())) is Tracer
