@@ -135,3 +135,17 @@ def test_otel_spans_continue_the_trace_and_record_tries_and_retries() -> None:
         assert upstream.parent_id == f"{child.context.span_id:016x}"
         assert upstream.trace_id == TRACE_ID
     assert request.context.trace_state.get("vendor") == "abc"
+
+
+def test_a_reload_swaps_the_tracer_only_when_its_settings_change() -> None:
+    from gateway.config import parse_config
+    from gateway.runtime import Runtime
+
+    base = "backends: [{url: 'http://127.0.0.1:8001'}]\n"
+    runtime = Runtime(parse_config(base))
+    first = runtime.tracer
+    assert type(first) is Tracer
+    runtime.reconfigure(parse_config(base + "retries: {attempts: 3}\n"))
+    assert runtime.tracer is first
+    runtime.reconfigure(parse_config(base + "tracing: {enabled: false}\n"))
+    assert runtime.tracer is None
