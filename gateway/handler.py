@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
@@ -27,9 +26,11 @@ from gateway.attempt import Attempt
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
+from gateway.framing import local_answer
 from gateway.headers import header_bytes, request_id_from
+from gateway.listener import UNSUPPORTED_VERSION
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
-from gateway.routing import Route, model_of
+from gateway.routing import Route, find_model
 from gateway.runtime import Runtime
 from gateway.selection import NoPick, retry_allowed, select_endpoint
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -70,6 +71,7 @@ class RequestContext:
     status: int = 0
     tried: list[str] = field(default_factory=list)
     response_started: bool = False
+    model_undecided: str | None = None  # why routing could not read the body's model
 
     @property
     def route_name(self) -> str:
@@ -96,18 +98,41 @@ class ProxyHandler:
 
     async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
         request, config, rid = ctx.request, ctx.config, ctx.request_id
+        # Requests the gateway cannot frame or forward safely are answered here (framing.py).
+        answer = local_answer(
+            request.method, request.raw_path, request.path, UNSUPPORTED_VERSION not in request
+        )
+        if answer is not None:
+            if answer.status >= 400:
+                return error_response(
+                    answer.status, answer.kind, answer.message, rid, answer.headers
+                )
+            return web.Response(status=answer.status, headers=answer.headers)
         if header_bytes(request.headers) > config.limits.max_header_size:
             return error_response(431, "headers_too_large", "request headers too large", rid)
         length = request.content_length
         if length is not None and length > config.limits.max_body:
             return error_response(413, "body_too_large", "request body too large", rid)
-        ctx.body = body = RequestBody(request, config.limits.max_body)
-        try:
-            await body.buffer_if_small(config.retries.buffer_limit)
-        except (aiohttp.ClientPayloadError, ConnectionError):
-            return error_response(400, "bad_request", "request body broke off", rid)
-        model = model_of(body.buffered) if self.runtime.router.needs_model else None
-        ctx.route = route = self.runtime.router.match(request.path, request.headers, model)
+        timeouts, router = config.timeouts, self.runtime.router
+        ctx.body = body = RequestBody(
+            request, config.limits.max_body, timeouts.request_body_idle, timeouts.request_body
+        )
+        try:  # routing on the body's model reads the whole body (up to max_body) first
+            limits = config.limits
+            await body.buffer_if_small(
+                limits.max_body if router.needs_model else config.retries.buffer_limit
+            )
+        except UpstreamFailure as failure:  # the client's body broke off or stalled
+            return self._client_failure(ctx, failure)
+        except BodyTooLarge:
+            return error_response(413, "body_too_large", "request body too large", rid)
+        model = None
+        if router.needs_model:
+            lookup = find_model(body.buffered)
+            model, ctx.model_undecided = lookup.model, lookup.undecided
+            if lookup.undecided is not None:
+                self.runtime.metrics.model_undecided.labels(lookup.undecided).inc()
+        ctx.route = route = router.match(request.path, request.headers, model)
         ctx.group = route.pick_group(self.runtime.rng)
         self.runtime.retry_budget.record_request(self.runtime.clock())
         try:
@@ -152,7 +177,11 @@ class ProxyHandler:
         ctx.tried.append(endpoint.name)
         ctx.backend = endpoint.name
         headers = proxy.upstream_headers(
-            request, ctx.request_id, config.headers.request_id, endpoint.url
+            request,
+            ctx.request_id,
+            config.headers.request_id,
+            endpoint.url,
+            config.headers.trusted_proxies,
         )
         with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
             try:
@@ -166,11 +195,9 @@ class ProxyHandler:
                     config.timeouts.per_try,
                 )
             except UpstreamFailure as failure:
-                if failure.kind is proxy.FailureKind.CLIENT_BODY:
+                if failure.kind.client_caused:  # slow or broken body: not the backend's failure
                     att.client_gone()
-                    return error_response(
-                        400, "bad_request", "request body broke off", ctx.request_id
-                    )
+                    return self._client_failure(ctx, failure)
                 att.failed(failure.kind.value)
                 if self._may_retry(ctx, failure.kind.value, failure.reached_upstream, number):
                     raise RetryableTry(failure.kind.value) from None
@@ -313,6 +340,15 @@ class ProxyHandler:
             await response.write(chunk)
         await response.write_eof()
 
+    def _client_failure(self, ctx: RequestContext, failure: UpstreamFailure) -> web.Response:
+        """The answer to a body the client broke off or stopped sending; the connection closes
+        (its framing is lost)."""
+        self.runtime.metrics.client_body_failures.labels(failure.kind.value).inc()
+        status, kind, message = failure.kind.client_status
+        response = error_response(status, kind, message, ctx.request_id)
+        response.force_close()
+        return response
+
     def _failure_response(self, failure: UpstreamFailure, ctx: RequestContext) -> web.Response:
         kind = failure.kind
         if kind is proxy.FailureKind.TIMEOUT:
@@ -349,6 +385,7 @@ class ProxyHandler:
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": len(ctx.tried),
+                        **({"model_undecided": ctx.model_undecided} if ctx.model_undecided else {}),
                     },
                     separators=(",", ":"),
                 )
@@ -372,4 +409,4 @@ def _abort(request: web.BaseRequest) -> None:
     """Close the client connection so a cut-off response is never mistaken for a whole one."""
     transport = request.transport
     if transport is not None:
-        transport.close()
+        transport.abort()  # not close(): a client that stopped reading would keep it open

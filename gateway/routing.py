@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config.model import RouteConfig
+from gateway.jsonscan import nesting_within
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,33 @@ class Router:
         return self.default
 
 
-def model_of(body: bytes | None) -> str | None:
-    """The ``model`` field of an OpenAI-style JSON body, or None if there is none."""
-    if not body or body[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
-        return None
+# OpenAI bodies nest a handful of levels (messages, content parts, tool schemas a few more);
+# far deeper is an attack on the parser's recursion, not a request.
+MAX_JSON_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class ModelLookup:
+    """The body's top-level ``model``, or why it could not be read (for a metric and the log)."""
+
+    model: str | None
+    undecided: str | None = None  # not_json (or not an object) | too_deep | no_model
+
+
+NO_BODY = ModelLookup(None, "no_model")
+
+
+def find_model(body: bytes | None) -> ModelLookup:
+    """The ``model`` field of an OpenAI-style JSON body, parsed within :data:`MAX_JSON_DEPTH`."""
+    if not body:
+        return NO_BODY
+    if not nesting_within(body, MAX_JSON_DEPTH):
+        return ModelLookup(None, "too_deep")
     try:
         payload = json.loads(body)
-    except ValueError:
-        return None
-    model = payload.get("model") if isinstance(payload, dict) else None
-    return model if isinstance(model, str) else None
+    except (ValueError, RecursionError):
+        return ModelLookup(None, "not_json")
+    if not isinstance(payload, dict):
+        return ModelLookup(None, "not_json")
+    model = payload.get("model")
+    return ModelLookup(model) if isinstance(model, str) else NO_BODY
