@@ -132,6 +132,8 @@ class ProxyHandler:
             model, ctx.model_undecided = lookup.model, lookup.undecided
             if lookup.undecided is not None:
                 self.runtime.metrics.model_undecided.labels(lookup.undecided).inc()
+            if lookup.undecided == "too_deep":  # no backend parses this either
+                return error_response(400, "bad_request", "request body nests too deep", rid)
         ctx.route = route = router.match(request.path, request.headers, model)
         ctx.group = route.pick_group(self.runtime.rng)
         self.runtime.retry_budget.record_request(self.runtime.clock())

@@ -32,11 +32,12 @@ _SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 
 
 def _classify(
-    exc: BaseException | None, message: str | None, in_request_line: bool
+    exc: BaseException | None, message: str | None, request_line_bytes: int
 ) -> tuple[int, str, str]:
     text = str(message or exc or "malformed request")
     if isinstance(exc, LineTooLong):
-        if in_request_line:
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if isinstance(limit, int) and request_line_bytes > limit:
             return 414, "uri_too_long", "request line too long"
         return 431, "headers_too_large", "request header fields too large"
     if isinstance(exc, BadHttpMessage) and "too many headers" in text.lower():
@@ -51,7 +52,8 @@ class GatewayProtocol(RequestHandler):
         super().__init__(*args, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._header_deadline: asyncio.TimerHandle | None = None
-        self._in_request_line = False  # no line break yet since the request began (for 414)
+        self._in_request_line = False  # no line break yet since the request began
+        self._request_line_bytes = 0  # its length so far: 414, not 431, when it is too long
 
     def data_received(self, data: bytes) -> None:
         waiting_for_request = (
@@ -61,11 +63,14 @@ class GatewayProtocol(RequestHandler):
         )
         if waiting_for_request and data and self._header_deadline is None:
             self._in_request_line = True
+            self._request_line_bytes = 0
             self._header_deadline = self._loop.call_later(
                 self._header_timeout_s, self._header_timeout
             )
-        if self._in_request_line and b"\n" in data:
-            self._in_request_line = False
+        if self._in_request_line:
+            end = data.find(b"\n")
+            self._request_line_bytes += len(data) if end < 0 else end
+            self._in_request_line = end < 0
         super().data_received(data)
         if self._header_deadline is not None and (
             self._messages or getattr(self, "_request_in_progress", False)
@@ -105,7 +110,7 @@ class GatewayProtocol(RequestHandler):
             self.log_exception("unhandled error serving a request", exc_info=exc)
             code, kind, text = 500, "internal_error", "internal gateway error"
         else:
-            code, kind, text = _classify(exc, message, self._in_request_line)
+            code, kind, text = _classify(exc, message, self._request_line_bytes)
             log.info("rejected a malformed request from %s: %d %s", self._peer(), code, text)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")

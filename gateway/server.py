@@ -122,6 +122,8 @@ class Gateway:
             header_timeout_s=cfg.timeouts.request_header,
             handler_cancellation=True,
             keepalive_timeout=cfg.timeouts.idle,
+            # after an early answer (413, 408) an unread body is drained this long, not 10 s
+            lingering_time=cfg.timeouts.request_body_idle,
             max_field_size=cfg.limits.max_header_size,
             max_line_size=cfg.limits.max_header_size,
             max_headers=128,
