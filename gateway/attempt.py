@@ -33,6 +33,7 @@ class Attempt:
         "_on_done",
         "_sink",
         "cancelled",
+        "client_s",
         "endpoint",
         "failure",
         "first_byte_at",
@@ -60,6 +61,7 @@ class Attempt:
         self.failure: str | None = None
         self.streaming = False
         self.cancelled = False
+        self.client_s = 0.0  # time spent waiting for the client's body: not the backend's
 
     def __enter__(self) -> Attempt:
         self.started_at = self._clock()
@@ -73,7 +75,8 @@ class Attempt:
         self.status = status
         self.streaming = streaming
         self.endpoint.signals.headers_received(self.started_at)
-        self._metrics.time_to_first_byte_for(self.endpoint.name).observe(now - self.started_at)
+        ttfb = max(now - self.started_at - self.client_s, 0.0)
+        self._metrics.time_to_first_byte_for(self.endpoint.name).observe(ttfb)
         if reported_depth is not None:
             try:
                 depth = float(reported_depth)
@@ -85,6 +88,10 @@ class Attempt:
     def failed(self, kind: str) -> None:
         """The try failed locally (connect-failure, reset, timeout), before or during the body."""
         self.failure = kind
+
+    def client_waited(self, seconds: float) -> None:
+        """This try waited ``seconds`` for the client's streamed body: kept out of its latency."""
+        self.client_s += seconds
 
     def client_gone(self) -> None:
         """The client went away (or broke its own body): nothing to learn about the backend."""
@@ -131,8 +138,9 @@ class Attempt:
         """
         if outcome is Outcome.CANCELLED:
             return None
+        start = self.started_at + self.client_s
         if self.first_byte_at is None:
-            return now - self.started_at if self.failure == "timeout" else None
+            return max(now - start, 0.0) if self.failure == "timeout" else None
         if self.streaming:
-            return self.first_byte_at - self.started_at
-        return now - self.started_at
+            return max(self.first_byte_at - start, 0.0)
+        return max(now - start, 0.0)

@@ -50,6 +50,6 @@ def local_answer(
         if method == "OPTIONS":  # a question about the gateway itself (RFC 9110 §9.3.7)
             return LocalAnswer(204, headers={"Allow": ALLOW})
         return LocalAnswer(400, "bad_request", "'*' is a request-target only for OPTIONS")
-    if any(segment in _DOT_SEGMENTS for segment in decoded_path.split("/")):
+    if "/." in decoded_path and any(s in _DOT_SEGMENTS for s in decoded_path.split("/")):
         return LocalAnswer(400, "bad_request", "ambiguous path: '.' or '..' segment")
     return None

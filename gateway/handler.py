@@ -197,6 +197,7 @@ class ProxyHandler:
                     config.timeouts.per_try,
                 )
             except UpstreamFailure as failure:
+                att.client_waited(body.take_client_wait_s())
                 if failure.kind.client_caused:  # slow or broken body: not the backend's failure
                     att.client_gone()
                     return self._client_failure(ctx, failure)
@@ -207,6 +208,7 @@ class ProxyHandler:
             except BodyTooLarge:
                 att.client_gone()
                 raise
+            att.client_waited(body.take_client_wait_s())  # the client's upload time is its own
             try:
                 streaming = upstream.content_type == "text/event-stream"
                 reported = upstream.headers.get(config.balancer.queue_depth.header)

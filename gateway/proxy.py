@@ -106,6 +106,13 @@ class RequestBody:
         self.buffered: bytes | None = None
         self.consumed = False
         self._streamed = 0  # bytes streamed so far, held to max_body
+        self._client_wait_s = 0.0  # time a try spent waiting for streamed body bytes
+
+    def take_client_wait_s(self) -> float:
+        """Seconds the current try waited for the client's streamed body since the last call:
+        the client's time, to be kept out of the backend's latency."""
+        waited, self._client_wait_s = self._client_wait_s, 0.0
+        return waited
 
     async def buffer_if_small(self, buffer_limit: int) -> None:
         """Read the body up front if its declared length is at most ``buffer_limit``.
@@ -144,10 +151,12 @@ class RequestBody:
             await self._request.writer.write(_CONTINUE)
         content = self._request.content
         while True:
-            left_s = min(self._idle_timeout_s, self._deadline - self._loop.time())
+            asked_at = self._loop.time()
+            left_s = min(self._idle_timeout_s, self._deadline - asked_at)
             try:
                 async with asyncio.timeout(max(left_s, 0.0)):
                     chunk = await content.readany()
+                self._client_wait_s += self._loop.time() - asked_at
             except TimeoutError:
                 raise UpstreamFailure(
                     FailureKind.CLIENT_BODY_TIMEOUT, "request body stalled", True

@@ -130,6 +130,11 @@ async def test_slow_uploads_outlasting_per_try_are_served_and_never_eject_the_ba
         assert statuses == [200] * 6
         assert upstream_failures(gw, "pod0") == 0
         assert await backend_state(gw, "pod0") == "closed"
+        # The latency the balancer learnt is the backend's, not the >= 0.8 s of trickled body.
+        samples = sample(gw, "inference_latency_seconds_count", backend="pod0")
+        total_s = sample(gw, "inference_latency_seconds_sum", backend="pod0")
+        assert samples == 6
+        assert total_s / samples < 0.4
 
 
 # -- 3. a body that stops arriving gets 408 and is not the backend's failure -----------------
