@@ -19,6 +19,8 @@ from tests.helpers import (
     json_body,
     pods_and_gateway,
     raw_request,
+    running_gateway,
+    start_pod,
     status_of,
     wait_until,
 )
@@ -234,15 +236,17 @@ MODEL_ROUTES = (
 )
 
 
-async def test_model_routing_reads_chunked_and_over_buffer_limit_bodies() -> None:
-    from tests.helpers import running_gateway, start_pod
+async def test_model_routing_reads_chunked_and_over_buffer_limit_bodies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tailgate.access")
 
     small, big = await start_pod("small"), await start_pod("big")
     yaml_text = (
         "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\nbackends:\n"
         f"  - {{url: '{small.url}', name: small}}\n"
         f"  - {{url: '{big.url}', name: big, group: big}}\n"
-        "logging: {access_log: false}\n" + MODEL_ROUTES
+        "logging: {access_log: true}\n" + MODEL_ROUTES
     )
     prompt = "x" * 4000  # over buffer_limit
     body = json.dumps({"prompt": prompt, "model": "big-model"}).encode()
@@ -261,6 +265,8 @@ async def test_model_routing_reads_chunked_and_over_buffer_limit_bodies() -> Non
                 assert resp.status == 200
                 assert resp.headers["X-Tailgate-Backend"] == "small"
             assert sample(gw, "tailgate_route_model_undecided_total", reason="not_json") == 1
+        logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tailgate.access"]
+        assert [entry.get("model_undecided") for entry in logged] == [None, None, "not_json"]
     finally:
         await small.runner.cleanup()
         await big.runner.cleanup()
