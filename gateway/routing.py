@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config.model import RouteConfig
-from gateway.jsonscan import nesting_within
+from gateway.jsonscan import TooDeep, parse_json
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,6 @@ class Router:
         return self.default
 
 
-# OpenAI bodies nest a handful of levels (messages, content parts, tool schemas a few more);
-# far deeper is an attack on the parser's recursion, not a request.
-MAX_JSON_DEPTH = 64
-
-
 @dataclass(frozen=True)
 class ModelLookup:
     """The body's top-level ``model``, or why it could not be read (for a metric and the log)."""
@@ -92,14 +86,18 @@ NO_BODY = ModelLookup(None, "no_model")
 
 
 def find_model(body: bytes | None) -> ModelLookup:
-    """The ``model`` field of an OpenAI-style JSON body, parsed within :data:`MAX_JSON_DEPTH`."""
+    """The ``model`` field of an OpenAI-style JSON body.
+
+    Only the top level is read, so nesting is bounded by the parser's own recursion check
+    (``gateway/jsonscan.py``): a body too deep for it is ``too_deep``, never a crash.
+    """
     if not body:
         return NO_BODY
-    if not nesting_within(body, MAX_JSON_DEPTH):
-        return ModelLookup(None, "too_deep")
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
+        payload = parse_json(body)
+    except TooDeep:
+        return ModelLookup(None, "too_deep")
+    except ValueError:
         return ModelLookup(None, "not_json")
     if not isinstance(payload, dict):
         return ModelLookup(None, "not_json")
