@@ -118,9 +118,8 @@ class ProxyHandler:
             request, config.limits.max_body, timeouts.request_body_idle, timeouts.request_body
         )
         try:  # routing on the body's model reads the whole body (up to max_body) first
-            limits = config.limits
             await body.buffer_if_small(
-                limits.max_body if router.needs_model else config.retries.buffer_limit
+                config.limits.max_body if router.needs_model else config.retries.buffer_limit
             )
         except UpstreamFailure as failure:  # the client's body broke off or stalled
             return self._client_failure(ctx, failure)

@@ -154,7 +154,7 @@ class GatewayMetrics:
         self.model_undecided = Counter(
             "tailgate_route_model_undecided",
             "Requests routed without a model because the body's top-level model could not be "
-            "read, by reason: not_json, too_deep, no_model.",
+            "read, by reason: not_json (or not an object), too_deep.",
             ["reason"],
             registry=r,
         )

@@ -79,10 +79,10 @@ class ModelLookup:
     """The body's top-level ``model``, or why it could not be read (for a metric and the log)."""
 
     model: str | None
-    undecided: str | None = None  # not_json (or not an object) | too_deep | no_model
+    undecided: str | None = None  # not_json (or not a JSON object) | too_deep
 
 
-NO_BODY = ModelLookup(None, "no_model")
+NO_MODEL = ModelLookup(None)  # decided: the body names no model
 
 
 def find_model(body: bytes | None) -> ModelLookup:
@@ -92,7 +92,7 @@ def find_model(body: bytes | None) -> ModelLookup:
     (``gateway/jsonscan.py``): a body too deep for it is ``too_deep``, never a crash.
     """
     if not body:
-        return NO_BODY
+        return NO_MODEL
     try:
         payload = parse_json(body)
     except TooDeep:
@@ -102,4 +102,4 @@ def find_model(body: bytes | None) -> ModelLookup:
     if not isinstance(payload, dict):
         return ModelLookup(None, "not_json")
     model = payload.get("model")
-    return ModelLookup(model) if isinstance(model, str) else NO_BODY
+    return ModelLookup(model) if isinstance(model, str) else NO_MODEL
