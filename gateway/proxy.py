@@ -129,6 +129,7 @@ class RequestBody:
         ):
             self.consumed = True
             self.buffered = b"".join([chunk async for chunk in self._chunks()])
+            self._client_wait_s = 0.0  # read before any try: no try's latency to keep it out of
 
     @property
     def replayable(self) -> bool:
