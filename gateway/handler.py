@@ -24,6 +24,7 @@ from tenacity.wait import wait_random_exponential
 
 from gateway import proxy
 from gateway.attempt import Attempt
+from gateway.cache import CACHE_HEADER, ChunkSource, Lookup, replay
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
@@ -70,6 +71,7 @@ class RequestContext:
     status: int = 0
     tried: list[str] = field(default_factory=list)
     response_started: bool = False
+    cache: Lookup | None = None  # None: the cache is off for this request's route
 
     @property
     def route_name(self) -> str:
@@ -112,6 +114,19 @@ class ProxyHandler:
         self.runtime.retry_budget.record_request(self.runtime.clock())
         try:
             async with asyncio.timeout(config.timeouts.total):
+                # cache hook (1 of 2): one lookup before forwarding; a hit is replayed
+                ctx.cache = await self.runtime.cache.lookup(
+                    route,
+                    request.method,
+                    request.raw_path,
+                    request.headers,
+                    body.buffered,
+                    config.timeouts.total,
+                )
+                if ctx.cache is not None and ctx.cache.entry is not None:
+                    ctx.response_started = True
+                    headers = {config.headers.request_id: rid, CACHE_HEADER: "hit"}
+                    return await replay(request, ctx.cache.entry, headers)
                 return await self._forward(ctx)
         except TimeoutError:
             if ctx.response_started:
@@ -123,6 +138,9 @@ class ProxyHandler:
             return shed_response(shed.message, rid)
         except BodyTooLarge:
             return error_response(413, "body_too_large", "request body too large", rid)
+        finally:
+            if ctx.cache is not None:
+                ctx.cache.close()  # followers still waiting on this request go on alone
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         try:  # the first try runs bare: most requests never need the retry machinery
@@ -282,10 +300,15 @@ class ProxyHandler:
         ctx.status = upstream.status
         if self.runtime.draining:
             response.force_close()
+        source: ChunkSource = upstream
+        if ctx.cache is not None:  # cache hook (2 of 2): the verdict, and the answer recorded
+            response.headers[CACHE_HEADER] = ctx.cache.verdict
+            content_type = upstream.headers.get("Content-Type", "")
+            source = ctx.cache.capture(upstream.status, content_type, upstream)
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, upstream, att, endpoint)
+            await self._stream_body(request, response, source, att, endpoint)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.client_gone()
             upstream.close()
@@ -295,7 +318,7 @@ class ProxyHandler:
         self,
         request: web.BaseRequest,
         response: web.StreamResponse,
-        upstream: UpstreamResponse,
+        upstream: ChunkSource,
         att: Attempt,
         endpoint: Endpoint,
     ) -> None:

@@ -24,6 +24,7 @@ from gateway.admission import AdmissionController, AdmissionSettings
 from gateway.balancer import build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
+from gateway.cache import ResponseCache
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.fleet import BackendSpec, Fleet
@@ -123,6 +124,7 @@ class Runtime:
 
     retry_budget: RetryBudget
     admission: AdmissionController
+    cache: ResponseCache
 
     def __init__(
         self,
@@ -170,6 +172,10 @@ class Runtime:
             self.admission = AdmissionController(admission)
         else:  # keep the count of requests already queued
             self.admission.settings = admission
+        if getattr(self, "cache", None) is None:
+            self.cache = ResponseCache(config.cache, self.metrics, self.clock)
+        else:  # keep the answers that still fit
+            self.cache.apply(config.cache)
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
 
     def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
