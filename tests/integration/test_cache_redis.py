@@ -61,7 +61,7 @@ async def redis(redis_port: int) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def _cache_yaml(redis_port: int, timeout: str = "100ms") -> str:
+def _cache_yaml(redis_port: int, timeout: str = "2s") -> str:
     url = f"redis://127.0.0.1:{redis_port}/0"
     return f"cache: {{enabled: true, redis: {{url: '{url}', timeout: {timeout}}}}}\n"
 
