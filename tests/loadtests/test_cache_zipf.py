@@ -20,7 +20,7 @@ def test_zipf_ranks_are_seeded_and_skewed_toward_the_top() -> None:
 
 def test_poisson_arrivals_stay_inside_the_window() -> None:
     arrivals = poisson_arrivals(100.0, 10.0, random.Random(1))
-    assert arrivals == sorted(arrivals) and 0 < arrivals[0] and arrivals[-1] < 10.0
+    assert arrivals == sorted(arrivals) and arrivals[0] > 0 and arrivals[-1] < 10.0
     assert 850 < len(arrivals) < 1150
 
 

@@ -29,7 +29,7 @@ def test_sizes_and_durations_parse() -> None:
 
 
 def test_an_entry_limit_above_the_store_size_is_refused() -> None:
-    with pytest.raises(ConfigError, match="max_entry_bytes must not exceed cache.max_bytes"):
+    with pytest.raises(ConfigError, match=r"max_entry_bytes must not exceed cache\.max_bytes"):
         parse_config(BACKEND + "cache: {max_bytes: 1MiB, max_entry_bytes: 2MiB}\n")
 
 
