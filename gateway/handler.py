@@ -124,7 +124,7 @@ class ProxyHandler:
                     config.timeouts.total,
                 )
                 if ctx.cache is not None and ctx.cache.entry is not None:
-                    ctx.response_started = True
+                    ctx.status, ctx.response_started = ctx.cache.entry.status, True
                     headers = {config.headers.request_id: rid, CACHE_HEADER: "hit"}
                     return await replay(request, ctx.cache.entry, headers)
                 return await self._forward(ctx)

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.cache.key import cache_key
+from gateway.config import parse_config
 from gateway.server import Gateway
 from tests.helpers import admin, base, gateway_yaml, get_json, running_gateway, wait_until
 from tests.integration.cache_backend import CountingBackend, counting_backend
@@ -202,6 +203,18 @@ async def test_bounds_evict_and_refuse_large_answers() -> None:
         assert (await post(client, gw, GREEDY))[1] == "miss"
         assert (await post(client, gw, GREEDY))[1] == "miss"  # relayed, never kept
         assert backend.served == 2
+
+
+async def test_a_reload_applies_new_limits_and_keeps_what_fits() -> None:
+    async with cached() as (backend, gw, client):
+        await post(client, gw, GREEDY)
+        await post(client, gw, {**GREEDY, "prompt": "other"})
+        assert (await get_json(f"{admin(gw)}/admin/cache"))["entries"] == 2
+        smaller = gateway_yaml([backend.url], "cache: {enabled: true, max_entries: 1}\n")
+        await gw.apply(parse_config(smaller))
+        state = await get_json(f"{admin(gw)}/admin/cache")
+        assert (state["entries"], state["max_entries"]) == (1, 1)
+        assert (await post(client, gw, {**GREEDY, "prompt": "other"}))[1] == "hit"  # the newest
 
 
 async def _metrics(gw: Gateway) -> str:
