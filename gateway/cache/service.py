@@ -201,6 +201,7 @@ class ResponseCache:
 
     def _evicted(self, reason: str) -> None:
         self._metrics.cache_evictions.labels(reason).inc()
+        self._publish()
 
     def _publish(self) -> None:
         self._metrics.cache_bytes.set(self.memory.bytes_held)
