@@ -8,8 +8,6 @@ fleet keeps the state of every backend that stays.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -20,11 +18,11 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.admission import AdmissionController, AdmissionSettings
 from gateway.balancer import build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
 from gateway.cache import ResponseCache
+from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.fleet import BackendSpec, Fleet
@@ -38,6 +36,7 @@ from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
+from gateway.selection import select_endpoint
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
@@ -123,7 +122,7 @@ class Runtime:
     """Everything a request needs, built from one validated config."""
 
     retry_budget: RetryBudget
-    admission: AdmissionController
+    capacity: Capacity[Endpoint]
     cache: ResponseCache
 
     def __init__(
@@ -137,7 +136,6 @@ class Runtime:
         self.rng = rng or random.Random()
         self.metrics = metrics or GatewayMetrics()
         self.draining = False
-        self.capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
         self.upstream: UpstreamClient | None = None  # the forwarding path
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
@@ -163,15 +161,15 @@ class Runtime:
         )
         if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
             self.retry_budget = RetryBudget(budget)
-        admission = AdmissionSettings(
+        capacity = CapacitySettings(
             max_requests_per_backend=config.limits.max_requests_per_backend,
             max_pending=config.limits.max_pending,
             queue_timeout_s=config.limits.queue_timeout,
         )
-        if getattr(self, "admission", None) is None:
-            self.admission = AdmissionController(admission)
-        else:  # keep the count of requests already queued
-            self.admission.settings = admission
+        if getattr(self, "capacity", None) is None:
+            self.capacity = Capacity(capacity, self._pick)
+        else:  # keep the requests already queued
+            self.capacity.settings = capacity
         if getattr(self, "cache", None) is None:
             self.cache = ResponseCache(config.cache, self.metrics, self.clock)
         else:  # keep the answers that still fit
@@ -272,14 +270,28 @@ class Runtime:
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
-    def capacity_freed(self) -> None:
-        """A try finished: wake the longest-waiting queued request, if any (FIFO)."""
-        waiters = self.capacity_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def capacity_freed(self, endpoint: Endpoint) -> None:
+        """A try at ``endpoint`` finished: its slot goes to the head of its group's queue."""
+        if self.capacity.pending:
+            self.capacity.release(endpoint.group, self.clock())
+
+    def _pick(self, ticket: Ticket[Endpoint], now: float) -> Endpoint | NoPick:
+        """The capacity module's pick: the group's policy over backends with room. The pick
+        reserves its slot until :meth:`gateway.exchange.Exchange.start_try` starts the try."""
+        group = ticket.group
+        picked = select_endpoint(
+            self.fleet,
+            self.policy_for(group),
+            group,
+            ticket.tried,
+            self.config.limits.max_requests_per_backend,
+            now,
+            self.rng,
+            ticket.request,
+        )
+        if isinstance(picked, Endpoint):
+            picked.reserved += 1
+        return picked
 
     def _on_transition(self, transition: Transition) -> None:
         """Every health state change: metrics, logs, cached views, and a fresh start on recovery."""

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
+from gateway.failures import RETRY_CONDITIONS
 
 Policy = Literal["weighted_score", "round_robin", "random", "least_request", "peak_ewma"]
 Selection = Literal["best", "p2c"]
@@ -210,9 +211,6 @@ class HealthCheckConfig:
     timeout: float = _duration(1.0, positive)
     unhealthy_threshold: int = field(3, check=positive)
     healthy_threshold: int = field(2, check=positive)
-
-
-RETRY_CONDITIONS = {"connect-failure", "reset", "timeout"}
 
 
 def _retry_on(value: object) -> tuple[str | int, ...]:
