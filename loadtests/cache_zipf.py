@@ -10,7 +10,8 @@ false, then true, on the same seeded request sequence at the same open-loop Pois
 Popular prompts repeat as they do in real traffic (rank ``k`` drawn with weight ``1/k^s``),
 every request greedy (temperature 0). Reported per mode: hit rate (from the
 ``X-Tailgate-Cache`` header), the requests the backend received (the gateway's own count of
-upstream tries), how many the cache saved, p50/p99 of every request (failures rank worst).
+upstream tries), how many the cache saved, p50/p99 of every request (failures rank worst), and
+the generator's p99 send lag (a mode is marked "generator behind" when it fell behind).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ModeResult:
     summary: Summary
     hits: int
     backend_requests: int
+    lag_p99_s: float  # how late the generator sent (its own honesty check)
     behind_schedule: bool
 
 
@@ -163,6 +165,7 @@ def run_mode(
         rec.summary(),
         hits=verdicts.count("hit"),
         backend_requests=upstream_tries(metrics),
+        lag_p99_s=rec.lag_p99_s(),
         behind_schedule=rec.behind_schedule(),
     )
 
@@ -174,8 +177,9 @@ async def _get_text(url: str) -> str:
 
 def markdown(results: Sequence[ModeResult]) -> str:
     lines = [
-        "| cache | requests | hit rate | backend requests | saved | p50 ms | p99 ms | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| cache | requests | hit rate | backend requests | saved | p50 ms | p99 ms | errors "
+        "| send lag p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         s = r.summary
@@ -184,7 +188,8 @@ def markdown(results: Sequence[ModeResult]) -> str:
         lines.append(
             f"| {mode} | {s.count} | {r.hits / s.count:.1%} "
             f"| {r.backend_requests} | {saved} ({saved / s.count:.1%}) "
-            f"| {s.p50_s * 1000:.2f} | {s.p99_s * 1000:.2f} | {s.errors} |"
+            f"| {s.p50_s * 1000:.2f} | {s.p99_s * 1000:.2f} | {s.errors} "
+            f"| {r.lag_p99_s * 1000:.1f} |"
         )
     return "\n".join(lines)
 
