@@ -285,8 +285,7 @@ class ProxyHandler:
         source: ChunkSource = upstream
         if ctx.cache is not None:  # cache hook (2 of 2): the verdict, and the answer recorded
             response.headers[CACHE_HEADER] = ctx.cache.verdict
-            content_type = upstream.headers.get("Content-Type", "")
-            source = ctx.cache.capture(upstream.status, content_type, upstream)
+            source = ctx.cache.capture(upstream.status, upstream.headers, upstream)
         try:
             await response.prepare(request)
             ctx.response_started = True

@@ -44,11 +44,15 @@ class Lookup:
     leading: bool = False  # identical requests wait for this one's answer
     cache: ResponseCache | None = field(default=None, repr=False)
 
-    def capture(self, status: int, content_type: str, source: ChunkSource) -> ChunkSource:
-        """``source`` to relay: recording it when its answer may be kept (a 200)."""
+    def capture(self, status: int, headers: Mapping[str, str], source: ChunkSource) -> ChunkSource:
+        """``source`` to relay: recording it when its answer may be kept (a 200 that its
+        backend did not mark ``Cache-Control: no-store`` or ``private``)."""
         if self.key is None or self.cache is None or status != 200:
             return source
+        if _cache_control(headers) & {"no-store", "private"}:
+            return source
         limit = self.cache.settings.max_entry_bytes
+        content_type = headers.get("Content-Type", "")
         return CapturingBody(source, Recorder(status, content_type, limit), self._done)
 
     def _done(self, entry: CachedResponse | None) -> None:
@@ -223,7 +227,7 @@ def _limits(settings: CacheConfig) -> StoreLimits:
 
 
 def _cache_control(headers: Mapping[str, str]) -> frozenset[str]:
-    """The request's Cache-Control directive names, lower-cased (``no-cache``, ``no-store``)."""
+    """Cache-Control directive names, lower-cased (``no-cache``, ``no-store``)."""
     value = headers.get("Cache-Control")
     if not value:
         return frozenset()

@@ -18,6 +18,8 @@ class CountingBackend:
     arrived: int = 0  # requests received, gate or not
     served: int = 0  # requests answered
     fail_next: int = 0  # answer this many with a 500 first
+    break_streams: bool = False  # close the connection after a stream's first event
+    cache_control: str | None = None  # sent as the answers' Cache-Control
     gate: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -38,12 +40,17 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     if backend.fail_next > 0:
         backend.fail_next -= 1
         return web.json_response({"error": {"message": "injected"}}, status=500)
+    headers = {"Cache-Control": backend.cache_control} if backend.cache_control else {}
     if not payload.get("stream"):
-        return web.json_response({"n": number, "prompt": payload.get("prompt")})
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        answer = {"n": number, "prompt": payload.get("prompt")}
+        return web.json_response(answer, headers=headers)
+    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
     await response.prepare(request)
     for i in range(3):
         await response.write(f"data: {json.dumps({'n': number, 'i': i})}\n\n".encode())
+        if backend.break_streams and request.transport is not None:
+            request.transport.close()  # the answer breaks off after its first event
+            return response
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

@@ -138,6 +138,29 @@ async def test_failed_answers_are_not_kept() -> None:
         assert (status, verdict) == (200, "miss") and backend.served == 2
 
 
+async def test_a_stream_that_breaks_off_is_not_kept() -> None:
+    streamed = {**GREEDY, "stream": True}
+    async with cached() as (backend, gw, client):
+        backend.break_streams = True
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with client.post(f"{base(gw)}{COMPLETIONS}", json=streamed) as resp:
+                assert resp.headers["X-Tailgate-Cache"] == "miss"
+                await resp.read()
+        backend.break_streams = False
+        async with client.post(f"{base(gw)}{COMPLETIONS}", json=streamed) as resp:
+            assert resp.headers["X-Tailgate-Cache"] == "miss"
+            assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+        assert backend.served == 2
+
+
+async def test_an_answer_its_backend_marks_no_store_is_not_kept() -> None:
+    async with cached() as (backend, gw, client):
+        backend.cache_control = "private, max-age=0"
+        assert (await post(client, gw, GREEDY))[1] == "miss"
+        assert (await post(client, gw, GREEDY))[1] == "miss"
+        assert backend.served == 2
+
+
 async def test_identical_concurrent_requests_go_upstream_once() -> None:
     async with cached() as (backend, gw, client):
         backend.gate.clear()
