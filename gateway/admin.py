@@ -1,4 +1,5 @@
-"""The admin listener (127.0.0.1 by default): metrics, backend state, liveness and readiness.
+"""The admin listener (127.0.0.1 by default): metrics, backend and cache state, liveness and
+readiness.
 
 Never served on the public listener. With ``admin.token`` set, every path but ``/healthz``
 needs ``Authorization: Bearer <token>``.
@@ -73,6 +74,10 @@ async def _backends(request: web.Request) -> web.Response:
     return web.json_response(backends_snapshot(request.app[RUNTIME]))
 
 
+async def _cache(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME].cache.snapshot())
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -111,6 +116,7 @@ def build_admin_app(
     app[METRICS_RENDER] = render_metrics or (lambda: generate_latest(runtime.metrics.registry))
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/backends", _backends)
+    app.router.add_get("/admin/cache", _cache)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     return app

@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway import proxy
 from gateway.attempt import Attempt
+from gateway.cache import CACHE_HEADER, ChunkSource, Lookup, replay
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
@@ -72,6 +73,7 @@ class RequestContext:
     trace: RequestTrace | None = None  # None when tracing is off
     model: str | None = None  # the request body's "model", when it was read
     model_undecided: str | None = None  # why routing could not read the body's model
+    cache: Lookup | None = None  # None: the cache is off for this request's route
 
     @property
     def route_name(self) -> str:
@@ -147,6 +149,19 @@ class ProxyHandler:
         )
         try:
             async with asyncio.timeout(config.timeouts.total):
+                # cache hook (1 of 2): one lookup before forwarding; a hit is replayed
+                ctx.cache = await rt.cache.lookup(
+                    exchange.route,
+                    request.method,
+                    request.raw_path,
+                    request.headers,
+                    body.buffered,
+                    config.timeouts.total,
+                )
+                if ctx.cache is not None and ctx.cache.entry is not None:
+                    ctx.status, ctx.response_started = ctx.cache.entry.status, True
+                    headers = {config.headers.request_id: rid, CACHE_HEADER: "hit"}
+                    return await replay(request, ctx.cache.entry, headers)
                 return await self._forward(ctx)
         except TimeoutError:
             if ctx.response_started:
@@ -161,6 +176,9 @@ class ProxyHandler:
             return shed_response(message, rid, rt.capacity.retry_after_s())
         except BodyTooLarge:
             return _failure_response(Failure.BODY_TOO_LARGE, rid)
+        finally:
+            if ctx.cache is not None:
+                ctx.cache.close()  # followers still waiting on this request go on alone
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         exchange = ctx.exchange
@@ -315,10 +333,14 @@ class ProxyHandler:
         if self.runtime.draining:
             response.force_close()
         observer = _answer_observer(ctx, upstream)  # tokens
+        source: ChunkSource = upstream
+        if ctx.cache is not None:  # cache hook (2 of 2): the verdict, and the answer recorded
+            response.headers[CACHE_HEADER] = ctx.cache.verdict
+            source = ctx.cache.capture(upstream.status, upstream.headers, upstream)
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, upstream, att, endpoint, observer)
+            await self._stream_body(request, response, source, att, endpoint, observer)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
@@ -333,7 +355,7 @@ class ProxyHandler:
         self,
         request: web.BaseRequest,
         response: web.StreamResponse,
-        upstream: UpstreamResponse,
+        upstream: ChunkSource,
         att: Attempt,
         endpoint: Endpoint,
         observer: AnswerObserver | None,

@@ -263,6 +263,42 @@ class GatewayMetrics:
             registry=r,
         )
         self.model_label = ModelLabels()
+        self.cache_requests = Counter(
+            "tailgate_cache_requests",
+            "Requests on routes with the cache on, by result: hit, miss or bypass.",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_coalesced = Counter(
+            "tailgate_cache_coalesced",
+            "Hits served by waiting for an identical request already upstream.",
+            ["route"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "tailgate_cache_evictions",
+            "Entries dropped from the in-process cache, by reason: size or expired.",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "tailgate_cache_bytes",
+            "Bytes held by the in-process cache (answers and per-entry overhead).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_entries = Gauge(
+            "tailgate_cache_entries",
+            "Answers held by the in-process cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_shared_store_errors = Counter(
+            "tailgate_cache_shared_store_errors",
+            "Shared-store (Redis) calls that failed or timed out, by operation; served uncached.",
+            ["operation"],
+            registry=r,
+        )
         # The request path's families, children cached (see Children).
         self.requests_for = Children(self.requests)
         self.request_duration_for = Children(self.request_duration)
@@ -274,6 +310,8 @@ class GatewayMetrics:
         self.tokens_for = Children(self.tokens)
         self.slo_requests_for = Children(self.slo_requests)
         self.unparsed_answers_for = Children(self.unparsed_answers)
+        self.cache_requests_for = Children(self.cache_requests)
+        self.cache_coalesced_for = Children(self.cache_coalesced)
         self.per_backend_gauges = (
             self.in_flight,
             self.queue_depth,

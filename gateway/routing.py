@@ -26,6 +26,7 @@ class Route:
     groups: tuple[str, ...]
     cumulative_weights: tuple[float, ...]
     retry_non_idempotent: bool | None
+    cache: bool | None = None  # overrides cache.enabled for this route
 
     def matches(self, path: str, headers: Mapping[str, str], model: str | None) -> bool:
         if not path.startswith(self.path_prefix):
@@ -61,6 +62,7 @@ class Router:
                     groups=tuple(g.name for g in route.groups),
                     cumulative_weights=tuple(itertools.accumulate(weights)),
                     retry_non_idempotent=route.retry_non_idempotent,
+                    cache=route.cache,
                 )
             )
         self.routes = tuple(built)

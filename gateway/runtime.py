@@ -23,6 +23,7 @@ import aiohttp
 from gateway.balancer import build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
+from gateway.cache import ResponseCache
 from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
@@ -126,6 +127,7 @@ class Runtime:
 
     retry_budget: RetryBudget
     capacity: Capacity[Endpoint]
+    cache: ResponseCache
 
     def __init__(
         self,
@@ -173,6 +175,10 @@ class Runtime:
             self.capacity = Capacity(capacity, self._pick)
         else:  # keep the requests already queued
             self.capacity.settings = capacity
+        if getattr(self, "cache", None) is None:
+            self.cache = ResponseCache(config.cache, self.metrics, self.clock)
+        else:  # keep the answers that still fit
+            self.cache.apply(config.cache)
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
         if getattr(self, "tracing_settings", None) != config.tracing:
             self._swap_tracer(build_tracer(config.tracing, self.rng))

@@ -278,6 +278,7 @@ class Gateway:
         if self.runtime.upstream is not None:
             await self.runtime.upstream.close()
         await self.runtime.close_tracer()
+        await self.runtime.cache.close()
         self.stopped.set()
 
 

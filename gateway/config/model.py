@@ -304,6 +304,7 @@ class RouteConfig:
     groups: tuple[RouteGroup, ...] = ()
     name: str | None = None
     retry_non_idempotent: bool | None = None
+    cache: bool | None = field(None, doc="per-route override of cache.enabled")
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -319,6 +320,42 @@ def _networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Netw
         return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
     except ValueError as exc:
         raise ValueError(f"not a network: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheRedisConfig:
+    """The optional shared store: replicas of the gateway share their cache through Redis."""
+
+    url: str | None = field(None, doc="redis://host:port/db; null keeps the cache per process")
+    timeout: float = _duration(
+        0.05, positive, "a Redis call slower than this is given up: the request goes uncached"
+    )
+    cooldown: float = _duration(
+        1.0, non_negative, "after a failed Redis call, skip Redis this long (no per-request wait)"
+    )
+    key_prefix: str = "tailgate:cache:"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    """Answers to deterministic requests (temperature 0 or top_k 1, n 1), kept and replayed."""
+
+    enabled: bool = field(False, doc="routes may override it with routes[].cache")
+    max_bytes: int = field(64 * 1024**2, parse=parse_size, check=positive)
+    max_entries: int = field(10_000, check=positive)
+    max_entry_bytes: int = field(
+        1024**2, parse=parse_size, check=positive, doc="a larger answer is relayed, not kept"
+    )
+    ttl: float = _duration(300.0, positive, "how long an answer is served from the cache")
+    shared: bool = field(False, doc="true lets tenants share entries; false keys them by tenant")
+    coalesce: bool = field(
+        True, doc="identical concurrent requests wait for the first one's answer"
+    )
+    redis: CacheRedisConfig = dataclasses.field(default_factory=CacheRedisConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_entry_bytes > self.max_bytes:
+            raise ValueError("cache.max_entry_bytes must not exceed cache.max_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,6 +441,7 @@ class GatewayConfig:
     retries: RetriesConfig = dataclasses.field(default_factory=RetriesConfig)
     routes: tuple[RouteConfig, ...] = ()
     headers: HeadersConfig = dataclasses.field(default_factory=HeadersConfig)
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     slo: SloConfig = dataclasses.field(default_factory=SloConfig)
     tracing: TracingConfig = dataclasses.field(default_factory=TracingConfig)

@@ -32,7 +32,7 @@ def render_metrics(metrics_dir: Path) -> bytes:
 
 
 class MasterAdmin:
-    """The four admin routes, answered from the master's view of its workers."""
+    """The admin routes, answered from the master's view of its workers."""
 
     def __init__(self, master: Master) -> None:
         self.master = master
@@ -47,6 +47,7 @@ class MasterAdmin:
         routes: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
             "/metrics": self.metrics,
             "/admin/backends": self.backends,
+            "/admin/cache": self.cache,
             "/healthz": self.healthz,
             "/readyz": self.readyz,
         }
@@ -68,15 +69,23 @@ class MasterAdmin:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def backends(self, request: web.Request) -> web.Response:
+        entries = await self._per_worker("/admin/backends")
+        return web.json_response({"workers": entries, "draining": self.master.stopping})
+
+    async def cache(self, request: web.Request) -> web.Response:
+        """Each worker keeps its own in-process cache (Redis, when set, is what they share)."""
+        return web.json_response({"workers": await self._per_worker("/admin/cache")})
+
+    async def _per_worker(self, path: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        for worker, answer in await self.master.ask_all("/admin/backends"):
+        for worker, answer in await self.master.ask_all(path):
             entry: dict[str, Any] = {"slot": worker.slot, "pid": worker.pid}
             if isinstance(answer, BaseException):
                 entry["error"] = repr(answer)
             else:
                 entry.update(answer[1])
             entries.append(entry)
-        return web.json_response({"workers": entries, "draining": self.master.stopping})
+        return entries
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "workers": len(self.master.workers)})

@@ -238,3 +238,18 @@ async def test_a_crash_loop_stops_the_master_with_exit_status_1(
             await run
     assert master.workers == {}
     assert "workers crashed 2 times within 60s: stopping the gateway" in caplog.text
+
+
+async def test_the_master_shows_each_workers_cache() -> None:
+    async with pods(1) as fleet, worker_gateway(fleet, "cache: {enabled: true}\n") as gw:
+        greedy = {"prompt": "p", "temperature": 0}
+        async with aiohttp.ClientSession() as client:
+            for _ in range(6):
+                async with client.post(f"{gw.base}/v1/completions", json=greedy) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["X-Tailgate-Cache"] in ("hit", "miss")
+        caches = (await get_json(f"{gw.admin}/admin/cache"))["workers"]
+        assert len(caches) == WORKERS
+        # the workers keep their own caches: at most one miss each, then hits
+        assert {entry["entries"] for entry in caches} <= {0, 1}
+        assert sum(entry["entries"] for entry in caches) >= 1
