@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -13,18 +16,32 @@ T = TypeVar("T")
 
 
 def setup_logging(level: str, tag: str = "") -> None:
-    """Diagnostics to stderr (``tag`` marks a worker's lines); the JSON access log to stdout."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
-        stream=sys.stderr,
+    """Diagnostics to stderr (``tag`` marks a worker's lines); the JSON access log to stdout.
+
+    Records are formatted and written by a thread of their own (a ``QueueListener``): the event
+    loop only puts them on a queue, so a slow terminal or pipe never stalls requests. Writing
+    the access log straight to a terminal at 1,000 requests/s held the loop for milliseconds at a
+    time; that was the open-loop p99 a new user saw with the shipped defaults.
+    """
+    diagnostics = logging.StreamHandler(sys.stderr)
+    diagnostics.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
     )
-    access = logging.getLogger("tailgate.access")
-    access.propagate = False
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
+    access_out = logging.StreamHandler(sys.stdout)
+    access_out.setFormatter(logging.Formatter("%(message)s"))
+    access_out.addFilter(lambda record: record.name == "tailgate.access")
+    diagnostics.addFilter(lambda record: record.name != "tailgate.access")
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(
+        records, diagnostics, access_out, respect_handler_level=True
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("tailgate.access").propagate = True
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener.start()
+    atexit.register(listener.stop)  # flush what is queued before the process exits
 
 
 def settle_heap() -> None:
