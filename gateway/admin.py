@@ -73,6 +73,14 @@ async def _backends(request: web.Request) -> web.Response:
     return web.json_response(backends_snapshot(request.app[RUNTIME]))
 
 
+async def _tenants(request: web.Request) -> web.Response:
+    """Tenants' limits, what is left of them, and what each has queued."""
+    runtime = request.app[RUNTIME]
+    snapshot = runtime.tenant_gate.snapshot(runtime.clock())
+    snapshot["queued"] = runtime.capacity_waiters.queued_by_tenant()
+    return web.json_response(snapshot)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -111,6 +119,7 @@ def build_admin_app(
     app[METRICS_RENDER] = render_metrics or (lambda: generate_latest(runtime.metrics.registry))
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/backends", _backends)
+    app.router.add_get("/admin/tenants", _tenants)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     return app

@@ -28,10 +28,13 @@ from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
 from gateway.headers import header_bytes, request_id_from
+from gateway.pending_queue import Priority, Refused
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.routing import Route, model_of
 from gateway.runtime import Runtime
 from gateway.selection import NoPick, retry_allowed, select_endpoint
+from gateway.tenants import Refusal, Ticket
+from gateway.tenants.usage import UsageMeter
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
@@ -41,10 +44,11 @@ log = logging.getLogger("tailgate")
 class Shed(Exception):
     """The gateway will not send this request anywhere (503 with Retry-After)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, priority: Priority = Priority.STANDARD) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.priority = priority
 
 
 class RetryableTry(Exception):
@@ -70,6 +74,7 @@ class RequestContext:
     status: int = 0
     tried: list[str] = field(default_factory=list)
     response_started: bool = False
+    ticket: Ticket | None = None  # tenants (issue 15): tenant, class, token charge
 
     @property
     def route_name(self) -> str:
@@ -109,6 +114,15 @@ class ProxyHandler:
         model = model_of(body.buffered) if self.runtime.router.needs_model else None
         ctx.route = route = self.runtime.router.match(request.path, request.headers, model)
         ctx.group = route.pick_group(self.runtime.rng)
+        # -- tenants (issue 15): who it is for, its class, its rate limits (401 / 429) --------
+        gate = self.runtime.tenant_gate
+        ticket = await gate.admit(request.headers, body.buffered, self.runtime.clock())
+        if isinstance(ticket, Refusal):
+            return error_response(
+                ticket.status, ticket.kind, ticket.message, rid, ticket.headers, ticket.code
+            )
+        ctx.ticket = ticket
+        # -- end tenants ---------------------------------------------------------------------
         self.runtime.retry_budget.record_request(self.runtime.clock())
         try:
             async with asyncio.timeout(config.timeouts.total):
@@ -120,9 +134,12 @@ class ProxyHandler:
             return error_response(504, "upstream_timeout", "route timeout exceeded", rid)
         except Shed as shed:
             self.runtime.metrics.shed.labels(route.name, shed.reason).inc()
+            self.runtime.metrics.shed_by_priority.labels(shed.priority.label, shed.reason).inc()
             return shed_response(shed.message, rid)
         except BodyTooLarge:
             return error_response(413, "body_too_large", "request body too large", rid)
+        finally:  # tenants (issue 15): correct the token charge from the response's usage
+            await gate.settle(ticket, ctx.response_started, self.runtime.clock())
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         try:  # the first try runs bare: most requests never need the retry machinery
@@ -148,12 +165,21 @@ class ProxyHandler:
         rt, request, config = self.runtime, ctx.request, ctx.config
         body = ctx.body
         assert body is not None and rt.upstream is not None
-        endpoint = await self._acquire(ctx.group, ctx.tried, config)
+        assert ctx.ticket is not None
+        endpoint = await self._acquire(ctx.group, ctx.tried, config, ctx.ticket)
         ctx.tried.append(endpoint.name)
         ctx.backend = endpoint.name
         headers = proxy.upstream_headers(
             request, ctx.request_id, config.headers.request_id, endpoint.url
         )
+        # tenants (issue 15): the client's key stays here unless configured; a backend's own
+        # key replaces it
+        auth = rt.tenant_gate.upstream_authorization(
+            request.headers.get("Authorization"), endpoint.name
+        )
+        headers.popall("Authorization", None)
+        if auth is not None:
+            headers["Authorization"] = auth
         with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
             try:
                 upstream = await proxy.send(
@@ -216,10 +242,14 @@ class ProxyHandler:
             rt.metrics.retries.labels(route.name, reason).inc()
         return allowed
 
-    async def _acquire(self, group: str, tried: list[str], config: GatewayConfig) -> Endpoint:
+    async def _acquire(
+        self, group: str, tried: list[str], config: GatewayConfig, ticket: Ticket
+    ) -> Endpoint:
         """An endpoint of ``group`` that may take this try now, waiting in the queue while all
         are at ``max_requests_per_backend``; raises :class:`Shed` when there is none."""
         rt = self.runtime
+        if ticket.priority is Priority.SHEDDABLE and self._backends_report_pressure(group):
+            raise Shed("sheddable", "every backend reports a long queue", ticket.priority)
         while True:
             picked = select_endpoint(
                 rt.fleet,
@@ -233,32 +263,49 @@ class ProxyHandler:
             if picked is NoPick.NO_BACKEND:
                 raise Shed("no_backend", f"no healthy backend available for group {group!r}")
             if picked is NoPick.ALL_FULL:
-                await self._wait_for_room(group, config)
+                await self._wait_for_room(ticket)
                 continue
             return picked
 
-    async def _wait_for_room(self, group: str, config: GatewayConfig) -> None:
+    def _backends_report_pressure(self, group: str) -> bool:
+        """Tenants (issue 15): does every candidate report more queued than sheddable allows?"""
+        threshold = self.runtime.config.admission.sheddable_queue_depth
+        if threshold <= 0:
+            return False
+        now = self.runtime.clock()
+        candidates, _ = self.runtime.fleet.candidates(group, now)
+        return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
+
+    async def _wait_for_room(self, ticket: Ticket) -> None:
+        """Tenants (issue 15): wait in the pending queue (by class, fair across tenants)."""
         rt = self.runtime
-        verdict = rt.admission.arrive(any_room=False)
-        if verdict.value == "shed":
-            raise Shed("overloaded", "all backends are at capacity and the queue is full")
+        queue, priority = rt.capacity_waiters, ticket.priority
+        admission = rt.config.admission
+        if priority is Priority.SHEDDABLE and len(queue) >= admission.sheddable_max_pending:
+            raise Shed("sheddable", "all backends are at capacity", priority)
+        if rt.admission.settings.queue_timeout_s <= 0:
+            raise Shed("overloaded", "all backends are at capacity and the queue is full", priority)
         deadline = rt.admission.queue_deadline(rt.clock())
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        pushed = queue.push(waiter, ticket.tenant.name, priority, ticket.cost)
+        if pushed is Refused.FULL:
+            raise Shed("overloaded", "all backends are at capacity and the queue is full", priority)
+        if pushed is not None and not pushed.done():
+            pushed.set_result(False)  # a sheddable request makes room for a higher class
+        rt.metrics.pending.inc()
         try:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            rt.capacity_waiters.append(waiter)
-            rt.metrics.pending.inc()
-            try:
-                async with asyncio.timeout(rt.admission.wait_left_s(deadline, rt.clock())):
-                    await waiter
-            except TimeoutError:
-                rt.admission.timed_out()
-                raise Shed("queue_timeout", "no backend capacity freed up in time") from None
-            finally:
-                rt.metrics.pending.dec()
-                if not waiter.done():
-                    waiter.cancel()
+            async with asyncio.timeout(rt.admission.wait_left_s(deadline, rt.clock())):
+                room = await waiter
+        except TimeoutError:
+            rt.admission.timed_out()
+            raise Shed("queue_timeout", "no backend capacity freed up in time", priority) from None
         finally:
-            rt.admission.leave_queue()
+            rt.metrics.pending.dec()
+            queue.remove(waiter)
+            if not waiter.done():
+                waiter.cancel()
+        if not room:
+            raise Shed("displaced", "made room for a request of a higher priority", priority)
 
     async def _relay(
         self,
@@ -285,7 +332,11 @@ class ProxyHandler:
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, upstream, att, endpoint)
+            assert ctx.ticket is not None
+            meter = self.runtime.tenant_gate.watch_response(
+                ctx.ticket, upstream.content_type == "text/event-stream"
+            )
+            await self._stream_body(request, response, upstream, att, endpoint, meter)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.client_gone()
             upstream.close()
@@ -298,6 +349,7 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
+        meter: UsageMeter,
     ) -> None:
         """Relay body chunks as they arrive; an upstream break cuts the client off too."""
         while True:
@@ -310,6 +362,7 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
+            meter.feed(chunk)  # tenants (issue 15): usage for the token limit
             await response.write(chunk)
         await response.write_eof()
 

@@ -9,7 +9,6 @@ fleet keeps the state of every backend that stays.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -35,8 +34,10 @@ from gateway.health.settings import ActiveCheckSettings, BreakerSettings, Outlie
 from gateway.health.transition import CheckState, CircuitState, Transition
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
+from gateway.pending_queue import PendingQueue
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
+from gateway.tenants import TenantGate
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
@@ -135,7 +136,13 @@ class Runtime:
         self.rng = rng or random.Random()
         self.metrics = metrics or GatewayMetrics()
         self.draining = False
-        self.capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Tenants (issue 15): the pending queue, by priority class and fair across tenants,
+        # replaces the FIFO deque; a waiter's result is True for room, False when displaced.
+        self.capacity_waiters: PendingQueue[asyncio.Future[bool]] = PendingQueue(
+            config.limits.max_pending
+        )
+        self.tenant_gate = TenantGate(config, self.metrics)
+        self.capacity_waiters.weights = self.tenant_gate.directory.weights
         self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
         self.upstream: UpstreamClient | None = None  # the forwarding path
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
@@ -171,6 +178,10 @@ class Runtime:
         else:  # keep the count of requests already queued
             self.admission.settings = admission
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
+        if hasattr(self, "tenant_gate"):  # tenants (issue 15): buckets survive a reload
+            self.tenant_gate.install(config)
+            self.capacity_waiters.max_size = config.limits.max_pending
+            self.capacity_waiters.weights = self.tenant_gate.directory.weights
 
     def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
         """Swap in ``config`` (already validated). Backends that stay keep signals and health.
@@ -267,12 +278,10 @@ class Runtime:
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
     def capacity_freed(self) -> None:
-        """A try finished: wake the longest-waiting queued request, if any (FIFO)."""
-        waiters = self.capacity_waiters
-        while waiters:
-            waiter = waiters.popleft()
+        """A try finished: wake the next queued request (by class, fair across tenants)."""
+        while (waiter := self.capacity_waiters.pop()) is not None:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
                 return
 
     def _on_transition(self, transition: Transition) -> None:
