@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite talks to for real: Prometheus (server + promtool),
-# dnsmasq (a DNS server for discovery tests) and docker-compose (to validate compose files).
+# dnsmasq (a DNS server for discovery tests), docker-compose (to validate compose files) and
+# redis-server (shared rate limits).
 # Runs apt-get only for what is missing, and only as root; otherwise says what to install.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -26,7 +28,7 @@ if ! apt_install; then
   apt_install
 fi
 # The Debian packages start services on install where an init system runs; tests start their own.
-for svc in prometheus dnsmasq; do
+for svc in prometheus dnsmasq redis-server; do
   (command -v systemctl >/dev/null 2>&1 && systemctl stop "$svc" >/dev/null 2>&1) || true
 done
 echo "installed: ${need[*]}"

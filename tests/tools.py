@@ -23,6 +23,7 @@ INSTALL_HINTS: dict[str, str] = {
     "kubernetes-validate": "pip install kubernetes-validate",
     "prometheus": "apt-get install -y prometheus",
     "dnsmasq": "apt-get install -y dnsmasq",
+    "redis-server": "apt-get install -y redis-server",
 }
 
 

@@ -48,7 +48,7 @@ class TenantDirectory:
         self._tenants = {
             t.name: Tenant(
                 t.name,
-                Priority.parse(t.priority) or Priority.STANDARD,
+                Priority[t.priority.upper()],
                 t.weight,
                 t.limits or config.default_limits,
             )
@@ -90,7 +90,9 @@ class TenantDirectory:
             name = given[:MAX_TENANT_NAME] if given.isprintable() and given else ANONYMOUS
         tenant = self.tenant(name)
         asked = headers.get(cfg.priority_header)
-        priority = (Priority.parse(asked) if asked else None) or tenant.priority
+        priority = Priority.parse(asked) if asked else None
+        if priority is None:  # (a class is an IntEnum: sheddable is 0, so no `or` here)
+            priority = tenant.priority
         if cfg.api_keys.enabled:  # a key's owner may lower its class, never raise it
             priority = min(priority, tenant.priority)
         return Identified(tenant, priority)
