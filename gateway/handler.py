@@ -250,7 +250,14 @@ class ProxyHandler:
         rt = self.runtime
         if ticket.priority is Priority.SHEDDABLE and self._backends_report_pressure(group):
             raise Shed("sheddable", "every backend reports a long queue", ticket.priority)
+        # Tenants (issue 15): one deadline from arrival, however often the request is woken;
+        # and no overtaking: while others wait (or were just woken), a newcomer queues too.
+        deadline = rt.admission.queue_deadline(rt.clock())
+        woken = False
         while True:
+            if not woken and (len(rt.capacity_waiters) or rt.handoffs):
+                woken = await self._wait_for_room(ticket, deadline)
+                continue
             picked = select_endpoint(
                 rt.fleet,
                 rt.policy_for(group),
@@ -260,10 +267,13 @@ class ProxyHandler:
                 rt.clock(),
                 rt.rng,
             )
+            if woken:
+                rt.handoffs -= 1  # the room it was woken for is taken (or lost): hand-off done
+                woken = False
             if picked is NoPick.NO_BACKEND:
                 raise Shed("no_backend", f"no healthy backend available for group {group!r}")
             if picked is NoPick.ALL_FULL:
-                await self._wait_for_room(ticket)
+                woken = await self._wait_for_room(ticket, deadline)
                 continue
             return picked
 
@@ -276,8 +286,9 @@ class ProxyHandler:
         candidates, _ = self.runtime.fleet.candidates(group, now)
         return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
 
-    async def _wait_for_room(self, ticket: Ticket) -> None:
-        """Tenants (issue 15): wait in the pending queue (by class, fair across tenants)."""
+    async def _wait_for_room(self, ticket: Ticket, deadline: float) -> bool:
+        """Tenants (issue 15): wait in the pending queue (by class, fair across tenants) until
+        woken for room (True: the caller owes :attr:`Runtime.handoffs` one), else raise Shed."""
         rt = self.runtime
         queue, priority = rt.capacity_waiters, ticket.priority
         admission = rt.config.admission
@@ -285,7 +296,6 @@ class ProxyHandler:
             raise Shed("sheddable", "all backends are at capacity", priority)
         if rt.admission.settings.queue_timeout_s <= 0:
             raise Shed("overloaded", "all backends are at capacity and the queue is full", priority)
-        deadline = rt.admission.queue_deadline(rt.clock())
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         pushed = queue.push(waiter, ticket.tenant.name, priority, ticket.cost)
         if pushed is Refused.FULL:
@@ -296,9 +306,15 @@ class ProxyHandler:
         try:
             async with asyncio.timeout(rt.admission.wait_left_s(deadline, rt.clock())):
                 room = await waiter
-        except TimeoutError:
-            rt.admission.timed_out()
-            raise Shed("queue_timeout", "no backend capacity freed up in time", priority) from None
+        except BaseException as exc:  # timed out or cancelled, maybe just as room was given
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                rt.handoffs -= 1
+                rt.capacity_freed()  # pass the room on to the next in line
+            if isinstance(exc, TimeoutError):
+                rt.admission.timed_out()
+                message = "no backend capacity freed up in time"
+                raise Shed("queue_timeout", message, priority) from None
+            raise
         finally:
             rt.metrics.pending.dec()
             queue.remove(waiter)
@@ -306,6 +322,7 @@ class ProxyHandler:
                 waiter.cancel()
         if not room:
             raise Shed("displaced", "made room for a request of a higher priority", priority)
+        return True
 
     async def _relay(
         self,

@@ -141,6 +141,7 @@ class Runtime:
         self.capacity_waiters: PendingQueue[asyncio.Future[bool]] = PendingQueue(
             config.limits.max_pending
         )
+        self.handoffs = 0  # waiters woken for room that have not picked yet: newcomers queue
         self.tenant_gate = TenantGate(config, self.metrics)
         self.capacity_waiters.weights = self.tenant_gate.directory.weights
         self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
@@ -282,6 +283,7 @@ class Runtime:
         while (waiter := self.capacity_waiters.pop()) is not None:
             if not waiter.done():
                 waiter.set_result(True)
+                self.handoffs += 1
                 return
 
     def _on_transition(self, transition: Transition) -> None:

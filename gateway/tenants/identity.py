@@ -17,7 +17,9 @@ from gateway.pending_queue import Priority
 from gateway.tenants.keys import KeysFile, bearer_token, key_hash
 
 ANONYMOUS = "anonymous"
+OVERFLOW = "other"  # every header-named tenant past MAX_HEADER_TENANTS
 MAX_TENANT_NAME = 64  # a header value becomes a metric label: keep it short
+MAX_HEADER_TENANTS = 10_000  # header values are the client's choice: bound labels and buckets
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ class TenantDirectory:
             return known
         made = self._defaults.get(name)
         if made is None:
-            made = Tenant(name, Priority.STANDARD, 1.0, self.config.default_limits)
-            if len(self._defaults) < 10_000:  # bounded: header values are the client's choice
+            if len(self._defaults) >= MAX_HEADER_TENANTS:
+                name = OVERFLOW
+                made = self._defaults.get(name)
+            if made is None:
+                made = Tenant(name, Priority.STANDARD, 1.0, self.config.default_limits)
                 self._defaults[name] = made
         return made
 

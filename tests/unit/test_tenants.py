@@ -30,6 +30,18 @@ def test_header_tenant_and_priority() -> None:
     assert (anonymous.tenant.name, anonymous.priority) == (ANONYMOUS, Priority.STANDARD)
 
 
+def test_header_named_tenants_are_bounded() -> None:
+    from gateway.tenants import identity
+
+    d = directory("")
+    names = set()
+    for i in range(identity.MAX_HEADER_TENANTS + 5):
+        found = d.identify({"X-Tenant": f"t{i}"})
+        assert isinstance(found, Identified)
+        names.add(found.tenant.name)
+    assert len(names) == identity.MAX_HEADER_TENANTS + 1 and identity.OVERFLOW in names
+
+
 def test_api_keys_name_the_tenant_and_cap_its_class(tmp_path: Path) -> None:
     d = directory(
         "admission:\n  api_keys: {enabled: true}\n  tenants:\n"
