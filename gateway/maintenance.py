@@ -3,7 +3,8 @@
 * every ``outlier_detection.interval``: the outlier detector's sweep (success-rate ejection,
   ejection-multiplier decay), per group;
 * every 250 ms: each group policy's fleet reference (medians), so a P2C pick stays O(1);
-* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state);
+* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state)
+  and per-tenant rate-limit gauges;
 * every ``admission.api_keys.reload_interval``: the API keys file, reread if it changed.
 """
 
@@ -94,6 +95,7 @@ class Maintenance:
 
     def _publish(self) -> None:
         publish_gauges(self.runtime)
+        self.runtime.tenant_gate.publish(self.runtime.clock())
 
     def _reload_keys(self) -> None:
         keys_file = self.runtime.tenant_gate.keys_file

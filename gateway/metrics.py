@@ -195,6 +195,20 @@ class GatewayMetrics:
             ["tenant", "reason"],
             registry=r,
         )
+        self.tenant_limit = Gauge(
+            "tailgate_tenant_rate_limit",
+            "Each configured tenant's limit per minute (0 = none), by kind: tokens or requests.",
+            ["tenant", "kind"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.tenant_limit_left = Gauge(
+            "tailgate_tenant_rate_limit_left",
+            "What this replica's bucket holds for each limited tenant, by kind.",
+            ["tenant", "kind"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.shed_by_priority = Counter(
             "tailgate_shed_by_priority",
             "Requests refused for capacity (queue full, displaced, timed out), by class.",

@@ -138,6 +138,17 @@ class TenantGate:
         forward = keys.forward_client_key or not keys.enabled
         return upstream_authorization(client_value, forward, self.backend_keys.get(backend))
 
+    def publish(self, now: float) -> None:
+        """Limits and what is left of them as gauges (called once a second, off the path)."""
+        m = self.metrics
+        for cfg in self.config.tenants:
+            limits = self.directory.tenant(cfg.name).limits
+            m.tenant_limit.labels(cfg.name, "tokens").set(limits.tokens_per_minute)
+            m.tenant_limit.labels(cfg.name, "requests").set(limits.requests_per_minute)
+        for tenant, levels in self.limiter.local.snapshot(now).items():
+            for key, level in levels.items():
+                m.tenant_limit_left.labels(tenant, key.removesuffix("_left")).set(level)
+
     def snapshot(self, now: float) -> dict[str, object]:
         """Limits and what is left of them, per tenant (for /admin/tenants)."""
         left = self.limiter.local.snapshot(now)

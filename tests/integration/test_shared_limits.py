@@ -83,3 +83,23 @@ async def test_two_replicas_share_one_limit_and_survive_redis_going_away() -> No
                 assert one.runtime.tenant_gate.limiter.fallbacks >= 1
         finally:
             await pod.runner.cleanup()
+
+
+async def test_an_unreachable_redis_never_fails_a_request() -> None:
+    pod = await start_pod("pod0")
+    dead_port = free_port()  # nothing listens there
+    extra = (
+        "admission:\n"
+        "  default_limits: {requests_per_minute: 3}\n"
+        f"  shared_limits: {{redis_url: 'redis://127.0.0.1:{dead_port}/0'}}\n"
+    )
+    try:
+        async with running_gateway(gateway_yaml([pod], extra)) as gw, aiohttp.ClientSession() as s:
+            statuses = []
+            for _ in range(4):
+                async with s.post(f"{base(gw)}/v1/completions") as r:
+                    statuses.append(r.status)
+            assert statuses == [200, 200, 200, 429]  # this replica's own bucket decides
+            assert gw.runtime.tenant_gate.limiter.fallbacks >= 1
+    finally:
+        await pod.runner.cleanup()

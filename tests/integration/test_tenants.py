@@ -109,13 +109,20 @@ async def test_token_limit_charges_the_estimate_and_settles_from_usage() -> None
                     assert int(r.headers["Retry-After"]) >= 40  # ~430 tokens at 10 a second
                 async with s.get(f"{admin(gw)}/admin/tenants") as r:
                     snapshot = await r.json()
-                async with s.get(f"{admin(gw)}/metrics") as r:
-                    text = await r.text()
+                await wait_until(lambda: "tailgate_tenant_rate_limit_left{" in metrics_text(gw))
+                text = metrics_text(gw)
             team_a = snapshot["tenants"]["team-a"]
+            assert 'tailgate_tenant_rate_limit{kind="tokens",tenant="team-a"} 600.0' in text
             assert team_a["tokens_per_minute"] == 600 and team_a["tokens_left"] < 100
             assert 'tailgate_tenant_tokens_total{tenant="team-a"} 543.0' in text  # 3*11 + 510
     finally:
         await pod.runner.cleanup()
+
+
+def metrics_text(gw: Any) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(gw.runtime.metrics.registry).decode()
 
 
 async def test_keys_file_is_reloaded_while_running(tmp_path: Path) -> None:
