@@ -270,6 +270,8 @@ class ProxyHandler:
             if woken:
                 rt.handoffs -= 1  # the room it was woken for is taken (or lost): hand-off done
                 woken = False
+                if picked is NoPick.NO_BACKEND:
+                    rt.capacity_freed()  # the next in line learns it too, without waiting
             if picked is NoPick.NO_BACKEND:
                 raise Shed("no_backend", f"no healthy backend available for group {group!r}")
             if picked is NoPick.ALL_FULL:

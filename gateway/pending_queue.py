@@ -104,6 +104,14 @@ class _Class(Generic[T]):
         if self.live == 0:  # all tombstones: start clean
             self.heap.clear()
             self.latest.clear()
+        elif len(self.heap) + len(self.latest) > 4 * self.live + 64:
+            self._compact()  # tombstones never reach the top of `latest`: sweep them, amortized
+
+    def _compact(self) -> None:
+        self.heap = [e for e in self.heap if not e.removed]
+        heapq.heapify(self.heap)
+        self.latest = [x for x in self.latest if not x[2].removed]
+        heapq.heapify(self.latest)
 
     def first(self) -> _Entry[T] | None:
         heap = self.heap

@@ -117,3 +117,14 @@ def test_matches_a_model_of_the_rules(ops: list[tuple[int, int, int]]) -> None:
         for cls in Priority:
             items = [i for i, t, c in served if t == tenant and c == cls]
             assert items == sorted(items)
+
+
+def test_tombstones_do_not_pile_up_under_steady_load() -> None:
+    queue: PendingQueue[int] = PendingQueue(100)
+    for n in range(10):
+        queue.push(n, "a", Priority.SHEDDABLE)
+    for n in range(10, 5000):  # one in, one out: the queue never empties
+        queue.push(n, f"t{n % 3}", Priority.SHEDDABLE)
+        assert queue.pop() is not None
+    sheddable = queue._classes[Priority.SHEDDABLE]
+    assert len(queue) == 10 and len(sheddable.latest) <= 4 * 10 + 64
