@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import error_response
 from gateway.health.transition import CircuitState
+from gateway.pending_queue import FairQueue
 from gateway.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -77,7 +78,12 @@ async def _tenants(request: web.Request) -> web.Response:
     """Tenants' limits, what is left of them, and what each has queued."""
     runtime = request.app[RUNTIME]
     snapshot = runtime.tenant_gate.snapshot(runtime.clock())
-    snapshot["queued"] = runtime.capacity_waiters.queued_by_tenant()
+    queued: dict[str, int] = {}
+    for queue in runtime.capacity.group_queues().values():
+        if isinstance(queue, FairQueue):
+            for tenant, count in queue.queued_by_tenant().items():
+                queued[tenant] = queued.get(tenant, 0) + count
+    snapshot["queued"] = queued
     return web.json_response(snapshot)
 
 

@@ -4,6 +4,10 @@ An :class:`Attempt` wraps one try at one endpoint as a context manager: entering
 request in flight; leaving — by success, error or cancellation — records everything exactly
 once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
 outlier detector), and the metrics. No code path can forget to record, or record twice.
+What a failure means for health comes from the one table in ``gateway.failures``.
+
+The fleet simulator, which has no ``with`` block spanning virtual time, calls :meth:`begin` and
+:meth:`end` itself: the context manager is only those two calls.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from types import TracebackType
 from typing import Protocol
 
 from gateway.endpoint import Endpoint
-from gateway.health.outcome import Outcome, classify
+from gateway.failures import Failure, consequence, status_outcome
+from gateway.health.outcome import Outcome
 from gateway.health.transition import Transition
 from gateway.metrics import GatewayMetrics
 
@@ -32,7 +37,6 @@ class Attempt:
         "_metrics",
         "_on_done",
         "_sink",
-        "cancelled",
         "endpoint",
         "failure",
         "first_byte_at",
@@ -47,7 +51,7 @@ class Attempt:
         clock: Callable[[], float],
         metrics: GatewayMetrics,
         sink: OutcomeSink,
-        on_done: Callable[[], None],
+        on_done: Callable[[Endpoint], None],
     ) -> None:
         self.endpoint = endpoint
         self._clock = clock
@@ -57,14 +61,17 @@ class Attempt:
         self.started_at = 0.0
         self.first_byte_at: float | None = None
         self.status: int | None = None
-        self.failure: str | None = None
+        self.failure: Failure | None = None
         self.streaming = False
-        self.cancelled = False
 
     def __enter__(self) -> Attempt:
+        self.begin()
+        return self
+
+    def begin(self) -> None:
+        """The try starts: it counts in flight from now."""
         self.started_at = self._clock()
         self.endpoint.signals.request_started(self.started_at)
-        return self
 
     def got_headers(self, status: int, streaming: bool, reported_depth: str | None) -> None:
         """Response headers arrived: time to first byte, and any queue depth reported."""
@@ -82,13 +89,14 @@ class Attempt:
             if depth >= 0:  # NaN fails this too; signals also drop infinities
                 self.endpoint.signals.report_queue_depth(depth, now)
 
-    def failed(self, kind: str) -> None:
-        """The try failed locally (connect-failure, reset, timeout), before or during the body."""
-        self.failure = kind
+    def failed(self, failure: Failure) -> None:
+        """The try ended badly: the backend's fault or the client's, as the table says.
 
-    def client_gone(self) -> None:
-        """The client went away (or broke its own body): nothing to learn about the backend."""
-        self.cancelled = True
+        A client fault is never replaced by a later backend failure: once the client broke the
+        try, nothing it caused afterwards is the backend's.
+        """
+        if self.failure is None or not consequence(self.failure).client_fault:
+            self.failure = failure
 
     def __exit__(
         self,
@@ -96,14 +104,22 @@ class Attempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        now = self._clock()
         # CancelledError (client disconnect) is a BaseException but not an Exception.
-        cancelled = self.cancelled or (exc_type is not None and not issubclass(exc_type, Exception))
-        local_error = self.failure is not None
-        if not cancelled and not local_error and self.status is None:
-            local_error = True  # an unexpected error before headers: the upstream did not answer
-            self.failure = "reset"
-        outcome = classify(self.status, local_error, cancelled)
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.failed(Failure.CLIENT_GONE)
+        self.end()
+
+    def end(self) -> None:
+        """The try is over: record everything, exactly once."""
+        now = self._clock()
+        if self.failure is None and self.status is None:
+            self.failure = Failure.RESET  # an unexpected error before headers: no answer
+        if self.failure is not None:
+            outcome = consequence(self.failure).outcome
+        else:
+            assert self.status is not None
+            outcome = status_outcome(self.status)
+        cancelled = outcome is Outcome.CANCELLED
         latency = self._latency(now, outcome)
         failed = outcome.is_failure
         duration = None if latency is None else now - self.started_at
@@ -119,9 +135,9 @@ class Attempt:
         if latency is not None:
             self._metrics.upstream_latency_for(name).observe(latency)
         if self.failure is not None and not cancelled:
-            self._metrics.upstream_failures_for(name, self.failure).inc()
+            self._metrics.upstream_failures_for(name, self.failure.value).inc()
         self._sink(self.endpoint, outcome, now)  # transitions reach metrics via the listener
-        self._on_done()
+        self._on_done(self.endpoint)
 
     def _latency(self, now: float, outcome: Outcome) -> float | None:
         """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
@@ -132,7 +148,7 @@ class Attempt:
         if outcome is Outcome.CANCELLED:
             return None
         if self.first_byte_at is None:
-            return now - self.started_at if self.failure == "timeout" else None
+            return now - self.started_at if self.failure is Failure.TIMEOUT else None
         if self.streaming:
             return self.first_byte_at - self.started_at
         return now - self.started_at

@@ -17,7 +17,7 @@ from gateway.load.signals import EndpointSignals
 class Endpoint:
     """A backend: name, base URL, capacity weight, group, signals and health."""
 
-    __slots__ = ("group", "health", "name", "public_name", "signals", "url", "weight")
+    __slots__ = ("group", "health", "name", "public_name", "reserved", "signals", "url", "weight")
 
     def __init__(
         self,
@@ -36,6 +36,15 @@ class Endpoint:
         self.signals = signals
         self.health = health
         self.public_name = public_name or name  # what clients may see (X-Tailgate-Backend)
+        # Picked for a try that has not started yet (a slot handed to a queued request): counts
+        # against the per-backend limit like a request in flight, so one freed slot is handed
+        # to one request only.
+        self.reserved = 0
+
+    @property
+    def load(self) -> int:
+        """Requests held against ``limits.max_requests_per_backend``: in flight or reserved."""
+        return self.signals.in_flight + self.reserved
 
     def routable(self, now: float) -> bool:
         """May this endpoint be offered to the balancer for a new request?"""

@@ -1,12 +1,11 @@
-"""The request path: route, pick a backend, forward with safe retries, stream the answer back.
+"""The request path's I/O: read the request, send tries, wait in the queue, relay the answer.
 
-    client -> route match -> group (canary split) -> pick (policy) -> try (proxy.send)
-           -> retry on another backend if safe and within budget -> relay the response
+Every decision (route, group, admission, pick, what a failure means, whether to retry) is made
+by the pure core in ``gateway.exchange`` / ``gateway.capacity`` / ``gateway.failures``; this
+module only performs what it decides, around aiohttp and the pooled upstream client:
 
-Retries (tenacity drives the loop and the jittered back-off) happen only before any response
-byte has gone to the client, only for configured conditions (``retries.retry_on``), only while
-the request body can be resent, for non-idempotent methods only if the request never reached a
-backend (unless the route opts in), and only while the retry budget allows.
+    client -> open_exchange (route, group) -> admit (capacity: pick, queue or shed)
+           -> try (proxy.send) -> Exchange.retry (tenacity drives the loop) -> relay the answer
 """
 
 from __future__ import annotations
@@ -14,26 +13,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from gateway import proxy
 from gateway.attempt import Attempt
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
+from gateway.exchange import Exchange, RetryVerdict, open_exchange
+from gateway.failures import Failure, consequence
 from gateway.headers import header_bytes, request_id_from
-from gateway.pending_queue import Priority, Refused
+from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
-from gateway.routing import Route, model_of
+from gateway.request_info import NO_INFO, RequestInfo
+from gateway.routing import model_of
 from gateway.runtime import Runtime
-from gateway.selection import NoPick, retry_allowed, select_endpoint
-from gateway.tenants import Refusal, Ticket
+from gateway.tenants import Admitted, Refusal
 from gateway.tenants.usage import UsageMeter
 from gateway.upstream import UpstreamError, UpstreamResponse
 
@@ -44,19 +45,13 @@ log = logging.getLogger("tailgate")
 class Shed(Exception):
     """The gateway will not send this request anywhere (503 with Retry-After)."""
 
-    def __init__(self, reason: str, message: str, priority: Priority = Priority.STANDARD) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.priority = priority
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.value)
+        self.failure = failure
 
 
 class RetryableTry(Exception):
     """This try failed in a way that will be retried on another backend."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -67,18 +62,20 @@ class RequestContext:
     config: GatewayConfig  # one config for the whole request, even if a reload lands meanwhile
     request_id: str
     started_at: float
-    route: Route | None = None
-    group: str = "default"
+    exchange: Exchange | None = None
     body: RequestBody | None = None
     backend: str = "-"
     status: int = 0
-    tried: list[str] = field(default_factory=list)
     response_started: bool = False
-    ticket: Ticket | None = None  # tenants (issue 15): tenant, class, token charge
+    admitted: Admitted | None = None  # tenants: tenant, class, token charge
 
     @property
     def route_name(self) -> str:
-        return self.route.name if self.route is not None else "-"
+        return self.exchange.route.name if self.exchange is not None else "-"
+
+    @property
+    def tries(self) -> int:
+        return self.exchange.tries if self.exchange is not None else 0
 
 
 class ProxyHandler:
@@ -101,86 +98,111 @@ class ProxyHandler:
 
     async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
         request, config, rid = ctx.request, ctx.config, ctx.request_id
+        rt = self.runtime
         if header_bytes(request.headers) > config.limits.max_header_size:
             return error_response(431, "headers_too_large", "request headers too large", rid)
         length = request.content_length
         if length is not None and length > config.limits.max_body:
-            return error_response(413, "body_too_large", "request body too large", rid)
+            return _failure_response(Failure.BODY_TOO_LARGE, rid)
         ctx.body = body = RequestBody(request, config.limits.max_body)
         try:
             await body.buffer_if_small(config.retries.buffer_limit)
         except (aiohttp.ClientPayloadError, ConnectionError):
-            return error_response(400, "bad_request", "request body broke off", rid)
-        model = model_of(body.buffered) if self.runtime.router.needs_model else None
-        ctx.route = route = self.runtime.router.match(request.path, request.headers, model)
-        ctx.group = route.pick_group(self.runtime.rng)
-        # -- tenants (issue 15): who it is for, its class, its rate limits (401 / 429) --------
-        gate = self.runtime.tenant_gate
-        ticket = await gate.admit(request.headers, body.buffered, self.runtime.clock())
-        if isinstance(ticket, Refusal):
+            return _failure_response(Failure.CLIENT_BODY, rid)
+        model = model_of(body.buffered) if rt.router.needs_model else None
+        info = RequestInfo(model=model) if model is not None else NO_INFO
+        # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
+        gate = rt.tenant_gate
+        admitted = await gate.admit(request.headers, body.buffered, rt.clock())
+        if isinstance(admitted, Refusal):
             return error_response(
-                ticket.status, ticket.kind, ticket.message, rid, ticket.headers, ticket.code
+                admitted.status,
+                admitted.kind,
+                admitted.message,
+                rid,
+                admitted.headers,
+                admitted.code,
             )
-        ctx.ticket = ticket
+        ctx.admitted = admitted
         # -- end tenants ---------------------------------------------------------------------
-        self.runtime.retry_budget.record_request(self.runtime.clock())
+        ctx.exchange = exchange = open_exchange(
+            rt, request.method, request.path, request.headers, info, rt.clock()
+        )
+        ticket = exchange.ticket  # tenants: what the fair pending queue orders by
+        ticket.tenant, ticket.priority = admitted.tenant.name, admitted.priority
+        ticket.cost = admitted.cost
         try:
+            if admitted.priority is Priority.SHEDDABLE and self._backends_report_pressure(
+                exchange.group
+            ):
+                raise Shed(Failure.OVERLOADED)
             async with asyncio.timeout(config.timeouts.total):
                 return await self._forward(ctx)
         except TimeoutError:
             if ctx.response_started:
                 _abort(request)
                 return web.Response(status=ctx.status)  # never sent; the connection is closed
-            return error_response(504, "upstream_timeout", "route timeout exceeded", rid)
+            return _failure_response(Failure.ROUTE_TIMEOUT, rid)
         except Shed as shed:
-            self.runtime.metrics.shed.labels(route.name, shed.reason).inc()
-            self.runtime.metrics.shed_by_priority.labels(shed.priority.label, shed.reason).inc()
-            return shed_response(shed.message, rid)
+            rt.metrics.shed.labels(exchange.route.name, shed.failure.value).inc()
+            rt.metrics.shed_by_priority.labels(admitted.priority.label, shed.failure.value).inc()
+            message = consequence(shed.failure).message
+            if shed.failure is Failure.NO_BACKEND:
+                message = f"no healthy backend available for group {exchange.group!r}"
+            return shed_response(message, rid, rt.capacity.retry_after_s())
         except BodyTooLarge:
-            return error_response(413, "body_too_large", "request body too large", rid)
-        finally:  # tenants (issue 15): correct the token charge from the response's usage
-            await gate.settle(ticket, ctx.response_started, self.runtime.clock())
+            return _failure_response(Failure.BODY_TOO_LARGE, rid)
+        finally:  # tenants: correct the token charge from the response's usage
+            await gate.settle(admitted, ctx.response_started, rt.clock())
+
+    def _backends_report_pressure(self, group: str) -> bool:
+        """Tenants: does every candidate report more queued than a sheddable request may meet
+        (``admission.sheddable_queue_depth``)?"""
+        threshold = self.runtime.config.admission.sheddable_queue_depth
+        if threshold <= 0:
+            return False
+        now = self.runtime.clock()
+        candidates, _ = self.runtime.fleet.candidates(group, now)
+        return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
+        exchange = ctx.exchange
+        assert exchange is not None
         try:  # the first try runs bare: most requests never need the retry machinery
-            return await self._try_once(ctx, 1)
+            return await self._try_once(ctx)
         except RetryableTry:
-            pass  # _try_once already checked that a retry is allowed and spent the budget
-        retries = ctx.config.retries
-        backoff = wait_random_exponential(multiplier=retries.backoff_base, max=retries.backoff_max)
+            pass  # _try_once already had the core allow the retry and spend the budget
+        rng = self.runtime.rng
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retries.attempts - 1),
-            wait=backoff,
-            before=_first_backoff(backoff),
+            stop=stop_after_attempt(ctx.config.retries.attempts - 1),
+            wait=lambda _: exchange.backoff_s(rng),
+            before=_back_off_first(exchange, rng),
             retry=retry_if_exception_type(RetryableTry),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return await self._try_once(ctx, attempt.retry_state.attempt_number + 1)
+                return await self._try_once(ctx)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _try_once(self, ctx: RequestContext, number: int) -> web.StreamResponse:
-        """Try number ``number``: pick a backend, send, and relay or raise RetryableTry."""
+    async def _try_once(self, ctx: RequestContext) -> web.StreamResponse:
+        """One try: admit, send, and relay or raise RetryableTry."""
         rt, request, config = self.runtime, ctx.request, ctx.config
-        body = ctx.body
-        assert body is not None and rt.upstream is not None
-        assert ctx.ticket is not None
-        endpoint = await self._acquire(ctx.group, ctx.tried, config, ctx.ticket)
-        ctx.tried.append(endpoint.name)
+        body, exchange = ctx.body, ctx.exchange
+        assert body is not None and exchange is not None and rt.upstream is not None
+        endpoint = await self._acquire(exchange)
         ctx.backend = endpoint.name
         headers = proxy.upstream_headers(
             request, ctx.request_id, config.headers.request_id, endpoint.url
         )
-        # tenants (issue 15): the client's key stays here unless configured; a backend's own
-        # key replaces it
+        # tenants: the client's key stays here unless configured; a backend's own key replaces it
         auth = rt.tenant_gate.upstream_authorization(
             request.headers.get("Authorization"), endpoint.name
         )
         headers.popall("Authorization", None)
         if auth is not None:
             headers["Authorization"] = auth
-        with Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed) as att:
+        with exchange.start_try(endpoint) as att:
             try:
                 upstream = await proxy.send(
                     rt.upstream,
@@ -192,139 +214,78 @@ class ProxyHandler:
                     config.timeouts.per_try,
                 )
             except UpstreamFailure as failure:
-                if failure.kind is proxy.FailureKind.CLIENT_BODY:
-                    att.client_gone()
-                    return error_response(
-                        400, "bad_request", "request body broke off", ctx.request_id
-                    )
-                att.failed(failure.kind.value)
-                if self._may_retry(ctx, failure.kind.value, failure.reached_upstream, number):
-                    raise RetryableTry(failure.kind.value) from None
-                return self._failure_response(failure, ctx)
+                att.failed(failure.failure)
+                if self._may_retry(ctx, failure.failure):
+                    raise RetryableTry() from None
+                return _failure_response(failure.failure, ctx.request_id)
             except BodyTooLarge:
-                att.client_gone()
+                att.failed(Failure.BODY_TOO_LARGE)
                 raise
             try:
                 streaming = upstream.content_type == "text/event-stream"
                 reported = upstream.headers.get(config.balancer.queue_depth.header)
                 att.got_headers(upstream.status, streaming, reported)
-                status = upstream.status
-                if status in config.retries.retry_on and self._may_retry(
-                    ctx, str(status), True, number
-                ):
-                    raise RetryableTry(str(status))
+                if self._may_retry(ctx, upstream.status):
+                    raise RetryableTry()
                 return await self._relay(ctx, upstream, att, endpoint)
             finally:
                 upstream.release()
 
-    def _may_retry(
-        self, ctx: RequestContext, reason: str, reached_upstream: bool, number: int
-    ) -> bool:
-        rt = self.runtime
-        route = ctx.route
-        assert route is not None and ctx.body is not None
-        condition: str | int = int(reason) if reason.isdigit() else reason
-        allowed = retry_allowed(
-            condition,
-            reached_upstream,
-            ctx.request.method,
-            ctx.body.replayable,
-            number,
-            ctx.config.retries,
-            route.retry_non_idempotent,
-            rt.retry_budget,
-            rt.clock(),
-        )
-        if allowed is None:
-            rt.metrics.retry_budget_exhausted.labels(route.name).inc()
+    def _may_retry(self, ctx: RequestContext, what: Failure | int) -> bool:
+        """The core's retry verdict for this try, counted in the metrics."""
+        exchange, body = ctx.exchange, ctx.body
+        assert exchange is not None and body is not None
+        if isinstance(what, int) and what < 500:
+            return False  # the common case, decided before any lookup
+        verdict = exchange.retry(what, body.replayable, self.runtime.clock())
+        route = exchange.route.name
+        if verdict is RetryVerdict.BUDGET_EXHAUSTED:
+            self.runtime.metrics.retry_budget_exhausted.labels(route).inc()
             return False
-        if allowed:
-            rt.metrics.retries.labels(route.name, reason).inc()
-        return allowed
+        if verdict is RetryVerdict.RETRY:
+            reason = what.value if isinstance(what, Failure) else str(what)
+            self.runtime.metrics.retries.labels(route, reason).inc()
+            return True
+        return False
 
-    async def _acquire(
-        self, group: str, tried: list[str], config: GatewayConfig, ticket: Ticket
-    ) -> Endpoint:
-        """An endpoint of ``group`` that may take this try now, waiting in the queue while all
-        are at ``max_requests_per_backend``; raises :class:`Shed` when there is none."""
+    async def _acquire(self, exchange: Exchange) -> Endpoint:
+        """The backend for this try: at once, or after waiting in the pending queue; raises
+        :class:`Shed` when the core sheds the request."""
+        granted = exchange.admit(self.runtime.clock())
+        if granted is None:
+            granted = await self._wait_for_grant(exchange)
+        if isinstance(granted, Failure):
+            raise Shed(granted)
+        return granted
+
+    async def _wait_for_grant(self, exchange: Exchange) -> Endpoint | Failure:
+        """Wait, queued, until the capacity module hands this request a slot or its deadline
+        (measured from arrival) passes."""
         rt = self.runtime
-        if ticket.priority is Priority.SHEDDABLE and self._backends_report_pressure(group):
-            raise Shed("sheddable", "every backend reports a long queue", ticket.priority)
-        # Tenants (issue 15): one deadline from arrival, however often the request is woken;
-        # and no overtaking: while others wait (or were just woken), a newcomer queues too.
-        deadline = rt.admission.queue_deadline(rt.clock())
-        woken = False
-        while True:
-            if not woken and (len(rt.capacity_waiters) or rt.handoffs):
-                woken = await self._wait_for_room(ticket, deadline)
-                continue
-            picked = select_endpoint(
-                rt.fleet,
-                rt.policy_for(group),
-                group,
-                tried,
-                config.limits.max_requests_per_backend,
-                rt.clock(),
-                rt.rng,
-            )
-            if woken:
-                rt.handoffs -= 1  # the room it was woken for is taken (or lost): hand-off done
-                woken = False
-                if picked is NoPick.NO_BACKEND:
-                    rt.capacity_freed()  # the next in line learns it too, without waiting
-            if picked is NoPick.NO_BACKEND:
-                raise Shed("no_backend", f"no healthy backend available for group {group!r}")
-            if picked is NoPick.ALL_FULL:
-                woken = await self._wait_for_room(ticket, deadline)
-                continue
-            return picked
+        grant: asyncio.Future[Endpoint | Failure] = asyncio.get_running_loop().create_future()
 
-    def _backends_report_pressure(self, group: str) -> bool:
-        """Tenants (issue 15): does every candidate report more queued than sheddable allows?"""
-        threshold = self.runtime.config.admission.sheddable_queue_depth
-        if threshold <= 0:
-            return False
-        now = self.runtime.clock()
-        candidates, _ = self.runtime.fleet.candidates(group, now)
-        return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
+        def deliver(result: Endpoint | Failure) -> None:
+            if not grant.done():
+                grant.set_result(result)
 
-    async def _wait_for_room(self, ticket: Ticket, deadline: float) -> bool:
-        """Tenants (issue 15): wait in the pending queue (by class, fair across tenants) until
-        woken for room (True: the caller owes :attr:`Runtime.handoffs` one), else raise Shed."""
-        rt = self.runtime
-        queue, priority = rt.capacity_waiters, ticket.priority
-        admission = rt.config.admission
-        if priority is Priority.SHEDDABLE and len(queue) >= admission.sheddable_max_pending:
-            raise Shed("sheddable", "all backends are at capacity", priority)
-        if rt.admission.settings.queue_timeout_s <= 0:
-            raise Shed("overloaded", "all backends are at capacity and the queue is full", priority)
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        pushed = queue.push(waiter, ticket.tenant.name, priority, ticket.cost)
-        if pushed is Refused.FULL:
-            raise Shed("overloaded", "all backends are at capacity and the queue is full", priority)
-        if pushed is not None and not pushed.done():
-            pushed.set_result(False)  # a sheddable request makes room for a higher class
+        exchange.ticket.on_grant = deliver
         rt.metrics.pending.inc()
         try:
-            async with asyncio.timeout(rt.admission.wait_left_s(deadline, rt.clock())):
-                room = await waiter
-        except BaseException as exc:  # timed out or cancelled, maybe just as room was given
-            if waiter.done() and not waiter.cancelled() and waiter.result():
-                rt.handoffs -= 1
-                rt.capacity_freed()  # pass the room on to the next in line
-            if isinstance(exc, TimeoutError):
-                rt.admission.timed_out()
-                message = "no backend capacity freed up in time"
-                raise Shed("queue_timeout", message, priority) from None
+            async with asyncio.timeout(rt.capacity.wait_left_s(exchange.ticket, rt.clock())):
+                return await asyncio.shield(grant)
+        except TimeoutError:
+            shed = exchange.give_up_waiting()
+            return shed if shed is not None else grant.result()  # else granted meanwhile
+        except asyncio.CancelledError:  # the client left, or the route timeout fired
+            if exchange.give_up_waiting() is None and grant.done():
+                granted = grant.result()
+                if isinstance(granted, Endpoint):  # hand the slot (and permit) straight back
+                    with exchange.start_try(granted) as att:
+                        att.failed(Failure.CLIENT_GONE)
             raise
         finally:
+            exchange.ticket.on_grant = None
             rt.metrics.pending.dec()
-            queue.remove(waiter)
-            if not waiter.done():
-                waiter.cancel()
-        if not room:
-            raise Shed("displaced", "made room for a request of a higher priority", priority)
-        return True
 
     async def _relay(
         self,
@@ -351,13 +312,13 @@ class ProxyHandler:
         try:
             await response.prepare(request)
             ctx.response_started = True
-            assert ctx.ticket is not None
+            assert ctx.admitted is not None
             meter = self.runtime.tenant_gate.watch_response(
-                ctx.ticket, upstream.content_type == "text/event-stream"
+                ctx.admitted, upstream.content_type == "text/event-stream"
             )
             await self._stream_body(request, response, upstream, att, endpoint, meter)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
-            att.client_gone()
+            att.failed(Failure.CLIENT_GONE)
             upstream.close()
         return response
 
@@ -375,29 +336,15 @@ class ProxyHandler:
             try:
                 chunk = await upstream.readany()
             except UpstreamError as exc:
-                att.failed("reset")
+                att.failed(Failure.BROKEN_RESPONSE)
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
                 _abort(request)
                 return
             if not chunk:
                 break
-            meter.feed(chunk)  # tenants (issue 15): usage for the token limit
+            meter.feed(chunk)  # tenants: usage, for the token limit
             await response.write(chunk)
         await response.write_eof()
-
-    def _failure_response(self, failure: UpstreamFailure, ctx: RequestContext) -> web.Response:
-        kind = failure.kind
-        if kind is proxy.FailureKind.TIMEOUT:
-            return error_response(
-                504, "upstream_timeout", "upstream did not answer in time", ctx.request_id
-            )
-        if kind is proxy.FailureKind.CONNECT:
-            return error_response(
-                502, "upstream_connect_failure", "could not connect to upstream", ctx.request_id
-            )
-        return error_response(
-            502, "upstream_reset", "upstream closed the connection", ctx.request_id
-        )
 
     def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
         request, config = ctx.request, ctx.config
@@ -420,24 +367,30 @@ class ProxyHandler:
                         "backend": ctx.backend,
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
-                        "tries": len(ctx.tried),
+                        "tries": ctx.tries,
                     },
                     separators=(",", ":"),
                 )
             )
 
 
-def _first_backoff(
-    backoff: wait_random_exponential,
+def _back_off_first(
+    exchange: Exchange, rng: random.Random
 ) -> Callable[[RetryCallState], Awaitable[None]]:
     """tenacity waits only between its own attempts; the retries here follow a first try made
-    outside it, so the first of them waits too, drawn from the same jittered back-off."""
+    outside it, so the first of them backs off too, by the core's same rule."""
 
     async def before(retry_state: RetryCallState) -> None:
         if retry_state.attempt_number == 1:
-            await asyncio.sleep(backoff(retry_state))
+            await asyncio.sleep(exchange.backoff_s(rng))
 
     return before
+
+
+def _failure_response(failure: Failure, request_id: str) -> web.Response:
+    """The client's answer to a failure, from the one table."""
+    rule = consequence(failure)
+    return error_response(rule.status, rule.error_type, rule.message, request_id)
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -15,7 +15,9 @@ Order of service:
 
 When the queue is full, a request of a higher class displaces the queued ``sheddable`` request
 that would have been served last (largest finish tag); otherwise it is refused. ``push``,
-``pop`` and ``remove`` are O(log n): one heap per class, removal by tombstone.
+``pop``, ``peek`` and ``remove`` are O(log n) amortized: one heap per class, removal by
+tombstone. :class:`FairQueue` is this queue in the capacity module's terms
+(:class:`gateway.capacity.PendingQueue`).
 
 A tenant that empties its queue forgets its last finish tag, so on return it starts at the
 class clock: it may get at most one request's cost ahead of what strict SFQ gives it, which
@@ -31,15 +33,19 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from gateway.capacity import Ticket
+
 T = TypeVar("T", bound=Hashable)
+B = TypeVar("B")
 
 
 class Priority(enum.IntEnum):
-    """Request classes, the Gateway API Inference Extension's names; higher is served first."""
+    """Request classes, the Gateway API Inference Extension's names; lower is served first
+    (as :attr:`gateway.capacity.Ticket.priority`)."""
 
-    SHEDDABLE = 0
+    CRITICAL = 0
     STANDARD = 1
-    CRITICAL = 2
+    SHEDDABLE = 2
 
     @classmethod
     def parse(cls, text: str) -> Priority | None:
@@ -154,7 +160,7 @@ class PendingQueue(Generic[T]):
         displaced: T | None = None
         if len(self._entries) >= self.max_size:
             victim = self._classes[Priority.SHEDDABLE].last()
-            if victim is None or priority <= Priority.SHEDDABLE:
+            if victim is None or priority >= Priority.SHEDDABLE:
                 return Refused.FULL
             displaced = victim.item
             self.remove(displaced)
@@ -167,18 +173,30 @@ class PendingQueue(Generic[T]):
         self._entries[item] = entry
         return displaced
 
-    def pop(self) -> T | None:
-        """The next item to serve, or None when empty."""
-        for priority in (Priority.CRITICAL, Priority.STANDARD, Priority.SHEDDABLE):
+    def _next(self) -> _Entry[T] | None:
+        for priority in Priority:  # CRITICAL first
             cls = self._classes[priority]
             entry = cls.first() if cls.live else None
             if entry is not None:
-                heapq.heappop(cls.heap)
-                cls.clock = max(cls.clock, entry.start)
-                cls.drop(entry)
-                del self._entries[entry.item]
-                return entry.item
+                return entry
         return None
+
+    def peek(self) -> T | None:
+        """The item :meth:`pop` would return, left in place."""
+        entry = self._next()
+        return entry.item if entry is not None else None
+
+    def pop(self) -> T | None:
+        """The next item to serve, or None when empty."""
+        entry = self._next()
+        if entry is None:
+            return None
+        cls = self._classes[entry.priority]
+        heapq.heappop(cls.heap)
+        cls.clock = max(cls.clock, entry.start)
+        cls.drop(entry)
+        del self._entries[entry.item]
+        return entry.item
 
     def remove(self, item: T) -> bool:
         """Take ``item`` out (it gave up waiting); False if it was not queued."""
@@ -195,3 +213,51 @@ class PendingQueue(Generic[T]):
             for tenant, n in cls.queued_by_tenant.items():
                 out[tenant] = out.get(tenant, 0) + n
         return out
+
+
+@dataclass
+class FairShare:
+    """What every group's :class:`FairQueue` reads at each push: shared, updated on reload."""
+
+    weights: dict[str, float] = field(default_factory=dict)  # tenant -> share, default 1
+    sheddable_limit: int = 0  # a sheddable ticket is refused once this many wait (0: never waits)
+
+
+class FairQueue(Generic[B]):
+    """The capacity module's pending queue: tickets by class, fair by tenant (this module).
+
+    A ``sheddable`` ticket is refused once ``share.sheddable_limit`` tickets wait, so sheddable
+    requests are the first refused when every backend is full.
+    """
+
+    __slots__ = ("_queue", "share")
+
+    def __init__(self, limit: int, share: FairShare | None = None) -> None:
+        self.share = share or FairShare()
+        self._queue: PendingQueue[Ticket[B]] = PendingQueue(limit, self.share.weights)
+
+    def push(self, ticket: Ticket[B], now: float) -> Ticket[B] | None:
+        """None when queued, a displaced sheddable ticket, or ``ticket`` itself if refused."""
+        priority = Priority(ticket.priority)
+        if priority is Priority.SHEDDABLE and len(self._queue) >= self.share.sheddable_limit:
+            return ticket
+        result = self._queue.push(ticket, ticket.tenant, priority, ticket.cost)
+        return ticket if result is Refused.FULL else result
+
+    def pop(self) -> Ticket[B]:
+        ticket = self._queue.pop()
+        if ticket is None:
+            raise IndexError("pop from an empty pending queue")
+        return ticket
+
+    def peek(self) -> Ticket[B] | None:
+        return self._queue.peek()
+
+    def remove(self, ticket: Ticket[B]) -> bool:
+        return self._queue.remove(ticket)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def queued_by_tenant(self) -> dict[str, int]:
+        return self._queue.queued_by_tenant()

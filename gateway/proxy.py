@@ -2,13 +2,13 @@
 
 This module knows nothing of scores, health or retries. ``send`` performs one try and returns
 the upstream response with its headers read (the body still unread, so it can be streamed), or
-raises :class:`UpstreamFailure` saying what went wrong and whether the request reached the
-upstream — which is what the retry policy needs to decide if a resend is safe.
+raises :class:`UpstreamFailure` naming what went wrong in the vocabulary of
+``gateway.failures``, whose table says whether the request reached the upstream (which is what
+the retry policy needs to decide if a resend is safe) and whose fault it was.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.failures import Failure
 from gateway.headers import end_to_end, forwarded_for
 from gateway.upstream import (
     UpstreamClient,
@@ -31,22 +32,13 @@ _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
 _NOT_RELAYED = frozenset({"content-length"})
 
 
-class FailureKind(enum.Enum):
-    CONNECT = "connect-failure"  # refused / unreachable / connect timeout: never reached upstream
-    RESET = "reset"  # connection dropped before response headers
-    TIMEOUT = "timeout"  # no response headers within the per-try timeout
-    BODY_TOO_LARGE = "body-too-large"  # client body exceeded limits.max_body while streaming
-    CLIENT_BODY = "client-body"  # the client's own body broke off mid-upload
-
-
 @dataclass
 class UpstreamFailure(Exception):
-    kind: FailureKind
+    failure: Failure
     detail: str
-    reached_upstream: bool
 
     def __str__(self) -> str:
-        return f"{self.kind.value}: {self.detail}"
+        return f"{self.failure.value}: {self.detail}"
 
 
 class BodyTooLarge(Exception):
@@ -92,7 +84,7 @@ class RequestBody:
                 chunk = await content.readany()
             except (aiohttp.ClientPayloadError, ConnectionError) as exc:
                 detail = str(exc) or type(exc).__name__
-                raise UpstreamFailure(FailureKind.CLIENT_BODY, detail, True) from exc
+                raise UpstreamFailure(Failure.CLIENT_BODY, detail) from exc
             if not chunk:
                 return
             self._streamed += len(chunk)
@@ -162,13 +154,13 @@ async def send(
 
 
 def classify_error(exc: UpstreamError) -> UpstreamFailure:
-    """What a failed try means for the proxy, and whether the request may have reached it."""
+    """Which :class:`Failure` a transport error is (the table says whether it reached the
+    backend: a per-try timeout counts as reached, so a non-idempotent request is not resent)."""
     if isinstance(exc, UpstreamConnectError):
-        return UpstreamFailure(FailureKind.CONNECT, _short(exc), False)
+        return UpstreamFailure(Failure.CONNECT, _short(exc))
     if isinstance(exc, UpstreamTimeout):
-        # The per-try deadline: counted as reached, so a non-idempotent request is not resent.
-        return UpstreamFailure(FailureKind.TIMEOUT, "no response headers in time", True)
-    return UpstreamFailure(FailureKind.RESET, _short(exc), True)
+        return UpstreamFailure(Failure.TIMEOUT, "no response headers in time")
+    return UpstreamFailure(Failure.RESET, _short(exc))
 
 
 def _short(exc: BaseException) -> str:

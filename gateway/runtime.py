@@ -8,7 +8,6 @@ fleet keeps the state of every backend that stays.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -19,12 +18,13 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.admission import AdmissionController, AdmissionSettings
 from gateway.balancer import build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
+from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
+from gateway.exchange import SafePaths
 from gateway.fleet import BackendSpec, Fleet
 from gateway.health.active import ActiveCheckState
 from gateway.health.circuit import EndpointHealth
@@ -34,9 +34,10 @@ from gateway.health.settings import ActiveCheckSettings, BreakerSettings, Outlie
 from gateway.health.transition import CheckState, CircuitState, Transition
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
-from gateway.pending_queue import PendingQueue
+from gateway.pending_queue import FairQueue, FairShare
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
+from gateway.selection import select_endpoint
 from gateway.tenants import TenantGate
 from gateway.upstream import UpstreamClient
 
@@ -123,7 +124,7 @@ class Runtime:
     """Everything a request needs, built from one validated config."""
 
     retry_budget: RetryBudget
-    admission: AdmissionController
+    capacity: Capacity[Endpoint]
 
     def __init__(
         self,
@@ -136,17 +137,11 @@ class Runtime:
         self.rng = rng or random.Random()
         self.metrics = metrics or GatewayMetrics()
         self.draining = False
-        # Tenants (issue 15): the pending queue, by priority class and fair across tenants,
-        # replaces the FIFO deque; a waiter's result is True for room, False when displaced.
-        self.capacity_waiters: PendingQueue[asyncio.Future[bool]] = PendingQueue(
-            config.limits.max_pending
-        )
-        self.handoffs = 0  # waiters woken for room that have not picked yet: newcomers queue
-        self.tenant_gate = TenantGate(config, self.metrics)
-        self.capacity_waiters.weights = self.tenant_gate.directory.weights
         self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
         self.upstream: UpstreamClient | None = None  # the forwarding path
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
+        self.fair_share = FairShare()  # every group queue's weights and sheddable limit
+        self.tenant_gate = TenantGate(config, self.metrics)
         self._install(config)
         if config.backends:
             self.fleet.apply(backend_specs(config), self.clock())
@@ -163,26 +158,29 @@ class Runtime:
         self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
         self.detector = OutlierDetector(self.outlier_settings)
         self.router = Router(config.routes)
+        self.safe_paths = SafePaths(config.retries.safe_paths)
         budget = RetryBudgetSettings(
             budget_percent=config.retries.budget_percent,
             min_retries_per_s=config.retries.min_retries_per_second,
         )
         if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
             self.retry_budget = RetryBudget(budget)
-        admission = AdmissionSettings(
+        capacity = CapacitySettings(
             max_requests_per_backend=config.limits.max_requests_per_backend,
             max_pending=config.limits.max_pending,
             queue_timeout_s=config.limits.queue_timeout,
         )
-        if getattr(self, "admission", None) is None:
-            self.admission = AdmissionController(admission)
-        else:  # keep the count of requests already queued
-            self.admission.settings = admission
+        if getattr(self, "capacity", None) is None:
+            self.capacity = Capacity(
+                capacity, self._pick, lambda limit: FairQueue(limit, self.fair_share)
+            )
+        else:  # keep the requests already queued
+            self.capacity.settings = capacity
+        self.tenant_gate.install(config)  # buckets and the keys file survive a reload
+        self.fair_share.weights.clear()  # in place: the queues hold this dict
+        self.fair_share.weights.update(self.tenant_gate.directory.weights)
+        self.fair_share.sheddable_limit = config.admission.sheddable_max_pending
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
-        if hasattr(self, "tenant_gate"):  # tenants (issue 15): buckets survive a reload
-            self.tenant_gate.install(config)
-            self.capacity_waiters.max_size = config.limits.max_pending
-            self.capacity_waiters.weights = self.tenant_gate.directory.weights
 
     def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
         """Swap in ``config`` (already validated). Backends that stay keep signals and health.
@@ -278,13 +276,28 @@ class Runtime:
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
-    def capacity_freed(self) -> None:
-        """A try finished: wake the next queued request (by class, fair across tenants)."""
-        while (waiter := self.capacity_waiters.pop()) is not None:
-            if not waiter.done():
-                waiter.set_result(True)
-                self.handoffs += 1
-                return
+    def capacity_freed(self, endpoint: Endpoint) -> None:
+        """A try at ``endpoint`` finished: its slot goes to the head of its group's queue."""
+        if self.capacity.pending:
+            self.capacity.release(endpoint.group, self.clock())
+
+    def _pick(self, ticket: Ticket[Endpoint], now: float) -> Endpoint | NoPick:
+        """The capacity module's pick: the group's policy over backends with room. The pick
+        reserves its slot until :meth:`gateway.exchange.Exchange.start_try` starts the try."""
+        group = ticket.group
+        picked = select_endpoint(
+            self.fleet,
+            self.policy_for(group),
+            group,
+            ticket.tried,
+            self.config.limits.max_requests_per_backend,
+            now,
+            self.rng,
+            ticket.request,
+        )
+        if isinstance(picked, Endpoint):
+            picked.reserved += 1
+        return picked
 
     def _on_transition(self, transition: Transition) -> None:
         """Every health state change: metrics, logs, cached views, and a fresh start on recovery."""

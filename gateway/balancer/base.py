@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from gateway.load import EndpointSignals, SignalSettings
+from gateway.request_info import RequestInfo
 
 
 class Candidate(Protocol):
@@ -43,8 +44,15 @@ class SimpleCandidate:
 class Policy(Protocol):
     name: str
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
-        """Choose one of `candidates` (non-empty, already filtered for health)."""
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
+        """Choose one of `candidates` (non-empty, already filtered for health) for `request`
+        (None where the gateway knows nothing of it: a tool, a test, a streamed body)."""
         ...
 
     def score(self, candidate: Candidate, now: float) -> float | None:

@@ -11,6 +11,7 @@ import random
 from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, effective_weight, pick_p2c
+from gateway.request_info import RequestInfo
 
 
 class LeastRequest:
@@ -22,5 +23,11 @@ class LeastRequest:
     def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
         """Nothing to cache: the cost reads only the candidate's own signals."""
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
         return pick_p2c(candidates, lambda c: self.score(c, now), rng)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, effective_weight, pick_p2c
 from gateway.balancer.fleet import FleetReferenced
+from gateway.request_info import RequestInfo
 
 
 class PeakEwma(FleetReferenced):
@@ -23,5 +24,11 @@ class PeakEwma(FleetReferenced):
         latency_s = signals.latency_s(now, self._fleet.latency_s)
         return latency_s * (signals.in_flight + 1) / effective_weight(candidate, now)
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
         return pick_p2c(candidates, lambda c: self.score(c, now), rng)

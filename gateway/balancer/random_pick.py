@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, RebuiltOnChange, effective_weight
+from gateway.request_info import RequestInfo
 
 
 class RandomPick(RebuiltOnChange):
@@ -21,7 +22,13 @@ class RandomPick(RebuiltOnChange):
         super().__init__()
         self._cumulative: list[float] = []
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
         members = self._current(candidates, now)
         cumulative = self._cumulative
         point = rng.random() * cumulative[-1]

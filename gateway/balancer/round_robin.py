@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.balancer.base import Candidate, RebuiltOnChange, effective_weight
+from gateway.request_info import RequestInfo
 
 
 @dataclass(slots=True)
@@ -50,7 +51,13 @@ class RoundRobin(RebuiltOnChange):
         self._heap: list[tuple[float, int]] = []  # (deadline, index into _members)
         self._vtime = 0.0
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
         members = self._current(candidates, now)
         deadline, index = self._heap[0]
         slot = self._slots[index]

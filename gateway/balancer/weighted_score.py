@@ -45,6 +45,7 @@ from collections.abc import Sequence
 
 from gateway.balancer.base import Candidate, effective_weight, pick_best, pick_p2c
 from gateway.balancer.fleet import FleetReferenced
+from gateway.request_info import RequestInfo
 
 # A p2c winner at least this many times the fleet's median latency triggers a third draw.
 OUTLIER_LATENCY = 2.0
@@ -69,7 +70,13 @@ class WeightedScore(FleetReferenced):
         queue_term = load / max(1.0, fleet.queue_per_weight)
         return self.alpha * latency_term + self.beta * queue_term
 
-    def pick(self, candidates: Sequence[Candidate], now: float, rng: random.Random) -> Candidate:
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
         def cost(candidate: Candidate) -> float:
             return self.score(candidate, now)
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
+from gateway.failures import RETRY_CONDITIONS
 
 Policy = Literal["weighted_score", "round_robin", "random", "least_request", "peak_ewma"]
 Selection = Literal["best", "p2c"]
@@ -120,7 +121,7 @@ class QueueDepthConfig:
     header: str = "X-Queue-Depth"
     fresh: float = _duration(2.0, non_negative)
     stale: float = _duration(10.0, positive)
-    scrape_interval: float = _duration(0.0, non_negative, "0 turns /metrics scraping off")
+    scrape_interval: float = _duration(1.0, non_negative, "0 turns /metrics scraping off")
     scrape_path: str = "/metrics"
     scrape_timeout: float = _duration(1.0, positive)
     metrics: tuple[str, ...] = (
@@ -282,9 +283,6 @@ class HealthCheckConfig:
     healthy_threshold: int = field(2, check=positive)
 
 
-RETRY_CONDITIONS = {"connect-failure", "reset", "timeout"}
-
-
 def _retry_on(value: object) -> tuple[str | int, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list like [connect-failure, reset, 502, 503, 504]")
@@ -299,18 +297,51 @@ def _retry_on(value: object) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+INFERENCE_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/v1/score",
+    "/generate",
+    "/generate_stream",
+    "/v2/models/*/infer",
+    "/v2/models/*/versions/*/infer",
+    "/v2/models/*/generate",
+    "/v2/models/*/generate_stream",
+)
+
+
+def _path_patterns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of paths like [/v1/completions, /v2/models/*/infer]")
+    for pattern in value:
+        if not pattern.startswith("/"):
+            raise ValueError(f"path {pattern!r} must start with '/'")
+    return tuple(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class RetriesConfig:
     attempts: int = field(2, check=in_range(1, 10))
     retry_on: tuple[str | int, ...] = field(
-        ("connect-failure", "reset", 502, 503, 504), parse=_retry_on
+        ("connect-failure", "reset", "timeout", 500, 502, 503, 504), parse=_retry_on
     )
     budget_percent: float = field(20.0, check=in_range(0, 100))
     min_retries_per_second: float = field(3.0, check=non_negative)
     backoff_base: float = _duration(0.025, non_negative)
     backoff_max: float = _duration(0.25, non_negative)
     buffer_limit: int = field(1024 * 1024, parse=parse_size)
-    retry_non_idempotent: bool = field(False, doc="inference POSTs are safe to resend; opt in")
+    safe_paths: tuple[str, ...] = field(
+        INFERENCE_PATHS,
+        parse=_path_patterns,
+        doc="POST paths safe to resend to another backend (inference changes nothing); "
+        "'*' matches one path segment",
+    )
+    retry_non_idempotent: bool = field(
+        False, doc="resend every non-idempotent request, not only those to safe_paths"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +373,9 @@ class RouteConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HeadersConfig:
-    expose_backend: bool = field(False, doc="add X-Tailgate-Backend naming the serving backend")
+    expose_backend: bool = field(
+        False, doc="add X-Tailgate-Backend: the backend's configured name or an opaque label"
+    )
     expose_backend_address: bool = field(
         False, doc="unnamed backends appear as host:port instead of an opaque label"
     )

@@ -10,6 +10,6 @@
 The order in which admitted requests wait for capacity is :mod:`gateway.pending_queue`'s.
 """
 
-from gateway.tenants.gate import Refusal, TenantGate, Ticket
+from gateway.tenants.gate import Admitted, Refusal, TenantGate
 
-__all__ = ["Refusal", "TenantGate", "Ticket"]
+__all__ = ["Admitted", "Refusal", "TenantGate"]

@@ -2,7 +2,7 @@
 
 ``admit`` names the tenant and class (or refuses: 401 for a bad key, 429 over a rate limit)
 and charges the tenant's buckets with the body's token estimate; ``settle`` corrects the charge
-from the response's ``usage``. The request path keeps the :class:`Ticket` for the way.
+from the response's ``usage``. The request path keeps the :class:`Admitted` for the way.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from gateway.tenants.shared_limit import TenantLimiter
 from gateway.tenants.usage import UsageMeter, estimate_tokens, parse_body, prompt_tokens
 
 
-class Ticket:
-    """One admitted request's tenant, class and token estimate.
+class Admitted:
+    """One admitted request's tenant, class and token estimate (its capacity ticket carries
+    the tenant, class and cost into the pending queue).
 
     The body is parsed only when something needs the estimate (a token limit, the fair queue
     under saturation, usage counting at the end), not for every request.
@@ -95,13 +96,13 @@ class TenantGate:
 
     async def admit(
         self, headers: Mapping[str, str], body: bytes | None, now: float
-    ) -> Ticket | Refusal:
+    ) -> Admitted | Refusal:
         found = self.directory.identify(headers)
         if isinstance(found, Unauthorized):
             self.metrics.tenant_refused.labels("-", "unauthorized").inc()
             return Refusal(401, "invalid_request_error", "invalid_api_key", found.message, {})
         tenant = found.tenant
-        ticket = Ticket(tenant, found.priority, body)
+        ticket = Admitted(tenant, found.priority, body)
         if tenant.limits.tokens_per_minute:
             ticket.charged_tokens = ticket.estimated_tokens
         verdict = await self.limiter.admit(tenant.name, tenant.limits, ticket.charged_tokens, now)
@@ -115,12 +116,12 @@ class TenantGate:
             return Refusal(429, verdict.limit, "rate_limit_exceeded", message, headers_out)
         return ticket
 
-    def watch_response(self, ticket: Ticket, streaming: bool) -> UsageMeter:
+    def watch_response(self, ticket: Admitted, streaming: bool) -> UsageMeter:
         """A meter the response body is fed to: its usage counts for every tenant."""
         ticket.meter = UsageMeter(streaming, ticket.prompt_tokens if streaming else 0)
         return ticket.meter
 
-    async def settle(self, ticket: Ticket, served: bool, now: float) -> None:
+    async def settle(self, ticket: Admitted, served: bool, now: float) -> None:
         """Count the tokens the response reported and correct the tenant's bucket; a request
         no backend served (shed, failed) gets its whole charge back."""
         used = ticket.meter.tokens() if ticket.meter is not None else None

@@ -99,5 +99,5 @@ class TenantDirectory:
         if priority is None:  # (a class is an IntEnum: sheddable is 0, so no `or` here)
             priority = tenant.priority
         if cfg.api_keys.enabled:  # a key's owner may lower its class, never raise it
-            priority = min(priority, tenant.priority)
+            priority = max(priority, tenant.priority)  # (lower is more urgent)
         return Identified(tenant, priority)

@@ -1,7 +1,8 @@
 """The event loop: arrivals, tries, completions, timeouts and the gateways' upkeep on one heap.
 
-Virtual time only; nothing sleeps. Per request the loop allocates one `Request`, one `_Try` per
-try and the gateway's own `Attempt`; completions are heap entries. Arrivals are not put on the
+Virtual time only; nothing sleeps. Per request the loop allocates one `Request` holding the
+gateway's own `Exchange`, one `_Try` per try and the gateway's own `Attempt`; completions, grants
+from the gateway's pending queue and queue deadlines are heap entries. Arrivals are not put on the
 heap (the next one is compared with the heap's top), and per-try timeouts need no heap entries:
 every try gets the same ``per_try`` timeout, so deadlines arrive in the order tries were sent
 and a FIFO of pending tries, checked at its head, fires them in time order.
@@ -17,7 +18,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from gateway.attempt import Attempt
 from gateway.config.model import GatewayConfig
+from gateway.endpoint import Endpoint
+from gateway.exchange import Exchange, RetryVerdict
+from gateway.failures import Failure
 from loadtests.simulate.arrivals import arrivals
 from loadtests.simulate.pods import Pod, has_fault
 from loadtests.simulate.replica import GatewayReplica, pod_name, simulated_config
@@ -27,7 +32,8 @@ POLICY_REFRESH_S = 0.25  # gateway.maintenance.POLICY_REFRESH_S
 HERDING_SAMPLES = 2000
 
 _QUEUED, _RUNNING, _DONE = 0, 1, 2
-_COMPLETE, _RETRY, _TICK, _SWEEP, _PROBE, _SCRAPE, _DELIVER, _FAULT = range(8)
+(_COMPLETE, _RETRY, _GRANT, _QUEUE_DEADLINE) = range(4)
+(_TICK, _SWEEP, _PROBE, _SCRAPE, _DELIVER, _FAULT) = range(4, 10)
 _INF = math.inf
 
 
@@ -73,20 +79,21 @@ class RunResult:
 
 
 class Request:
-    __slots__ = ("arrival_s", "number", "replica", "size", "tried")
+    __slots__ = ("arrival_s", "exchange", "replica", "size")
 
-    def __init__(self, arrival_s: float, size: float, replica: GatewayReplica) -> None:
+    def __init__(
+        self, arrival_s: float, size: float, replica: GatewayReplica, exchange: Exchange
+    ) -> None:
         self.arrival_s = arrival_s
         self.size = size
         self.replica = replica
-        self.tried: list[str] = []
-        self.number = 0  # tries so far
+        self.exchange = exchange  # the gateway's own core for this request
 
 
 class _Try:
     __slots__ = ("attempt", "deadline_s", "pod", "request", "state")
 
-    def __init__(self, request: Request, attempt: object, pod: Pod) -> None:
+    def __init__(self, request: Request, attempt: Attempt, pod: Pod) -> None:
         self.request = request
         self.attempt = attempt
         self.pod = pod
@@ -185,6 +192,10 @@ class Simulation:
                     self._complete(payload)  # type: ignore[arg-type]
                 elif kind == _RETRY:
                     self._send(payload)  # type: ignore[arg-type]
+                elif kind == _GRANT:
+                    self._granted(*payload)  # type: ignore[misc]
+                elif kind == _QUEUE_DEADLINE:
+                    self._queue_deadline(payload)  # type: ignore[arg-type]
                 else:
                     self._upkeep(kind, payload)
         return RunResult(
@@ -210,29 +221,41 @@ class Simulation:
     def _arrive(self, size: float, replica: GatewayReplica) -> None:
         self._arrivals_left -= 1
         self._outstanding += 1
-        replica.record_request(self.now)
-        self._send(Request(self.now, size, replica))
+        self._send(Request(self.now, size, replica, replica.open(self.now)))
 
     def _send(self, request: Request) -> None:
-        """One try: the gateway picks, enters an Attempt, and the pod takes the request."""
-        now = self.now
-        endpoint = request.replica.acquire(request.tried, now)
-        if endpoint is None:
+        """One try: the gateway's core admits it (a backend now, shed, or queued)."""
+        exchange = request.exchange
+        granted = exchange.admit(self.now)
+        if granted is None:  # queued, as the handler would wait: the grant comes as an event
+            exchange.ticket.on_grant = lambda result: self._push(
+                self.now, _GRANT, (request, result)
+            )
+            self._push(exchange.ticket.deadline, _QUEUE_DEADLINE, request)
+            return
+        self._granted(request, granted)
+
+    def _queue_deadline(self, request: Request) -> None:
+        if request.exchange.give_up_waiting() is not None:
+            self._finish(request, ok=False)  # shed: 503 from the gateway itself
+
+    def _granted(self, request: Request, granted: Endpoint | Failure) -> None:
+        """The gateway enters an Attempt at its backend and the pod takes the request."""
+        if isinstance(granted, Failure):
             self._finish(request, ok=False)  # shed: 503 from the gateway itself
             return
-        request.tried.append(endpoint.name)
-        request.number += 1
-        pod = self._pod_of[endpoint.name]
+        pod = self._pod_of[granted.name]
         self._tries[pod.index] += 1
-        attempt = _Try(request, request.replica.begin(endpoint), pod)
+        attempt = _Try(request, request.exchange.start_try(granted), pod)
+        attempt.attempt.begin()
         if pod.faulty and pod.spec.down:
-            attempt.attempt.failed("connect-failure")  # type: ignore[attr-defined]
-            self._end_try(attempt, "connect-failure", reached_upstream=False, ok=False)
+            attempt.attempt.failed(Failure.CONNECT)
+            self._end_try(attempt, Failure.CONNECT, ok=False)
             return
         if pod.queued >= pod.spec.max_queue:
             self._respond(attempt, 503)  # fakepod: queue full
             return
-        attempt.deadline_s = now + self._per_try_s
+        attempt.deadline_s = self.now + self._per_try_s
         self._timeouts.append(attempt)
         if pod.busy < pod.spec.slots:
             self._start(attempt)
@@ -274,8 +297,8 @@ class Simulation:
         """Response headers (and, not streaming, the whole body) reach the gateway now."""
         attempt.state = _DONE
         reported = str(attempt.pod.depth()) if self.scenario.header_depth else None
-        attempt.attempt.got_headers(status, False, reported)  # type: ignore[attr-defined]
-        self._end_try(attempt, status, reached_upstream=True, ok=status < 500)
+        attempt.attempt.got_headers(status, False, reported)
+        self._end_try(attempt, status, ok=status < 500)
 
     def _timeout(self, attempt: _Try) -> None:
         """``timeouts.per_try`` elapsed: the gateway gives up and the pod frees the slot."""
@@ -286,19 +309,20 @@ class Simulation:
             pod.queued -= 1
         else:
             self._release(pod)
-        attempt.attempt.failed("timeout")  # type: ignore[attr-defined]
-        self._end_try(attempt, "timeout", reached_upstream=True, ok=False)
+        attempt.attempt.failed(Failure.TIMEOUT)
+        self._end_try(attempt, Failure.TIMEOUT, ok=False)
 
-    def _end_try(
-        self, attempt: _Try, condition: str | int, *, reached_upstream: bool, ok: bool
-    ) -> None:
-        """Decide on a retry (inside the Attempt, as the handler does), then leave it."""
+    def _end_try(self, attempt: _Try, what: Failure | int, *, ok: bool) -> None:
+        """Ask the core about a retry (inside the Attempt, as the handler does), then leave it.
+
+        The simulated requests are inference POSTs with a buffered (replayable) body."""
         request = attempt.request
-        replica = request.replica
-        retry = not ok and replica.may_retry(condition, reached_upstream, request.number, self.now)
-        attempt.attempt.__exit__(None, None, None)  # type: ignore[attr-defined]
+        exchange = request.exchange
+        retry = not ok and exchange.retry(what, True, self.now) is RetryVerdict.RETRY
+        attempt.attempt.end()
         if retry:
-            self._push(self.now + replica.backoff_s(request.number), _RETRY, request)
+            backoff_s = exchange.backoff_s(request.replica.runtime.rng)
+            self._push(self.now + backoff_s, _RETRY, request)
         else:
             self._finish(request, ok)
 

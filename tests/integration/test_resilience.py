@@ -105,9 +105,13 @@ async def test_non_idempotent_requests_are_not_resent_after_reaching_a_backend()
     async with pods_and_gateway(2, extra) as (pods, gw), aiohttp.ClientSession() as client:
         pods[0].state.faults.error_rate = 1.0
         pods[1].state.faults.error_rate = 1.0
-        async with client.post(f"{base(gw)}/v1/completions", json={}) as resp:
+        async with client.post(f"{base(gw)}/v1/orders", json={}) as resp:  # not inference
             assert resp.status == 500
         assert pods[0].state.served + pods[1].state.served == 1
+        # an inference POST (retries.safe_paths) changes nothing, so it is resent elsewhere
+        async with client.post(f"{base(gw)}/v1/completions", json={}) as resp:
+            assert resp.status == 500
+        assert pods[0].state.served + pods[1].state.served == 3
 
 
 async def test_retry_budget_caps_retries_under_a_fleet_wide_failure() -> None:

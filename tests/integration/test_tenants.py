@@ -173,7 +173,7 @@ async def test_a_flooding_tenant_cannot_starve_another() -> None:
                         await _post(s, url, {"X-Tenant": "flood"}, done, "flood")
 
                 workers = [asyncio.create_task(flood_worker()) for _ in range(30)]
-                await wait_until(lambda: len(gw.runtime.capacity_waiters) >= 25)
+                await wait_until(lambda: gw.runtime.capacity.pending >= 25)
                 waited_behind = []
                 for _ in range(5):
                     before = len(done)
@@ -206,7 +206,7 @@ async def test_critical_is_served_while_sheddable_is_refused_or_displaced() -> N
                 busy = send("standard")
                 await wait_until(lambda: pod.state.running == 1)
                 sheddable = [send("sheddable"), send("sheddable")]
-                await wait_until(lambda: len(gw.runtime.capacity_waiters) == 2)
+                await wait_until(lambda: gw.runtime.capacity.pending == 2)
                 assert await send("sheddable") == 503  # at sheddable_max_pending: refused now
                 critical = send("critical")
                 statuses = await asyncio.gather(busy, *sheddable, critical)

@@ -52,18 +52,34 @@ def test_every_arrival_succeeds_or_fails(name: str) -> None:
 
 def test_failures_are_counted_as_failures() -> None:
     scenario = build_scenario("failing_pod", 4, 0.5)
-    result = simulate(scenario, ALL_POLICIES[2], 1, 2000, seed=1)
+    no_retries = dataclasses.replace(
+        GatewayConfig(), retries=dataclasses.replace(GatewayConfig().retries, attempts=1)
+    )
+    result = simulate(scenario, ALL_POLICIES[2], 1, 2000, seed=1, gateway=no_retries)
     # The breaker opens after 5 consecutive 500s, so only a handful reach the client.
     assert 5 <= result.failed < 50
     assert result.tries_per_pod[0] == result.failed
 
 
+def test_with_the_default_retries_no_500_reaches_the_client() -> None:
+    scenario = build_scenario("failing_pod", 4, 0.5)
+    result = simulate(scenario, ALL_POLICIES[2], 1, 2000, seed=1)
+    assert result.failed == 0
+    assert result.tries_per_pod[0] >= 5  # the failing pod was tried, and its 500s resent
+
+
 def test_hung_pod_times_out_then_is_taken_out_by_probes() -> None:
     scenario = build_scenario("hanging_pod", 4, 0.5)
-    result = simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=SHORT_TIMEOUT)
+    no_timeout_retry = dataclasses.replace(
+        SHORT_TIMEOUT,
+        retries=dataclasses.replace(SHORT_TIMEOUT.retries, retry_on=("connect-failure", 500)),
+    )
+    result = simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=no_timeout_retry)
     assert result.failed == result.tries_per_pod[0] > 0
     assert result.tries_per_pod[0] < 0.05 * 4000  # round robin would send it a quarter
     assert max(result.latencies_s) < 0.5  # no success waited on the hung pod
+    # With the default retry_on a timed-out try is resent elsewhere: nobody sees the hang fail.
+    assert simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=SHORT_TIMEOUT).failed == 0
 
 
 def test_oracle_never_worse_than_a_policy_on_the_same_arrivals() -> None:
@@ -108,7 +124,7 @@ def test_the_simulator_runs_the_gateway_code(monkeypatch: pytest.MonkeyPatch) ->
 
         monkeypatch.setattr(cls, name, wrapper)
 
-    spy(Attempt, "__exit__", "exit")
+    spy(Attempt, "end", "exit")  # what __exit__ calls; the simulator calls it directly
     spy(LeastRequest, "pick", "pick")
     spy(OutlierDetector, "on_outcome", "outcome")
     spy(EndpointSignals, "request_finished", "finished")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, default_config_text, parse_config
+from gateway.config.model import GatewayConfig
 from gateway.config.units import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,6 +157,18 @@ def test_a_merge_key_may_still_be_overridden() -> None:
 def test_embedded_default_is_valid_and_matches_config_dir() -> None:
     parse_config(default_config_text())
     assert (ROOT / "config" / "gateway.yaml").read_text() == default_config_text()
+
+
+def test_one_set_of_defaults_the_embedded_config_is_the_built_in_one() -> None:
+    """Apart from the local backends it names, the embedded config sets nothing that differs
+    from the dataclass defaults: a user with no settings gets what `tailgate up` runs."""
+    embedded = parse_config(default_config_text())
+    built_in = GatewayConfig()
+    assert embedded.backends
+    # base_ejection_time left unset means "the shared open duration's default": the same 30 s
+    assert embedded.open_duration_s == built_in.open_duration_s
+    unset = dataclasses.replace(embedded.outlier_detection, base_ejection_time=None)
+    assert dataclasses.replace(embedded, backends=(), outlier_detection=unset) == built_in
 
 
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_matches_a_model_of_the_rules(ops: list[tuple[int, int, int]]) -> None:
             item = queue.pop()
             if item is not None:
                 tenant_of, cls_of = queued.pop(item)
-                assert all(p <= cls_of for _, p in queued.values())
+                assert all(p >= cls_of for _, p in queued.values())  # lower is more urgent
                 served.append((item, tenant_of, cls_of))
         elif queued:
             victim = rng.choice(sorted(queued))
