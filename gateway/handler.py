@@ -15,6 +15,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,13 +30,15 @@ from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, RetryVerdict, open_exchange
 from gateway.failures import Failure, consequence
 from gateway.headers import header_bytes, request_id_from
+from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_info import NO_INFO, RequestInfo
 from gateway.routing import model_of
 from gateway.runtime import Runtime
 from gateway.tenants import Admitted, Refusal
-from gateway.tenants.usage import UsageMeter
+from gateway.token_metrics import record_answer
+from gateway.tracing import RequestTrace, TrySpan
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
@@ -67,7 +70,10 @@ class RequestContext:
     backend: str = "-"
     status: int = 0
     response_started: bool = False
+    trace: RequestTrace | None = None  # None when tracing is off
+    model: str | None = None  # the request body's "model", when it was read
     admitted: Admitted | None = None  # tenants: tenant, class, token charge
+    answer: AnswerReport | None = None  # what the relayed answer showed (tokens)
 
     @property
     def route_name(self) -> str:
@@ -89,6 +95,8 @@ class ProxyHandler:
         config = rt.config
         rid = request_id_from(request.headers, config.headers.request_id)
         ctx = RequestContext(request, config, rid, rt.clock())
+        if rt.tracer is not None:  # tracing: continue the client's trace or start one
+            ctx.trace = rt.tracer.start(request.headers, request.method, request.path)
         response: web.StreamResponse | None = None
         try:
             response = await self._handle(ctx)
@@ -110,6 +118,7 @@ class ProxyHandler:
         except (aiohttp.ClientPayloadError, ConnectionError):
             return _failure_response(Failure.CLIENT_BODY, rid)
         model = model_of(body.buffered) if rt.router.needs_model else None
+        ctx.model = model  # tokens: the answer's model when the backend names none
         info = RequestInfo(model=model) if model is not None else NO_INFO
         # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
         gate = rt.tenant_gate
@@ -152,8 +161,8 @@ class ProxyHandler:
             return shed_response(message, rid, rt.capacity.retry_after_s())
         except BodyTooLarge:
             return _failure_response(Failure.BODY_TOO_LARGE, rid)
-        finally:  # tenants: correct the token charge from the response's usage
-            await gate.settle(admitted, ctx.response_started, rt.clock())
+        finally:  # tenants: correct the token charge from the answer's usage
+            await gate.settle(admitted, ctx.response_started, ctx.answer, rt.clock())
 
     def _backends_report_pressure(self, group: str) -> bool:
         """Tenants: does every candidate report more queued than a sheddable request may meet
@@ -202,7 +211,12 @@ class ProxyHandler:
         headers.popall("Authorization", None)
         if auth is not None:
             headers["Authorization"] = auth
-        with exchange.start_try(endpoint) as att:
+        with (
+            exchange.start_try(endpoint) as att,
+            _try_span(ctx.trace, endpoint.name, exchange.tries, att) as span,  # tracing
+        ):
+            if span is not None:  # tracing: this try's own span id goes upstream
+                span.stamp(headers)
             try:
                 upstream = await proxy.send(
                     rt.upstream,
@@ -245,6 +259,8 @@ class ProxyHandler:
         if verdict is RetryVerdict.RETRY:
             reason = what.value if isinstance(what, Failure) else str(what)
             self.runtime.metrics.retries.labels(route, reason).inc()
+            if ctx.trace is not None:  # tracing
+                ctx.trace.event("retry", {"reason": reason, "after_try": exchange.tries})
             return True
         return False
 
@@ -309,17 +325,19 @@ class ProxyHandler:
         ctx.status = upstream.status
         if self.runtime.draining:
             response.force_close()
+        observer = _answer_observer(ctx, upstream)  # tokens
         try:
             await response.prepare(request)
             ctx.response_started = True
-            assert ctx.admitted is not None
-            meter = self.runtime.tenant_gate.watch_response(
-                ctx.admitted, upstream.content_type == "text/event-stream"
-            )
-            await self._stream_body(request, response, upstream, att, endpoint, meter)
+            await self._stream_body(request, response, upstream, att, endpoint, observer)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
+        finally:
+            if observer is not None:  # tokens: what the relayed answer showed
+                report = ctx.answer = observer.finish(self.runtime.clock())  # (and tenants)
+                broken = att.failure is not None  # the upstream broke off mid-answer
+                record_answer(self.runtime.metrics, endpoint.name, report, config.slo, broken)
         return response
 
     async def _stream_body(
@@ -329,9 +347,12 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
-        meter: UsageMeter,
+        observer: AnswerObserver | None,
     ) -> None:
-        """Relay body chunks as they arrive; an upstream break cuts the client off too."""
+        """Relay body chunks as they arrive; an upstream break cuts the client off too.
+
+        The observer (tokens) reads each chunk only after it went out to the client."""
+        clock = self.runtime.clock
         while True:
             try:
                 chunk = await upstream.readany()
@@ -342,8 +363,10 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
-            meter.feed(chunk)  # tenants: usage, for the token limit
+            arrived_at = clock() if observer is not None else 0.0
             await response.write(chunk)
+            if observer is not None:
+                observer.feed(chunk, arrived_at)
         await response.write_eof()
 
     def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
@@ -356,6 +379,10 @@ class ProxyHandler:
         route = ctx.route_name
         rt.metrics.requests_for(route, ctx.backend, str(status)).inc()
         rt.metrics.request_duration_for(route).observe(elapsed)
+        trace_id = "-"
+        if ctx.trace is not None:  # tracing
+            ctx.trace.end(status, route, ctx.backend)
+            trace_id = ctx.trace.trace_id
         if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(
@@ -368,6 +395,7 @@ class ProxyHandler:
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": ctx.tries,
+                        "trace_id": trace_id,
                     },
                     separators=(",", ":"),
                 )
@@ -391,6 +419,27 @@ def _failure_response(failure: Failure, request_id: str) -> web.Response:
     """The client's answer to a failure, from the one table."""
     rule = consequence(failure)
     return error_response(rule.status, rule.error_type, rule.message, request_id)
+
+
+_ANSWER_TYPES = frozenset({"application/json", "text/event-stream"})
+
+
+def _answer_observer(ctx: RequestContext, upstream: UpstreamResponse) -> AnswerObserver | None:
+    """Tokens: an observer for what may be an OpenAI-style answer (a successful POST answered
+    with JSON or a stream), else None."""
+    content_type = upstream.content_type
+    if ctx.request.method != "POST" or upstream.status != 200 or content_type not in _ANSWER_TYPES:
+        return None
+    body = ctx.body.buffered if ctx.body is not None else None
+    streamed = content_type == "text/event-stream"
+    return AnswerObserver(streamed, ctx.started_at, ctx.model, body)
+
+
+def _try_span(
+    trace: RequestTrace | None, backend: str, number: int, att: Attempt
+) -> AbstractContextManager[TrySpan | None]:
+    """Tracing: the try's span, ended with the try's outcome (nothing when tracing is off)."""
+    return nullcontext() if trace is None else trace.start_try(backend, number, att)
 
 
 def _abort(request: web.BaseRequest) -> None:

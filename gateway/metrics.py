@@ -20,6 +20,17 @@ LATENCY_BUCKETS = (
     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
 
+# 1 ms .. 1 s per output token: a fast decode step is a few ms, an overloaded one hundreds.
+TOKEN_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
+    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+)  # fmt: skip
+
+# Model names come from clients and backends; past this many, new ones share one label so a
+# client cannot grow the metrics page without bound.
+MAX_MODEL_LABELS = 64
+OTHER_MODEL = "other"
+
 CIRCUIT_STATE_VALUE = {"closed": 0, "open": 1, "half_open": 2}
 
 
@@ -43,6 +54,27 @@ class Children(Generic[F]):
         if child is None:
             child = self._cache[values] = self._family.labels(*values)
         return child
+
+
+class ModelLabels:
+    """The ``model`` label's value: the model's name for the first ``limit`` names seen, then
+    ``other`` (an unknown model is ``-``)."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, model: str | None) -> str:
+        if not model:
+            return "-"
+        if model in self._seen:
+            return model
+        if len(self._seen) >= self._limit:
+            return OTHER_MODEL
+        self._seen.add(model)
+        return model
 
 
 class GatewayMetrics:
@@ -221,12 +253,53 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        self.time_to_first_token = Histogram(
+            "tailgate_time_to_first_token_seconds",
+            "From the request's arrival to the first content event of a streamed answer, or to "
+            "the end of the whole answer when it is not streamed (retries and queueing included).",
+            ["backend", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "tailgate_time_per_output_token_seconds",
+            "Streamed answers: (last content event - first) / (completion tokens - 1).",
+            ["backend", "model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tailgate_tokens",
+            "Tokens of OpenAI-style answers, by kind (prompt or completion) and source: usage "
+            "(the backend's usage object) or events (counted content events of a stream).",
+            ["backend", "model", "kind", "source"],
+            registry=r,
+        )
+        self.slo_requests = Counter(
+            "tailgate_slo_requests",
+            "Answers that met (result=met) or missed the slo: section's TTFT and TPOT targets; "
+            "goodput is the share that met them.",
+            ["backend", "model", "result"],
+            registry=r,
+        )
+        self.unparsed_answers = Counter(
+            "tailgate_unparsed_answers",
+            "Answers relayed unchanged but not understood: malformed or over the parsing bound.",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.model_label = ModelLabels()
         # The request path's families, children cached (see Children).
         self.requests_for = Children(self.requests)
         self.request_duration_for = Children(self.request_duration)
         self.upstream_latency_for = Children(self.upstream_latency)
         self.time_to_first_byte_for = Children(self.time_to_first_byte)
         self.upstream_failures_for = Children(self.upstream_failures)
+        self.time_to_first_token_for = Children(self.time_to_first_token)
+        self.time_per_output_token_for = Children(self.time_per_output_token)
+        self.tokens_for = Children(self.tokens)
+        self.slo_requests_for = Children(self.slo_requests)
+        self.unparsed_answers_for = Children(self.unparsed_answers)
         self.per_backend_gauges = (
             self.in_flight,
             self.queue_depth,

@@ -8,11 +8,13 @@ fleet keeps the state of every backend that stays.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,6 +41,7 @@ from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
 from gateway.selection import select_endpoint
 from gateway.tenants import TenantGate
+from gateway.tracing import Tracer, build_tracer
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
@@ -181,6 +184,23 @@ class Runtime:
         self.fair_share.weights.update(self.tenant_gate.directory.weights)
         self.fair_share.sheddable_limit = config.admission.sheddable_max_pending
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
+        if getattr(self, "tracing_settings", None) != config.tracing:
+            self._swap_tracer(build_tracer(config.tracing, self.rng))
+        self.tracing_settings = config.tracing
+
+    def _swap_tracer(self, tracer: Tracer | None) -> None:
+        """Install ``tracer``; the one it replaces flushes its spans on a thread of its own, so
+        a reload never waits on a collector."""
+        old: Tracer | None = getattr(self, "tracer", None)
+        self.tracer = tracer
+        if old is not None:
+            threading.Thread(target=old.close, name="tailgate-tracer-close", daemon=True).start()
+
+    async def close_tracer(self) -> None:
+        """Flush the exporter's last spans (at shutdown), off the event loop."""
+        tracer, self.tracer = self.tracer, None
+        if tracer is not None:
+            await asyncio.to_thread(tracer.close)
 
     def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
         """Swap in ``config`` (already validated). Backends that stay keep signals and health.

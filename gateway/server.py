@@ -270,6 +270,7 @@ class Gateway:
             await self.runtime.session.close()
         if self.runtime.upstream is not None:
             await self.runtime.upstream.close()
+        await self.runtime.close_tracer()
         await self.runtime.tenant_gate.close()
         self.stopped.set()
 

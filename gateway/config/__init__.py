@@ -6,6 +6,7 @@ listing every problem with its field path, so a bad file never half-applies.
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,13 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
     problems.extend(_tenant_checks(config))
     if config.retries.backoff_base > config.retries.backoff_max:
         problems.append(Problem("retries.backoff_base", "exceeds retries.backoff_max"))
+    if config.tracing.otlp.endpoint is not None and not _otel_installed():
+        problems.append(
+            Problem(
+                "tracing.otlp.endpoint",
+                "OTLP export needs the OpenTelemetry SDK: pip install 'tailgate[otel]'",
+            )
+        )
     return problems
 
 
@@ -210,3 +218,10 @@ def _tenant_checks(config: GatewayConfig) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _otel_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False

@@ -389,6 +389,49 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SloConfig:
+    """The targets an OpenAI-style answer must meet to count toward goodput
+    (``tailgate_slo_requests_total{result="met"}``); 0 leaves a target out."""
+
+    ttft: float = _duration(0.5, non_negative, "time to first token target")
+    tpot: float = _duration(0.05, non_negative, "time per output token target (streams only)")
+
+
+def _otlp_endpoint(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string, got {type(value).__name__}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"URL {value!r} must be http(s)://host[:port]/path")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OtlpConfig:
+    endpoint: str | None = field(
+        None,
+        parse=_otlp_endpoint,
+        doc="OTLP/HTTP traces URL (http://collector:4318/v1/traces); null: no export. "
+        "Needs the otel extra: pip install 'tailgate[otel]'",
+    )
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    timeout: float = _duration(10.0, positive, "one export's time limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class TracingConfig:
+    enabled: bool = field(
+        True,
+        doc="continue an incoming W3C traceparent with the gateway's own span id, or start a "
+        "trace; false passes a client's traceparent through untouched and starts none",
+    )
+    service_name: str = "tailgate"
+    otlp: OtlpConfig = dataclasses.field(default_factory=OtlpConfig)
+
+
+@dataclasses.dataclass(frozen=True)
 class GatewayConfig:
     listen: ListenConfig = dataclasses.field(default_factory=ListenConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
@@ -407,6 +450,8 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...] = ()
     headers: HeadersConfig = dataclasses.field(default_factory=HeadersConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    slo: SloConfig = dataclasses.field(default_factory=SloConfig)
+    tracing: TracingConfig = dataclasses.field(default_factory=TracingConfig)
     drain_timeout: float = _duration(30.0, non_negative)
 
     @property

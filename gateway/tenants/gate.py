@@ -2,7 +2,8 @@
 
 ``admit`` names the tenant and class (or refuses: 401 for a bad key, 429 over a rate limit)
 and charges the tenant's buckets with the body's token estimate; ``settle`` corrects the charge
-from the response's ``usage``. The request path keeps the :class:`Admitted` for the way.
+from what the relayed answer showed (:class:`gateway.llm_stream.AnswerReport`: its ``usage``,
+else its counted events). The request path keeps the :class:`Admitted` for the way.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config.model import GatewayConfig
+from gateway.llm_stream import AnswerReport
 from gateway.metrics import GatewayMetrics
 from gateway.pending_queue import Priority
 from gateway.tenants.identity import Tenant, TenantDirectory, Unauthorized
 from gateway.tenants.keys import KeysFile, upstream_authorization
 from gateway.tenants.rate_limit import retry_after_header
 from gateway.tenants.shared_limit import TenantLimiter
-from gateway.tenants.usage import UsageMeter, estimate_tokens, parse_body, prompt_tokens
+from gateway.tenants.usage import estimate_tokens, parse_body, prompt_tokens, tokens_used
 
 
 class Admitted:
@@ -28,13 +30,12 @@ class Admitted:
     under saturation, usage counting at the end), not for every request.
     """
 
-    __slots__ = ("_body", "_payload", "charged_tokens", "meter", "priority", "tenant")
+    __slots__ = ("_body", "_payload", "charged_tokens", "priority", "tenant")
 
     def __init__(self, tenant: Tenant, priority: Priority, body: bytes | None) -> None:
         self.tenant = tenant
         self.priority = priority
         self.charged_tokens = 0  # taken from the token bucket at admission
-        self.meter: UsageMeter | None = None
         self._body = body
         self._payload: dict[str, object] | bool | None = False  # False: not parsed yet
 
@@ -116,15 +117,12 @@ class TenantGate:
             return Refusal(429, verdict.limit, "rate_limit_exceeded", message, headers_out)
         return ticket
 
-    def watch_response(self, ticket: Admitted, streaming: bool) -> UsageMeter:
-        """A meter the response body is fed to: its usage counts for every tenant."""
-        ticket.meter = UsageMeter(streaming, ticket.prompt_tokens if streaming else 0)
-        return ticket.meter
-
-    async def settle(self, ticket: Admitted, served: bool, now: float) -> None:
-        """Count the tokens the response reported and correct the tenant's bucket; a request
-        no backend served (shed, failed) gets its whole charge back."""
-        used = ticket.meter.tokens() if ticket.meter is not None else None
+    async def settle(
+        self, ticket: Admitted, served: bool, answer: AnswerReport | None, now: float
+    ) -> None:
+        """Count the tokens the answer showed and correct the tenant's bucket; a request no
+        backend served (shed, failed) gets its whole charge back."""
+        used = tokens_used(answer, ticket.prompt_tokens) if answer is not None else None
         tenant = ticket.tenant
         self.metrics.tenant_requests.labels(tenant.name, ticket.priority.label).inc()
         if used is None:

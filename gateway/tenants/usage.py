@@ -2,9 +2,10 @@
 
 The estimate at admission is the prompt's characters / 4 (the usual English-text ratio of
 BPE tokenizers) plus ``max_tokens`` (or ``max_completion_tokens``), else
-:data:`DEFAULT_COMPLETION_TOKENS`. The response corrects it: a JSON body's ``usage``, or for a
-stream the last event carrying ``usage`` (OpenAI's ``stream_options.include_usage``), else the
-prompt estimate plus one token per streamed event.
+:data:`DEFAULT_COMPLETION_TOKENS`. The answer corrects it (read by
+:class:`gateway.llm_stream.AnswerObserver` as it is relayed): a JSON body's ``usage``, or for a
+stream the final usage chunk (OpenAI's ``stream_options.include_usage``), else the prompt
+estimate plus one token per content event.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.llm_stream import AnswerReport
+
 CHARS_PER_TOKEN = 4
 DEFAULT_COMPLETION_TOKENS = 256  # no max_tokens given: charge a typical answer, settle later
-MAX_JSON_BODY = 1024 * 1024  # larger bodies are not parsed for usage: the estimate stands
-DONE = b"[DONE]"
 
 
 def _text_chars(value: Any) -> int:
@@ -55,71 +56,10 @@ def estimate_tokens(payload: dict[str, Any] | None) -> int | None:
     return prompt_tokens(payload) + completion
 
 
-def usage_total(value: Any) -> int | None:
-    """``total_tokens`` (or prompt + completion) of an OpenAI ``usage`` object."""
-    if not isinstance(value, dict):
+def tokens_used(answer: AnswerReport, prompt_estimate: int) -> int | None:
+    """Prompt + completion tokens of a relayed answer: its ``usage``, else the prompt estimate
+    plus its counted content events; None when it told nothing (the estimate stands)."""
+    if answer.completion_tokens is None:
         return None
-    total = value.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    parts = [value.get("prompt_tokens"), value.get("completion_tokens")]
-    if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
-        return int(parts[0]) + int(parts[1])  # type: ignore[arg-type]
-    return None
-
-
-class UsageMeter:
-    """Fed the response body chunk by chunk; :meth:`tokens` is the count it told."""
-
-    __slots__ = ("_buffer", "_events", "_overflow", "_prompt_tokens", "_reported", "_streaming")
-
-    def __init__(self, streaming: bool, prompt_estimate: int) -> None:
-        self._streaming = streaming
-        self._prompt_tokens = prompt_estimate
-        self._buffer = bytearray()
-        self._events = 0
-        self._reported: int | None = None
-        self._overflow = False
-
-    def feed(self, chunk: bytes) -> None:
-        if not self._streaming:
-            if len(self._buffer) + len(chunk) > MAX_JSON_BODY:
-                self._overflow = True
-                self._buffer.clear()
-            elif not self._overflow:
-                self._buffer += chunk
-            return
-        self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                if len(self._buffer) > MAX_JSON_BODY:
-                    self._buffer.clear()  # one event larger than any real one: skip it
-                return
-            self._event(bytes(self._buffer[:end]))
-            del self._buffer[: end + 2]
-
-    def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == DONE:
-                return
-            self._events += 1
-            if b'"usage"' in data:
-                parsed = parse_body(data)
-                total = usage_total(parsed.get("usage")) if parsed else None
-                if total is not None:
-                    self._reported = total
-
-    def tokens(self) -> int | None:
-        """Tokens used per the response; None when it did not tell (the estimate stands)."""
-        if self._streaming:
-            if self._reported is not None:
-                return self._reported
-            return self._prompt_tokens + self._events if self._events else None
-        if self._overflow or b'"usage"' not in self._buffer:
-            return None
-        parsed = parse_body(bytes(self._buffer))
-        return usage_total(parsed.get("usage")) if parsed else None
+    prompt = answer.prompt_tokens if answer.prompt_tokens is not None else prompt_estimate
+    return prompt + answer.completion_tokens

@@ -26,6 +26,11 @@ REQUIRED = {
     "tailgate_upstream_queue_depth",
     "tailgate_ejections_total",
     "tailgate_upstream_circuit_state",
+    # issue 19: per backend and model, TTFT and TPOT percentiles, tokens/s and goodput
+    "tailgate_time_to_first_token_seconds_bucket",
+    "tailgate_time_per_output_token_seconds_bucket",
+    "tailgate_tokens_total",
+    "tailgate_slo_requests_total",
 }
 
 

@@ -116,3 +116,25 @@ def test_sidecar_gateway_listens_on_loopback_for_its_application() -> None:
     assert sidecar["restartPolicy"] == "Always"
     app_env = {e["name"]: e["value"] for e in containers["containers"][0]["env"]}
     assert app_env["OPENAI_BASE_URL"].startswith(f"http://127.0.0.1:{config['listen']['port']}/")
+
+
+def test_backends_scale_on_ttft_p95_served_by_the_adapters_external_rule(
+    gateway_families: set[str],
+) -> None:
+    from tests.deploy.promql import is_exported, metric_names
+
+    backend = find_object("Deployment", "tailgate-backend")
+    assert "replicas" not in backend["spec"], "the HorizontalPodAutoscaler owns replicas"
+    hpa = find_object("HorizontalPodAutoscaler", "tailgate-backend")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "tailgate-backend"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["target"] == {"type": "Value", "value": "500m"}  # 500 ms
+    (rule,) = (
+        r
+        for r in load_yaml(ADAPTER_VALUES)["rules"]["external"]
+        if r["name"]["as"] == metric["external"]["metric"]["name"]
+    )
+    assert metric_names(rule["seriesQuery"]) == {"tailgate_time_to_first_token_seconds_bucket"}
+    assert all(is_exported(n, gateway_families) for n in metric_names(rule["seriesQuery"]))
+    assert "histogram_quantile(0.95" in rule["metricsQuery"]

@@ -211,3 +211,22 @@ def test_readme_configuration_reference_names_only_real_keys() -> None:
         {"url": "http://127.0.0.1:8102", "group": "canary"},
     ]
     parse_config(yaml.safe_dump(reference))
+
+
+def test_slo_and_tracing_sections_are_validated_with_their_paths() -> None:
+    text = (
+        "backends: [{url: 'http://127.0.0.1:8001'}]\n"
+        "slo: {ttft: -1s}\n"
+        "tracing: {otlp: {endpoint: 'ftp://collector'}, sampled: true}\n"
+    )
+    found = problems(text)
+    assert any(p.startswith("slo.ttft:") for p in found)
+    assert any(p.startswith("tracing.otlp.endpoint:") for p in found)
+    assert any(p.startswith("tracing.sampled: unknown key") for p in found)
+    config = parse_config(
+        "backends: [{url: 'http://127.0.0.1:8001'}]\n"
+        "slo: {ttft: 1s, tpot: 0}\n"
+        "tracing: {otlp: {endpoint: 'http://127.0.0.1:4318/v1/traces', headers: {x-key: k}}}\n"
+    )
+    assert (config.slo.ttft, config.slo.tpot) == (1.0, 0.0)
+    assert config.tracing.otlp.headers == {"x-key": "k"}

@@ -11,7 +11,7 @@ from gateway.pending_queue import Priority
 from gateway.tenants.identity import ANONYMOUS, Identified, TenantDirectory, Unauthorized
 from gateway.tenants.keys import KeysFile, bearer_token, key_hash, upstream_authorization
 from gateway.tenants.rate_limit import LocalLimiter, retry_after_header
-from gateway.tenants.usage import UsageMeter, estimate_tokens
+from gateway.tenants.usage import estimate_tokens, tokens_used
 
 BASE = "backends: [{url: 'http://127.0.0.1:9'}]\n"
 
@@ -125,18 +125,23 @@ def test_estimate_from_the_body() -> None:
     assert estimate_tokens(None) is None
 
 
-def test_usage_from_json_and_streams() -> None:
-    meter = UsageMeter(streaming=False, prompt_estimate=0)
-    body = json.dumps({"usage": {"prompt_tokens": 7, "completion_tokens": 5}}).encode()
-    meter.feed(body[:10])
-    meter.feed(body[10:])
-    assert meter.tokens() == 12
+def test_tokens_used_from_the_answer() -> None:
+    from gateway.llm_stream import AnswerObserver
 
-    stream = UsageMeter(streaming=True, prompt_estimate=20)
+    whole = AnswerObserver(streamed=False, started_at=0.0)
+    body = json.dumps(
+        {"choices": [{"text": "ok"}], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}
+    ).encode()
+    whole.feed(body[:10], 0.1)
+    whole.feed(body[10:], 0.1)
+    assert tokens_used(whole.finish(0.2), prompt_estimate=99) == 12
+
+    stream = AnswerObserver(streamed=True, started_at=0.0)
     for i in range(3):
-        stream.feed(f'data: {{"choices": [{{"text": "t{i}"}}]}}\n\n'.encode())
-    assert stream.tokens() == 23  # no usage chunk: prompt estimate + one token per event
-    final = b'data: {"choices": [], "usage": {"total_tokens": 40}}\n\ndata: [DONE]\n\n'
-    stream.feed(final[:15])
-    stream.feed(final[15:])
-    assert stream.tokens() == 40
+        stream.feed(f'data: {{"choices": [{{"text": "t{i}"}}]}}\n\n'.encode(), 0.1)
+    stream.feed(b"data: [DONE]\n\n", 0.2)
+    assert tokens_used(stream.finish(0.2), prompt_estimate=20) == 23  # estimate + 3 events
+
+    not_an_answer = AnswerObserver(streamed=False, started_at=0.0)
+    not_an_answer.feed(b'{"backend": "pod0"}', 0.1)
+    assert tokens_used(not_an_answer.finish(0.1), prompt_estimate=20) is None
