@@ -37,6 +37,7 @@ class Attempt:
         "_metrics",
         "_on_done",
         "_sink",
+        "client_s",
         "endpoint",
         "failure",
         "first_byte_at",
@@ -63,6 +64,7 @@ class Attempt:
         self.status: int | None = None
         self.failure: Failure | None = None
         self.streaming = False
+        self.client_s = 0.0  # time spent waiting for the client's body: not the backend's
 
     def __enter__(self) -> Attempt:
         self.begin()
@@ -80,7 +82,8 @@ class Attempt:
         self.status = status
         self.streaming = streaming
         self.endpoint.signals.headers_received(self.started_at)
-        self._metrics.time_to_first_byte_for(self.endpoint.name).observe(now - self.started_at)
+        ttfb = max(now - self.started_at - self.client_s, 0.0)
+        self._metrics.time_to_first_byte_for(self.endpoint.name).observe(ttfb)
         if reported_depth is not None:
             try:
                 depth = float(reported_depth)
@@ -97,6 +100,10 @@ class Attempt:
         """
         if self.failure is None or not consequence(self.failure).client_fault:
             self.failure = failure
+
+    def client_waited(self, seconds: float) -> None:
+        """This try waited ``seconds`` for the client's streamed body: kept out of its latency."""
+        self.client_s += seconds
 
     def __exit__(
         self,
@@ -147,8 +154,9 @@ class Attempt:
         """
         if outcome is Outcome.CANCELLED:
             return None
+        start = self.started_at + self.client_s
         if self.first_byte_at is None:
-            return now - self.started_at if self.failure is Failure.TIMEOUT else None
+            return max(now - start, 0.0) if self.failure is Failure.TIMEOUT else None
         if self.streaming:
-            return self.first_byte_at - self.started_at
-        return now - self.started_at
+            return max(self.first_byte_at - start, 0.0)
+        return max(now - start, 0.0)

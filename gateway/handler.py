@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -29,12 +28,14 @@ from gateway.endpoint import Endpoint
 from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, RetryVerdict, open_exchange
 from gateway.failures import Failure, consequence
+from gateway.framing import local_answer
 from gateway.headers import header_bytes, request_id_from
+from gateway.listener import UNSUPPORTED_VERSION
 from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_info import NO_INFO, RequestInfo
-from gateway.routing import model_of
+from gateway.routing import find_model
 from gateway.runtime import Runtime
 from gateway.tenants import Admitted, Refusal
 from gateway.token_metrics import record_answer
@@ -72,6 +73,7 @@ class RequestContext:
     response_started: bool = False
     trace: RequestTrace | None = None  # None when tracing is off
     model: str | None = None  # the request body's "model", when it was read
+    model_undecided: str | None = None  # why routing could not read the body's model
     admitted: Admitted | None = None  # tenants: tenant, class, token charge
     answer: AnswerReport | None = None  # what the relayed answer showed (tokens)
 
@@ -107,17 +109,41 @@ class ProxyHandler:
     async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
         request, config, rid = ctx.request, ctx.config, ctx.request_id
         rt = self.runtime
+        # Requests the gateway cannot frame or forward safely are answered here (framing.py).
+        answer = local_answer(
+            request.method, request.raw_path, request.path, UNSUPPORTED_VERSION not in request
+        )
+        if answer is not None:
+            if answer.status >= 400:
+                return error_response(
+                    answer.status, answer.kind, answer.message, rid, answer.headers
+                )
+            return web.Response(status=answer.status, headers=answer.headers)
         if header_bytes(request.headers) > config.limits.max_header_size:
             return error_response(431, "headers_too_large", "request headers too large", rid)
         length = request.content_length
         if length is not None and length > config.limits.max_body:
             return _failure_response(Failure.BODY_TOO_LARGE, rid)
-        ctx.body = body = RequestBody(request, config.limits.max_body)
-        try:
-            await body.buffer_if_small(config.retries.buffer_limit)
-        except (aiohttp.ClientPayloadError, ConnectionError):
-            return _failure_response(Failure.CLIENT_BODY, rid)
-        model = model_of(body.buffered) if rt.router.needs_model else None
+        timeouts, router = config.timeouts, rt.router
+        ctx.body = body = RequestBody(
+            request, config.limits.max_body, timeouts.request_body_idle, timeouts.request_body
+        )
+        try:  # routing on the body's model reads the whole body (up to max_body) first
+            await body.buffer_if_small(
+                config.limits.max_body if router.needs_model else config.retries.buffer_limit
+            )
+        except UpstreamFailure as failure:  # the client's body broke off or stalled
+            return self._client_failure(ctx, failure.failure)
+        except BodyTooLarge:
+            return _failure_response(Failure.BODY_TOO_LARGE, rid)
+        model = None
+        if router.needs_model:
+            lookup = find_model(body.buffered)
+            model, ctx.model_undecided = lookup.model, lookup.undecided
+            if lookup.undecided is not None:
+                rt.metrics.model_undecided.labels(lookup.undecided).inc()
+            if lookup.undecided == "too_deep":  # no backend parses this either
+                return error_response(400, "bad_request", "request body nests too deep", rid)
         ctx.model = model  # tokens: the answer's model when the backend names none
         info = RequestInfo(model=model) if model is not None else NO_INFO
         # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
@@ -202,7 +228,11 @@ class ProxyHandler:
         endpoint = await self._acquire(exchange)
         ctx.backend = endpoint.name
         headers = proxy.upstream_headers(
-            request, ctx.request_id, config.headers.request_id, endpoint.url
+            request,
+            ctx.request_id,
+            config.headers.request_id,
+            endpoint.url,
+            config.headers.trusted_proxies,
         )
         # tenants: the client's key stays here unless configured; a backend's own key replaces it
         auth = rt.tenant_gate.upstream_authorization(
@@ -228,13 +258,17 @@ class ProxyHandler:
                     config.timeouts.per_try,
                 )
             except UpstreamFailure as failure:
+                att.client_waited(body.take_client_wait_s())
                 att.failed(failure.failure)
+                if consequence(failure.failure).client_fault:  # slow or broken body
+                    return self._client_failure(ctx, failure.failure)
                 if self._may_retry(ctx, failure.failure):
                     raise RetryableTry() from None
                 return _failure_response(failure.failure, ctx.request_id)
             except BodyTooLarge:
                 att.failed(Failure.BODY_TOO_LARGE)
                 raise
+            att.client_waited(body.take_client_wait_s())  # the client's upload time is its own
             try:
                 streaming = upstream.content_type == "text/event-stream"
                 reported = upstream.headers.get(config.balancer.queue_depth.header)
@@ -369,6 +403,14 @@ class ProxyHandler:
                 observer.feed(chunk, arrived_at)
         await response.write_eof()
 
+    def _client_failure(self, ctx: RequestContext, failure: Failure) -> web.Response:
+        """The answer to a body the client broke off or stopped sending; the connection closes
+        (its framing is lost)."""
+        self.runtime.metrics.client_body_failures.labels(failure.value).inc()
+        response = _failure_response(failure, ctx.request_id)
+        response.force_close()
+        return response
+
     def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
         request, config = ctx.request, ctx.config
         rt = self.runtime
@@ -396,6 +438,7 @@ class ProxyHandler:
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": ctx.tries,
                         "trace_id": trace_id,
+                        **({"model_undecided": ctx.model_undecided} if ctx.model_undecided else {}),
                     },
                     separators=(",", ":"),
                 )
@@ -446,4 +489,4 @@ def _abort(request: web.BaseRequest) -> None:
     """Close the client connection so a cut-off response is never mistaken for a whole one."""
     transport = request.transport
     if transport is not None:
-        transport.close()
+        transport.abort()  # not close(): a client that stopped reading would keep it open

@@ -1,11 +1,15 @@
 """Header rules of a reverse proxy: what is hop-by-hop, what is added, what is passed through.
 
 Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message, so they are never
-forwarded: the fixed set below plus every header named in ``Connection``.
+forwarded: the fixed set below plus every header named in ``Connection``. The headers that say
+who the client is (``X-Forwarded-*``, ``X-Real-IP``, ``Forwarded``) are the gateway's to write:
+from a client they are lies as often as not, so they are kept only from a trusted proxy
+(``headers.trusted_proxies``) and replaced otherwise.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -61,6 +65,23 @@ def request_id_from(headers: CIMultiDictProxy[str], header_name: str) -> str:
     if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
         return given
     return f"{_ids.getrandbits(128):032x}"
+
+
+FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"}
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_trusted_proxy(peer_ip: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Is the connection's peer one whose forwarding headers may be believed?"""
+    if not trusted or not peer_ip:
+        return False
+    try:
+        address = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
 
 
 def forwarded_for(existing: str | None, client_ip: str | None) -> str:

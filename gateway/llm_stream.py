@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.routing import model_of
+from gateway.routing import find_model
 
 # A stream's events are small (a token or a few); a line this long is not an OpenAI stream.
 MAX_EVENT_BYTES = 256 * 1024
@@ -141,7 +141,7 @@ class AnswerObserver:
                 self._whole_body(now)
         self._buffer.clear()
         if self._model is None:
-            self._model = model_of(self._request_body)
+            self._model = find_model(self._request_body).model
         completion, source = self._completion_tokens()
         return AnswerReport(
             streamed=self._streamed,

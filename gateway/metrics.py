@@ -183,6 +183,20 @@ class GatewayMetrics:
             ["backend", "result"],
             registry=r,
         )
+        self.model_undecided = Counter(
+            "tailgate_route_model_undecided",
+            "Requests routed without a model because the body's top-level model could not be "
+            "read, by reason: not_json (or not an object), too_deep.",
+            ["reason"],
+            registry=r,
+        )
+        self.client_body_failures = Counter(
+            "tailgate_client_body_failures",
+            "Requests whose body the client broke off or stopped sending (never counted "
+            "against a backend), by kind: client-body, client-body-timeout.",
+            ["kind"],
+            registry=r,
+        )
         self.retries = Counter(
             "tailgate_retries",
             "Retries sent to another backend, by the failure that caused them.",

@@ -9,6 +9,7 @@ the retry policy needs to decide if a resend is safe) and whose fault it was.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.failures import Failure
-from gateway.headers import end_to_end, forwarded_for
+from gateway.headers import FORWARDING, Network, end_to_end, forwarded_for, is_trusted_proxy
 from gateway.upstream import (
     UpstreamClient,
     UpstreamConnectError,
@@ -29,7 +30,11 @@ from gateway.upstream import (
 
 # Set by the gateway itself for the hop it makes, so never copied from the other side.
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | FORWARDING
 _NOT_RELAYED = frozenset({"content-length"})
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @dataclass
@@ -51,21 +56,58 @@ class RequestBody:
     Bodies up to ``buffer_limit`` with a known length are read up front; larger or chunked ones
     are streamed straight through, and then a retry is only possible if the stream was never
     started (``consumed`` stays False), e.g. after a connect failure.
+
+    Every read is the client's time and has the client's deadlines: at most ``idle_timeout_s``
+    between bytes and ``total_timeout_s`` for the whole body from when the request arrived.
+    A body that stops arriving fails with :attr:`Failure.CLIENT_BODY_TIMEOUT`, a body that
+    breaks off with :attr:`Failure.CLIENT_BODY`; neither is a backend's failure. A client
+    waiting on ``Expect: 100-continue`` is told to go on at the first read, i.e. only once the
+    gateway has accepted the request.
     """
 
-    def __init__(self, request: web.BaseRequest, max_body: int) -> None:
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        max_body: int,
+        idle_timeout_s: float = 5.0,
+        total_timeout_s: float = 30.0,
+    ) -> None:
         self._request = request
         self._max_body = max_body
+        self._idle_timeout_s = idle_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + total_timeout_s
+        self._continue_owed = (
+            request.version >= (1, 1)
+            and request.headers.get("Expect", "").lower() == "100-continue"
+        )
         self.buffered: bytes | None = None
         self.consumed = False
         self._streamed = 0  # bytes streamed so far, held to max_body
+        self._client_wait_s = 0.0  # time a try spent waiting for streamed body bytes
+
+    def take_client_wait_s(self) -> float:
+        """Seconds the current try waited for the client's streamed body since the last call:
+        the client's time, to be kept out of the backend's latency."""
+        waited, self._client_wait_s = self._client_wait_s, 0.0
+        return waited
 
     async def buffer_if_small(self, buffer_limit: int) -> None:
+        """Read the body up front if its declared length is at most ``buffer_limit``.
+
+        With ``buffer_limit`` at ``max_body`` (routing on the JSON ``model`` needs the whole
+        body) a chunked body is read up front too, and one over ``max_body`` raises
+        :class:`BodyTooLarge`.
+        """
         length = self._request.content_length
         if not self._request.body_exists:
             self.buffered = b""
-        elif length is not None and length <= buffer_limit:
-            self.buffered = await self._request.read()
+        elif (length is not None and length <= buffer_limit) or (
+            length is None and buffer_limit >= self._max_body
+        ):
+            self.consumed = True
+            self.buffered = b"".join([chunk async for chunk in self._chunks()])
+            self._client_wait_s = 0.0  # read before any try: no try's latency to keep it out of
 
     @property
     def replayable(self) -> bool:
@@ -78,10 +120,24 @@ class RequestBody:
 
     async def _stream(self) -> AsyncIterator[bytes]:
         self.consumed = True
+        async for chunk in self._chunks():
+            yield chunk
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive, held to ``max_body`` and the client's deadlines."""
+        if self._continue_owed:
+            self._continue_owed = False
+            await self._request.writer.write(_CONTINUE)
         content = self._request.content
         while True:
+            asked_at = self._loop.time()
+            left_s = min(self._idle_timeout_s, self._deadline - asked_at)
             try:
-                chunk = await content.readany()
+                async with asyncio.timeout(max(left_s, 0.0)):
+                    chunk = await content.readany()
+                self._client_wait_s += self._loop.time() - asked_at
+            except TimeoutError:
+                raise UpstreamFailure(Failure.CLIENT_BODY_TIMEOUT, "request body stalled") from None
             except (aiohttp.ClientPayloadError, ConnectionError) as exc:
                 detail = str(exc) or type(exc).__name__
                 raise UpstreamFailure(Failure.CLIENT_BODY, detail) from exc
@@ -94,14 +150,29 @@ class RequestBody:
 
 
 def upstream_headers(
-    request: web.BaseRequest, request_id: str, request_id_header: str, upstream: URL
+    request: web.BaseRequest,
+    request_id: str,
+    request_id_header: str,
+    upstream: URL,
+    trusted_proxies: tuple[Network, ...] = (),
 ) -> CIMultiDict[str]:
-    """End-to-end client headers plus the X-Forwarded-* set and the request id."""
-    headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
+    """End-to-end client headers plus the X-Forwarded-* set and the request id.
+
+    The client's own forwarding headers are extended only when it is a trusted proxy; from
+    anyone else they are dropped and written afresh from the connection.
+    """
     client_ip = request.remote
-    headers["X-Forwarded-For"] = forwarded_for(request.headers.get("X-Forwarded-For"), client_ip)
-    headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
-    headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    if is_trusted_proxy(client_ip, trusted_proxies):
+        headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
+        chain = request.headers.get("X-Forwarded-For")
+        proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+        host = request.headers.get("X-Forwarded-Host", request.host)
+    else:
+        headers = end_to_end(request.headers, drop=_NOT_FORWARDED_UNTRUSTED)
+        chain, proto, host = None, request.scheme, request.host
+    headers["X-Forwarded-For"] = forwarded_for(chain, client_ip)
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = host
     headers[request_id_header] = request_id
     headers["Host"] = upstream.raw_authority
     return headers

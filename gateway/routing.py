@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config.model import RouteConfig
+from gateway.jsonscan import TooDeep, parse_json
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,32 @@ class Router:
         return self.default
 
 
-def model_of(body: bytes | None) -> str | None:
-    """The ``model`` field of an OpenAI-style JSON body, or None if there is none."""
-    if not body or body[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
-        return None
+@dataclass(frozen=True)
+class ModelLookup:
+    """The body's top-level ``model``, or why it could not be read (for a metric and the log)."""
+
+    model: str | None
+    undecided: str | None = None  # not_json (or not a JSON object) | too_deep
+
+
+NO_MODEL = ModelLookup(None)  # decided: the body names no model
+
+
+def find_model(body: bytes | None) -> ModelLookup:
+    """The ``model`` field of an OpenAI-style JSON body.
+
+    Only the top level is read, so nesting is bounded by the parser's own recursion check
+    (``gateway/jsonscan.py``): a body too deep for it is ``too_deep``, never a crash.
+    """
+    if not body:
+        return NO_MODEL
     try:
-        payload = json.loads(body)
+        payload = parse_json(body)
+    except TooDeep:
+        return ModelLookup(None, "too_deep")
     except ValueError:
-        return None
-    model = payload.get("model") if isinstance(payload, dict) else None
-    return model if isinstance(model, str) else None
+        return ModelLookup(None, "not_json")
+    if not isinstance(payload, dict):
+        return ModelLookup(None, "not_json")
+    model = payload.get("model")
+    return ModelLookup(model) if isinstance(model, str) else NO_MODEL

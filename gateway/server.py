@@ -25,7 +25,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.discovery import Discovery
 from gateway.fleet import BackendSpec
 from gateway.handler import ProxyHandler
-from gateway.listener import GatewayServer
+from gateway.listener import GatewayAppRunner, GatewayServer
 from gateway.maintenance import Maintenance
 from gateway.metrics import GatewayMetrics
 from gateway.probes import Prober
@@ -122,6 +122,8 @@ class Gateway:
             header_timeout_s=cfg.timeouts.request_header,
             handler_cancellation=True,
             keepalive_timeout=cfg.timeouts.idle,
+            # after an early answer (413, 408) an unread body is drained this long, not 10 s
+            lingering_time=cfg.timeouts.request_body_idle,
             max_field_size=cfg.limits.max_header_size,
             max_line_size=cfg.limits.max_header_size,
             max_headers=128,
@@ -143,7 +145,12 @@ class Gateway:
         self.public_port = bound_port(self._public_site)
         if self._serve_admin:
             app = build_admin_app(rt, cfg.admin.token, self._render_metrics)
-            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._admin_runner = GatewayAppRunner(
+                app,
+                header_timeout_s=cfg.timeouts.request_header,
+                access_log=None,
+                handle_signals=False,
+            )
             await self._admin_runner.setup()
             admin_site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
             await admin_site.start()

@@ -32,6 +32,9 @@ _LOW_WATER = 64 * 1024
 _SWEEP_EVERY_S = 1.0
 _MAX_HEAD_BYTES = 64 * 1024  # a response head larger than this is refused, not buffered
 _NO_BODY_EXPECTED = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+# Answers that say the upstream's parser gave up on our request, maybe mid-body: whatever it
+# did not read would be parsed as the next request, so the connection is never reused.
+_FRAMING_IN_DOUBT = frozenset({400, 408, 411, 413, 414, 431})
 
 
 class UpstreamError(Exception):
@@ -75,7 +78,11 @@ class _Connection(asyncio.Protocol):
         self.counted = True  # counts against the origin's cap until closed
         self.idle_since = 0.0
         self.request_sent = True  # False while a streamed request body is still going out
+        self.awaiting_client = False  # the body writer is waiting for the client's next bytes
         self.writer: asyncio.Task[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timeout_s = 0.0
+        self._head_deferred = False
         self._parser: httptools.HttpResponseParser | None = None
         self._response: UpstreamResponse | None = None
         self._head: asyncio.Future[UpstreamResponse] | None = None
@@ -94,8 +101,18 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._head_only = head_only
         self._response = None
+        self._head_deferred = False
         self._head = self._pool.loop.create_future()
         return self._head
+
+    def arm_head_deadline(self, deadline: float, head_timeout_s: float) -> None:
+        self._head_timeout_s = head_timeout_s
+        self._head_timer = self._pool.loop.call_at(deadline, self.head_overdue)
+
+    def disarm_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     @property
     def answered(self) -> bool:
@@ -103,9 +120,25 @@ class _Connection(asyncio.Protocol):
         return self._response is not None
 
     def head_overdue(self) -> None:
-        """The head deadline passed: fail the exchange unless the head made it just in time."""
-        if self._head is not None and not self._head.done():
-            self.fail(UpstreamTimeout("no response head in time"))
+        """The head deadline passed: fail the exchange unless the head made it just in time.
+
+        While the body writer waits for the client's next bytes, the time is the client's, not
+        the upstream's (the request body's own deadlines bound it): the deadline is put off
+        and runs its full length again from the moment the body is all sent.
+        """
+        self._head_timer = None
+        if self._head is None or self._head.done():
+            return
+        if self.awaiting_client:
+            self._head_deferred = True
+            return
+        self.fail(UpstreamTimeout("no response head in time"))
+
+    def body_sent(self) -> None:
+        self.request_sent = True
+        if self._head_deferred and not self.closed:
+            self._head_deferred = False
+            self._head_timer = self._pool.loop.call_later(self._head_timeout_s, self.head_overdue)
 
     def fail(self, exc: BaseException) -> None:
         """End the exchange with ``exc`` and drop the connection."""
@@ -323,7 +356,13 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
-        if self.complete and self.keep_alive and conn.request_sent and not conn.closed:
+        if (
+            self.complete
+            and self.keep_alive
+            and conn.request_sent
+            and not conn.closed
+            and self.status not in _FRAMING_IN_DOUBT
+        ):
             conn._pool.give_back(conn)
         else:
             conn.close()
@@ -482,11 +521,16 @@ class UpstreamClient:
 
         The framing is this client's: ``headers`` must carry no Content-Length or
         Transfer-Encoding. A streamed ``body`` goes out with ``body_length`` as its length
-        when the client declared one, else chunked.
+        when the client declared one, else chunked, except for a method that does not expect
+        a body (GET, DELETE ...): many servers read no chunked body there and would parse it
+        as the next request on the connection, so that body is collected first (the caller
+        bounds its size) and sent with a length.
         """
         if self._closed:
             raise UpstreamConnectError("client closed")
         payload = b"" if body is None else body
+        if not isinstance(payload, bytes) and body_length is None and method in _NO_BODY_EXPECTED:
+            payload = b"".join([chunk async for chunk in payload])
         if isinstance(payload, bytes):
             if payload or method not in _NO_BODY_EXPECTED:
                 headers["Content-Length"] = str(len(payload))
@@ -509,14 +553,14 @@ class UpstreamClient:
             conn.writer = self.loop.create_task(
                 _send_body(conn, payload, chunked=body_length is None)
             )
-        timer = self.loop.call_at(deadline, conn.head_overdue)
+        conn.arm_head_deadline(deadline, head_timeout_s)
         try:
             return await head_future
         except BaseException:
             conn.fail(UpstreamClosed("exchange abandoned"))
             raise
         finally:
-            timer.cancel()
+            conn.disarm_head_deadline()
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -544,17 +588,20 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: boo
     transport = conn.transport
     assert transport is not None
     try:
+        conn.awaiting_client = True
         async for chunk in body:
-            if not chunk:
-                continue
-            if chunked:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-            else:
-                transport.write(chunk)
-            await conn.drain()
+            conn.awaiting_client = False
+            if chunk:
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                await conn.drain()
+            conn.awaiting_client = True
+        conn.awaiting_client = False
         if chunked:
             transport.write(b"0\r\n\r\n")
-        conn.request_sent = True
+        conn.body_sent()
     except asyncio.CancelledError:
         conn.close()  # the exchange was given up; the connection is half-written
     except UpstreamClosed:

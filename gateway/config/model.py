@@ -8,6 +8,7 @@ in seconds (``*_s`` in code, ``10s`` in YAML); sizes in bytes.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -69,6 +70,10 @@ class AdminConfig:
         None, doc="when set, admin requests need 'Authorization: Bearer <token>'"
     )
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise ValueError("admin.token must not be empty (leave it out to disable admin auth)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +162,12 @@ class TimeoutsConfig:
     per_try: float = _duration(30.0, positive)
     total: float = _duration(60.0, positive)
     request_header: float = _duration(10.0, positive, "a client must send its headers within this")
+    request_body_idle: float = _duration(
+        5.0, positive, "longest pause between two pieces of a request body before a 408"
+    )
+    request_body: float = _duration(
+        30.0, positive, "a client must send its whole request body within this of its arrival"
+    )
     idle: float = _duration(75.0, positive, "keep-alive time of an idle client connection")
     upstream_idle: float = _duration(
         4.0,
@@ -371,6 +382,15 @@ class RouteConfig:
             raise ValueError("a route's group weights must not all be 0")
 
 
+def _networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of networks like [10.0.0.0/8, 192.168.1.7/32]")
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+    except ValueError as exc:
+        raise ValueError(f"not a network: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadersConfig:
     expose_backend: bool = field(
@@ -380,6 +400,12 @@ class HeadersConfig:
         False, doc="unnamed backends appear as host:port instead of an opaque label"
     )
     request_id: str = "X-Request-ID"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        (),
+        parse=_networks,
+        doc="peers whose X-Forwarded-*, X-Real-IP and Forwarded headers are kept; from anyone "
+        "else they are replaced",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

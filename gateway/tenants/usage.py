@@ -10,9 +10,9 @@ estimate plus one token per content event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from gateway.jsonscan import load_json_bounded
 from gateway.llm_stream import AnswerReport
 
 CHARS_PER_TOKEN = 4
@@ -35,13 +35,14 @@ def prompt_tokens(payload: dict[str, Any]) -> int:
     return chars // CHARS_PER_TOKEN
 
 
+MAX_DEPTH = 32  # an inference request nests a few levels; deeper is not one to estimate
+
+
 def parse_body(body: bytes | None) -> dict[str, Any] | None:
+    """The request's JSON object, parsed within bounds (:mod:`gateway.jsonscan`), else None."""
     if not body:
         return None
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    payload = load_json_bounded(body, MAX_DEPTH)
     return payload if isinstance(payload, dict) else None
 
 

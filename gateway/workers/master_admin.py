@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.admin import auth_middleware
+from gateway.listener import GatewayAppRunner
 from gateway.server import bound_port
 
 if TYPE_CHECKING:
@@ -51,7 +52,12 @@ class MasterAdmin:
         }
         for path, handler in routes.items():
             app.router.add_get(path, handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = GatewayAppRunner(  # JSON protocol errors, no tracebacks, header deadline
+            app,
+            header_timeout_s=self.master.config.timeouts.request_header,
+            access_log=None,
+            handle_signals=False,
+        )
         await runner.setup()
         site = web.TCPSite(runner, admin.host, admin.port)
         await site.start()

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.admin import build_admin_app
 from gateway.config import GatewayConfig
+from gateway.listener import GatewayAppRunner
 from gateway.process import run_loop, settle_heap, setup_logging
 from gateway.server import Gateway, bound_port, make_listen_socket
 
@@ -35,7 +36,12 @@ async def serve_worker(args: argparse.Namespace, config: GatewayConfig) -> None:
     gateway = Gateway(config, args.config, public_socket=sock, serve_admin=False)
     await gateway.start()
     app = build_admin_app(gateway.runtime, os.environ.get(WORKER_TOKEN_ENV) or None)
-    admin = web.AppRunner(app, access_log=None, handle_signals=False)
+    admin = GatewayAppRunner(
+        app,
+        header_timeout_s=config.timeouts.request_header,
+        access_log=None,
+        handle_signals=False,
+    )
     await admin.setup()
     site = web.TCPSite(admin, "127.0.0.1", 0)
     await site.start()

@@ -230,3 +230,23 @@ def test_slo_and_tracing_sections_are_validated_with_their_paths() -> None:
     )
     assert (config.slo.ttft, config.slo.tpot) == (1.0, 0.0)
     assert config.tracing.otlp.headers == {"x-key": "k"}
+
+
+@pytest.mark.parametrize("token", ['""', "'   '"])
+def test_an_empty_admin_token_is_an_error_not_auth_turned_off(token: str) -> None:
+    found = "\n".join(problems(f"backends: [{{url: 'http://a:1'}}]\nadmin: {{token: {token}}}"))
+    assert "admin.token must not be empty" in found
+
+
+def test_trusted_proxies_are_networks() -> None:
+    config = parse_config(
+        "backends: [{url: 'http://a:1'}]\nheaders: {trusted_proxies: [10.0.0.0/8, '::1']}"
+    )
+    assert [str(n) for n in config.headers.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    found = "\n".join(problems("backends: [{url: 'http://a:1'}]\nheaders: {trusted_proxies: [x]}"))
+    assert "headers.trusted_proxies" in found
+
+
+def test_body_deadlines_default_to_a_few_seconds_between_bytes_bounded_in_total() -> None:
+    timeouts = parse_config("backends: [{url: 'http://a:1'}]").timeouts
+    assert (timeouts.request_body_idle, timeouts.request_body) == (5.0, 30.0)

@@ -459,3 +459,93 @@ async def test_a_header_value_with_a_line_break_is_refused() -> None:
         assert await read_all(response) == b"ok"
         response.release()
         assert server.requests and b"Injected" not in server.requests[0]
+
+
+async def test_a_chunked_body_on_a_bodiless_method_goes_out_with_a_length() -> None:
+    received: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_head(reader))
+        received.append(await reader.readexactly(5))
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"hel"
+        yield b"lo"
+
+    async with scripted(script) as server, client() as upstream:
+        response = await get(upstream, server.url, "GET", body())
+        assert await read_all(response) == b"ok"
+        response.release()
+    head = received[0].lower()
+    assert b"content-length: 5" in head and b"transfer-encoding" not in head
+    assert received[1] == b"hello"
+
+
+@pytest.mark.parametrize("status", [400, 408, 413, 431])
+async def test_an_answer_that_rejects_the_request_framing_is_never_reused(status: int) -> None:
+    rejected = b"HTTP/1.1 %d No\r\nContent-Length: 2\r\n\r\nno" % status
+
+    def first_rejects(server: Scripted) -> Script:
+        return answering(rejected if server.accepted == 1 else OK)(server)
+
+    async with serving(first_rejects) as server, client() as upstream:
+        response = await get(upstream, server.url)
+        assert (response.status, await read_all(response)) == (status, b"no")
+        response.release()
+        assert len(upstream._pool(server.url).idle) == 0
+        response = await get(upstream, server.url)
+        assert response.status == 200
+        response.release()
+        assert server.accepted == 2  # a fresh connection, not the one in doubt
+
+
+async def test_time_waiting_for_the_client_body_is_not_the_upstreams() -> None:
+    """A body that outlasts the head deadline: the deadline runs from the end of the body."""
+    client_sent = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await reader.readexactly(len(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"))
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        await client_sent.wait()  # the client takes its time, past the 0.2 s head deadline
+        yield b"def"
+
+    async def release_after_the_deadline() -> None:
+        await asyncio.sleep(0.5)  # the client's pace is what is under test
+        client_sent.set()
+
+    async with scripted(script) as server, client() as upstream:
+        pacing = asyncio.create_task(release_after_the_deadline())
+        response = await upstream.request(
+            "POST", server.url, "/", CIMultiDict(), slow_body(), None, 1.0, 0.2
+        )
+        await pacing
+        assert (response.status, await read_all(response)) == (200, b"ok")
+        response.release()
+
+
+async def test_a_backend_that_stops_reading_the_body_still_times_out() -> None:
+    done = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await done.wait()  # never reads the body nor answers: back-pressure stalls the writer
+
+    async def big_body() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b"x" * 65536
+
+    async with scripted(script) as server, client() as upstream:
+        with pytest.raises(UpstreamTimeout):
+            await upstream.request(
+                "POST", server.url, "/", CIMultiDict(), big_body(), None, 1.0, 0.3
+            )
+        done.set()
