@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import error_response
 from gateway.health.transition import CircuitState
+from gateway.pending_queue import FairQueue
 from gateway.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -78,6 +79,19 @@ async def _cache(request: web.Request) -> web.Response:
     return web.json_response(request.app[RUNTIME].cache.snapshot())
 
 
+async def _tenants(request: web.Request) -> web.Response:
+    """Tenants' limits, what is left of them, and what each has queued."""
+    runtime = request.app[RUNTIME]
+    snapshot = runtime.tenant_gate.snapshot(runtime.clock())
+    queued: dict[str, int] = {}
+    for queue in runtime.capacity.group_queues().values():
+        if isinstance(queue, FairQueue):
+            for tenant, count in queue.queued_by_tenant().items():
+                queued[tenant] = queued.get(tenant, 0) + count
+    snapshot["queued"] = queued
+    return web.json_response(snapshot)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -117,6 +131,7 @@ def build_admin_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/backends", _backends)
     app.router.add_get("/admin/cache", _cache)
+    app.router.add_get("/admin/tenants", _tenants)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     return app

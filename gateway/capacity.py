@@ -14,9 +14,9 @@ Two rules keep the queue honest:
   then and there (:meth:`Capacity.release` returns the grants), so no newcomer can take it in
   between and the woken request never has to wait again.
 
-The queue's order is :class:`PendingQueue`'s alone (FIFO by default); a priority- and
-tenant-aware queue with the same methods drops in. The I/O layer (the handler's futures, the
-simulator's events) only delivers the grants.
+The queue's order is :class:`PendingQueue`'s alone (FIFO by default); the gateway uses
+:class:`gateway.pending_queue.FairQueue`, by priority class and fair across tenants. The
+I/O layer (the handler's futures, the simulator's events) only delivers the grants.
 """
 
 from __future__ import annotations
@@ -204,22 +204,29 @@ class Capacity(Generic[T]):
         """What a shed request's ``Retry-After`` says: about one queue deadline."""
         return max(1.0, self.settings.queue_timeout_s)
 
+    def group_queues(self) -> dict[str, PendingQueue[T]]:
+        """Each group's queue, to read (``/admin/tenants``)."""
+        return dict(self._queues)
+
     def queued(self, group: str) -> int:
         queue = self._queues.get(group)
         return len(queue) if queue is not None else 0
 
     def _enqueue(self, ticket: Ticket[T], now: float) -> Failure | None:
         s = self.settings
-        if s.queue_timeout_s <= 0 or self.pending >= s.max_pending:
+        if s.queue_timeout_s <= 0:
             return self._shed(Failure.OVERLOADED)
+        full = self.pending >= s.max_pending  # a priority queue may still displace a ticket
         if now >= ticket.deadline:  # a retry that finds no room after its request's deadline
             return self._shed(Failure.QUEUE_TIMEOUT)
-            return self._shed(Failure.OVERLOADED)
         queue = self._queues.get(ticket.group)
         if queue is None:
             queue = self._queues[ticket.group] = self._queue_factory(s.max_pending)
         displaced = queue.push(ticket, now)
         if displaced is ticket:
+            return self._shed(Failure.OVERLOADED)
+        if full and displaced is None:  # over the bound across groups, and nothing made room
+            queue.remove(ticket)
             return self._shed(Failure.OVERLOADED)
         ticket.queued = True
         self.pending += 1

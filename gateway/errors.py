@@ -15,8 +15,15 @@ GATEWAY_ERROR_HEADER = "X-Tailgate-Error"
 SHED_HEADER = "X-Tailgate-Shed"
 
 
-def error_body(kind: str, message: str, request_id: str | None = None) -> bytes:
-    error: dict[str, str] = {"type": kind, "message": message}
+def error_body(
+    kind: str, message: str, request_id: str | None = None, code: str | None = None
+) -> bytes:
+    """``code`` adds OpenAI's ``code`` and ``param`` fields (``invalid_api_key``,
+    ``rate_limit_exceeded``), which the OpenAI SDKs map to their typed errors."""
+    error: dict[str, str | None] = {"type": kind, "message": message}
+    if code is not None:
+        error["code"] = code
+        error["param"] = None
     if request_id:
         error["request_id"] = request_id
     return json.dumps({"error": error}).encode()
@@ -28,14 +35,15 @@ def error_response(
     message: str,
     request_id: str | None = None,
     headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> web.Response:
     """A JSON error answered by the gateway (``X-Tailgate-Error`` tells it from an upstream's)."""
-    all_headers = {GATEWAY_ERROR_HEADER: kind}
+    all_headers = {GATEWAY_ERROR_HEADER: code or kind}
     if headers:
         all_headers.update(headers)
     return web.Response(
         status=status,
-        body=error_body(kind, message, request_id),
+        body=error_body(kind, message, request_id, code),
         content_type="application/json",
         headers=all_headers,
     )

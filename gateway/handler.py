@@ -32,11 +32,13 @@ from gateway.failures import Failure, consequence
 from gateway.framing import local_answer
 from gateway.headers import header_bytes, request_id_from
 from gateway.listener import UNSUPPORTED_VERSION
-from gateway.llm_stream import AnswerObserver
+from gateway.llm_stream import AnswerObserver, AnswerReport
+from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_info import NO_INFO, RequestInfo
 from gateway.routing import find_model
 from gateway.runtime import Runtime
+from gateway.tenants import Admitted, Refusal
 from gateway.token_metrics import record_answer
 from gateway.tracing import RequestTrace, TrySpan
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -74,6 +76,8 @@ class RequestContext:
     model: str | None = None  # the request body's "model", when it was read
     model_undecided: str | None = None  # why routing could not read the body's model
     cache: Lookup | None = None  # None: the cache is off for this request's route
+    admitted: Admitted | None = None  # tenants: tenant, class, token charge
+    answer: AnswerReport | None = None  # what the relayed answer showed (tokens)
 
     @property
     def route_name(self) -> str:
@@ -144,10 +148,31 @@ class ProxyHandler:
                 return error_response(400, "bad_request", "request body nests too deep", rid)
         ctx.model = model  # tokens: the answer's model when the backend names none
         info = RequestInfo(model=model) if model is not None else NO_INFO
+        # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
+        gate = rt.tenant_gate
+        admitted = await gate.admit(request.headers, body.buffered, rt.clock())
+        if isinstance(admitted, Refusal):
+            return error_response(
+                admitted.status,
+                admitted.kind,
+                admitted.message,
+                rid,
+                admitted.headers,
+                admitted.code,
+            )
+        ctx.admitted = admitted
+        # -- end tenants ---------------------------------------------------------------------
         ctx.exchange = exchange = open_exchange(
             rt, request.method, request.path, request.headers, info, rt.clock()
         )
+        ticket = exchange.ticket  # tenants: what the fair pending queue orders by
+        ticket.tenant, ticket.priority = admitted.tenant.name, admitted.priority
+        ticket.cost = admitted.cost
         try:
+            if admitted.priority is Priority.SHEDDABLE and self._backends_report_pressure(
+                exchange.group
+            ):
+                raise Shed(Failure.OVERLOADED)
             async with asyncio.timeout(config.timeouts.total):
                 # cache hook (1 of 2): one lookup before forwarding; a hit is replayed
                 ctx.cache = await rt.cache.lookup(
@@ -156,6 +181,7 @@ class ProxyHandler:
                     request.raw_path,
                     request.headers,
                     body.buffered,
+                    admitted.tenant.name,
                     config.timeouts.total,
                 )
                 if ctx.cache is not None and ctx.cache.entry is not None:
@@ -170,6 +196,7 @@ class ProxyHandler:
             return _failure_response(Failure.ROUTE_TIMEOUT, rid)
         except Shed as shed:
             rt.metrics.shed.labels(exchange.route.name, shed.failure.value).inc()
+            rt.metrics.shed_by_priority.labels(admitted.priority.label, shed.failure.value).inc()
             message = consequence(shed.failure).message
             if shed.failure is Failure.NO_BACKEND:
                 message = f"no healthy backend available for group {exchange.group!r}"
@@ -179,6 +206,18 @@ class ProxyHandler:
         finally:
             if ctx.cache is not None:
                 ctx.cache.close()  # followers still waiting on this request go on alone
+            # tenants: correct the token charge from the answer's usage
+            await gate.settle(admitted, ctx.response_started, ctx.answer, rt.clock())
+
+    def _backends_report_pressure(self, group: str) -> bool:
+        """Tenants: does every candidate report more queued than a sheddable request may meet
+        (``admission.sheddable_queue_depth``)?"""
+        threshold = self.runtime.config.admission.sheddable_queue_depth
+        if threshold <= 0:
+            return False
+        now = self.runtime.clock()
+        candidates, _ = self.runtime.fleet.candidates(group, now)
+        return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         exchange = ctx.exchange
@@ -214,6 +253,13 @@ class ProxyHandler:
             endpoint.url,
             config.headers.trusted_proxies,
         )
+        # tenants: the client's key stays here unless configured; a backend's own key replaces it
+        auth = rt.tenant_gate.upstream_authorization(
+            request.headers.get("Authorization"), endpoint.name
+        )
+        headers.popall("Authorization", None)
+        if auth is not None:
+            headers["Authorization"] = auth
         with (
             exchange.start_try(endpoint) as att,
             _try_span(ctx.trace, endpoint.name, exchange.tries, att) as span,  # tracing
@@ -346,7 +392,7 @@ class ProxyHandler:
             upstream.close()
         finally:
             if observer is not None:  # tokens: what the relayed answer showed
-                report = observer.finish(self.runtime.clock())
+                report = ctx.answer = observer.finish(self.runtime.clock())  # (and tenants)
                 broken = att.failure is not None  # the upstream broke off mid-answer
                 record_answer(self.runtime.metrics, endpoint.name, report, config.slo, broken)
         return response

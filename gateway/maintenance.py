@@ -3,7 +3,9 @@
 * every ``outlier_detection.interval``: the outlier detector's sweep (success-rate ejection,
   ejection-multiplier decay), per group;
 * every 250 ms: each group policy's fleet reference (medians), so a P2C pick stays O(1);
-* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state).
+* every second: per-backend gauges (in-flight, queue depth, latency, score, circuit state)
+  and per-tenant rate-limit gauges;
+* every ``admission.api_keys.reload_interval``: the API keys file, reread if it changed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ class Maintenance:
                 self._every(lambda: self.runtime.config.outlier_detection.interval, self._sweep),
                 name="outlier-sweep",
             ),
+            asyncio.create_task(
+                self._every(
+                    lambda: self.runtime.config.admission.api_keys.reload_interval,
+                    self._reload_keys,
+                ),
+                name="api-keys-reload",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -86,6 +95,12 @@ class Maintenance:
 
     def _publish(self) -> None:
         publish_gauges(self.runtime)
+        self.runtime.tenant_gate.publish(self.runtime.clock())
+
+    def _reload_keys(self) -> None:
+        keys_file = self.runtime.tenant_gate.keys_file
+        if keys_file is not None:
+            keys_file.reload_if_changed()
 
     def _sweep(self) -> None:
         rt = self.runtime

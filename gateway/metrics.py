@@ -221,6 +221,46 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.tenant_requests = Counter(
+            "tailgate_tenant_requests",
+            "Requests answered after admission, by tenant and priority class.",
+            ["tenant", "priority"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "tailgate_tenant_tokens",
+            "Tokens (prompt + completion) used per tenant: the response's usage, else the "
+            "admission estimate.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_refused = Counter(
+            "tailgate_tenant_refused_requests",
+            "Requests refused by tenant admission: unauthorized (401), "
+            "tokens_per_minute / requests_per_minute (429).",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.tenant_limit = Gauge(
+            "tailgate_tenant_rate_limit",
+            "Each configured tenant's limit per minute (0 = none), by kind: tokens or requests.",
+            ["tenant", "kind"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.tenant_limit_left = Gauge(
+            "tailgate_tenant_rate_limit_left",
+            "What this replica's bucket holds for each limited tenant, by kind.",
+            ["tenant", "kind"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.shed_by_priority = Counter(
+            "tailgate_shed_by_priority",
+            "Requests refused for capacity (queue full, displaced, timed out), by class.",
+            ["priority", "reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "tailgate_config_reloads",
             "Config reloads, by result (success or failure).",

@@ -37,9 +37,11 @@ from gateway.health.settings import ActiveCheckSettings, BreakerSettings, Outlie
 from gateway.health.transition import CheckState, CircuitState, Transition
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
+from gateway.pending_queue import FairQueue, FairShare
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
 from gateway.selection import select_endpoint
+from gateway.tenants import TenantGate
 from gateway.tracing import Tracer, build_tracer
 from gateway.upstream import UpstreamClient
 
@@ -143,6 +145,8 @@ class Runtime:
         self.session: aiohttp.ClientSession | None = None  # health checks and scrapes
         self.upstream: UpstreamClient | None = None  # the forwarding path
         self.fleet = Fleet(self._make_endpoint, config.outlier_detection.panic_threshold)
+        self.fair_share = FairShare()  # every group queue's weights and sheddable limit
+        self.tenant_gate = TenantGate(config, self.metrics)
         self._install(config)
         if config.backends:
             self.fleet.apply(backend_specs(config), self.clock())
@@ -172,13 +176,19 @@ class Runtime:
             queue_timeout_s=config.limits.queue_timeout,
         )
         if getattr(self, "capacity", None) is None:
-            self.capacity = Capacity(capacity, self._pick)
+            self.capacity = Capacity(
+                capacity, self._pick, lambda limit: FairQueue(limit, self.fair_share)
+            )
         else:  # keep the requests already queued
             self.capacity.settings = capacity
         if getattr(self, "cache", None) is None:
             self.cache = ResponseCache(config.cache, self.metrics, self.clock)
         else:  # keep the answers that still fit
             self.cache.apply(config.cache)
+        self.tenant_gate.install(config)  # buckets and the keys file survive a reload
+        self.fair_share.weights.clear()  # in place: the queues hold this dict
+        self.fair_share.weights.update(self.tenant_gate.directory.weights)
+        self.fair_share.sheddable_limit = config.admission.sheddable_max_pending
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
         if getattr(self, "tracing_settings", None) != config.tracing:
             self._swap_tracer(build_tracer(config.tracing, self.rng))

@@ -279,6 +279,7 @@ class Gateway:
             await self.runtime.upstream.close()
         await self.runtime.close_tracer()
         await self.runtime.cache.close()
+        await self.runtime.tenant_gate.close()
         self.stopped.set()
 
 

@@ -135,16 +135,24 @@ async def infer(request: web.Request) -> web.StreamResponse:
     error = await _serve_slot(request)
     if error is not None:
         return error
-    stream = False
+    payload: dict[str, object] = {}
     if body:
         try:
-            payload = json.loads(body)
-            stream = bool(payload.get("stream")) if isinstance(payload, dict) else False
+            parsed = json.loads(body)
+            payload = parsed if isinstance(parsed, dict) else {}
         except ValueError:
             pass
-    if not stream:
+    # OpenAI's usage: the prompt at 4 characters a token, one token per piece of text sent
+    prompt = len(str(payload.get("prompt", ""))) // 4
+    if not payload.get("stream"):
+        usage = {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}
         return web.json_response(
-            {"backend": state.name, "object": "text_completion", "choices": [{"text": "ok"}]},
+            {
+                "backend": state.name,
+                "object": "text_completion",
+                "choices": [{"text": "ok"}],
+                "usage": usage,
+            },
             headers=_headers(state),
         )
     response = web.StreamResponse(headers={**_headers(state), "Content-Type": "text/event-stream"})
@@ -152,6 +160,11 @@ async def infer(request: web.Request) -> web.StreamResponse:
     for i in range(3):
         chunk = {"backend": state.name, "choices": [{"index": 0, "text": f"t{i}"}]}
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        usage = {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+        final = {"backend": state.name, "choices": [], "usage": usage}
+        await response.write(f"data: {json.dumps(final)}\n\n".encode())
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite talks to for real: Prometheus (server + promtool),
-# dnsmasq (a DNS server for discovery tests), redis-server (the cache's shared store) and
-# docker-compose (to validate compose files).
+# dnsmasq (a DNS server for discovery tests), redis-server (the cache's shared store and shared
+# rate limits) and docker-compose (to validate compose files).
 # Runs apt-get only for what is missing, and only as root; otherwise says what to install.
 set -euo pipefail
 

@@ -1,7 +1,7 @@
 """The response cache as the request path sees it: one lookup before forwarding, one capture
 around relaying a successful answer.
 
-    lookup = await cache.lookup(route, method, path, headers, body, wait_s)
+    lookup = await cache.lookup(route, method, path, headers, body, tenant, wait_s)
     lookup is None          -> the cache is off for this route
     lookup.entry            -> a hit: replay it, forward nothing
     otherwise               -> forward; relay through lookup.capture(...); lookup.close() at
@@ -25,7 +25,6 @@ from gateway.cache.entry import CachedResponse
 from gateway.cache.key import CacheKey, cache_key, is_deterministic, json_object
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import MemoryStore, StoreLimits
-from gateway.cache.tenant import tenant_of
 from gateway.config.model import CacheConfig
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Route
@@ -95,13 +94,16 @@ class ResponseCache:
         path: str,
         headers: Mapping[str, str],
         body: bytes | None,
+        tenant: str,
         wait_s: float,
     ) -> Lookup | None:
-        """None when the cache is off for ``route``; ``wait_s`` bounds the wait for an
-        identical request's answer (the route's timeout)."""
+        """None when the cache is off for ``route``; ``tenant`` is who the request is for (see
+        ``gateway.tenants``: one tenant never gets another's answer unless the cache is
+        shared); ``wait_s`` bounds the wait for an identical request's answer (the route's
+        timeout)."""
         if not self.enabled_for(route):
             return None
-        lookup = await self._lookup(route, method, path, headers, body, wait_s)
+        lookup = await self._lookup(route, method, path, headers, body, tenant, wait_s)
         self._metrics.cache_requests_for(route.name, lookup.verdict).inc()
         return lookup
 
@@ -112,14 +114,15 @@ class ResponseCache:
         path: str,
         headers: Mapping[str, str],
         body: bytes | None,
+        tenant: str,
         wait_s: float,
     ) -> Lookup:
         directives = _cache_control(headers)
         payload = json_object(body) if method == "POST" and body else None
         if "no-store" in directives or payload is None or not is_deterministic(payload):
             return Lookup("bypass")
-        tenant = None if self.settings.shared else tenant_of(headers)
-        key = cache_key(route.name, path, tenant, payload)
+        key_tenant = None if self.settings.shared else tenant
+        key = cache_key(route.name, path, key_tenant, payload)
         if "no-cache" in directives:  # a fresh answer, which then refreshes the entry
             return Lookup("bypass", key=key, cache=self)
         entry = self.memory.get(key.digest, self._clock())

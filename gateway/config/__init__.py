@@ -184,6 +184,7 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
     queue = config.balancer.queue_depth
     if queue.fresh > queue.stale:
         problems.append(Problem("balancer.queue_depth.fresh", "must not exceed queue_depth.stale"))
+    problems.extend(_tenant_checks(config))
     if config.retries.backoff_base > config.retries.backoff_max:
         problems.append(Problem("retries.backoff_base", "exceeds retries.backoff_max"))
     if config.tracing.otlp.endpoint is not None and not _otel_installed():
@@ -193,6 +194,29 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
                 "OTLP export needs the OpenTelemetry SDK: pip install 'tailgate[otel]'",
             )
         )
+    return problems
+
+
+def _tenant_checks(config: GatewayConfig) -> list[Problem]:
+    """A tenant named twice, or one key hash given to two tenants, is ambiguous."""
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    owners: dict[str, int] = {}
+    for i, tenant in enumerate(config.admission.tenants):
+        if tenant.name in names:
+            first = names[tenant.name]
+            problems.append(
+                Problem(f"admission.tenants[{i}].name", f"already used by tenants[{first}]")
+            )
+        names.setdefault(tenant.name, i)
+        for digest in tenant.api_keys:
+            if owners.setdefault(digest, i) != i:
+                problems.append(
+                    Problem(
+                        f"admission.tenants[{i}].api_keys",
+                        f"a key hash is also given to tenants[{owners[digest]}]",
+                    )
+                )
     return problems
 
 

@@ -82,6 +82,9 @@ class BackendConfig:
     name: str | None = None
     weight: float = field(1.0, check=positive)
     group: str = "default"
+    api_key: str | None = field(
+        None, doc="sent upstream as 'Authorization: Bearer <api_key>' in place of the client's"
+    )
 
     @property
     def display_name(self) -> str:
@@ -182,6 +185,73 @@ class LimitsConfig:
     max_pending: int = field(1024, check=non_negative)
     queue_timeout: float = _duration(1.0, non_negative)
     max_connections_per_backend: int = field(256, check=positive)
+
+
+PriorityName = Literal["critical", "standard", "sheddable"]
+
+
+def _sha256_hashes(value: object) -> tuple[str, ...]:
+    """API keys as the hex SHA-256 of the key (``printf %s KEY | sha256sum``): never the key."""
+    if not isinstance(value, list):
+        raise ValueError("expected a list of hex SHA-256 hashes")
+    out = []
+    for item in value:
+        text = str(item).strip().lower()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"{item!r} is not a hex SHA-256 hash (64 hex digits)")
+        out.append(text)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitConfig:
+    """Per-tenant rates, each a token bucket that holds one minute's worth (0 = no limit)."""
+
+    tokens_per_minute: int = field(0, check=non_negative, doc="prompt + completion tokens")
+    requests_per_minute: int = field(0, check=non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantConfig:
+    name: str = field()
+    api_keys: tuple[str, ...] = field((), parse=_sha256_hashes, doc="hex SHA-256 of each key")
+    priority: PriorityName = "standard"  # when the request has no priority header
+    weight: float = field(1.0, check=positive, doc="share of capacity against other tenants")
+    limits: RateLimitConfig | None = None  # None: admission.default_limits
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKeysConfig:
+    enabled: bool = field(False, doc="tenants by 'Authorization: Bearer'; an unknown key -> 401")
+    file: str | None = field(None, doc="YAML {tenant: [sha256, ...]}, reloaded when it changes")
+    reload_interval: float = _duration(2.0, positive)
+    forward_client_key: bool = field(False, doc="pass the client's key on to backends")
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedLimitsConfig:
+    redis_url: str | None = field(None, doc="one limit across replicas; unset = per replica")
+    timeout: float = _duration(0.05, positive, "a slower Redis falls back to per-replica limits")
+    retry_after: float = _duration(5.0, positive, "how long to stay on per-replica after a failure")
+    key_prefix: str = "tailgate:limits:"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionConfig:
+    """Tenants, priority classes, fair queueing and rate limits (README: Admission and tenants)."""
+
+    tenant_header: str = "X-Tenant"
+    priority_header: str = "X-Priority"
+    api_keys: ApiKeysConfig = dataclasses.field(default_factory=ApiKeysConfig)
+    tenants: tuple[TenantConfig, ...] = ()
+    default_limits: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
+    sheddable_max_pending: int = field(
+        0, check=non_negative, doc="sheddable requests may wait only while fewer are pending"
+    )
+    sheddable_queue_depth: float = field(
+        0.0, check=non_negative, doc="> 0: shed sheddable when every backend reports more queued"
+    )
+    shared_limits: SharedLimitsConfig = dataclasses.field(default_factory=SharedLimitsConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,6 +503,7 @@ class GatewayConfig:
     balancer: BalancerConfig = dataclasses.field(default_factory=BalancerConfig)
     timeouts: TimeoutsConfig = dataclasses.field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
     outlier_detection: OutlierDetectionConfig = dataclasses.field(
         default_factory=OutlierDetectionConfig
     )

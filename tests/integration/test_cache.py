@@ -14,6 +14,7 @@ import pytest
 from gateway.cache.key import cache_key
 from gateway.config import parse_config
 from gateway.server import Gateway
+from gateway.tenants.identity import ANONYMOUS
 from tests.helpers import admin, base, gateway_yaml, get_json, running_gateway, wait_until
 from tests.integration.cache_backend import CountingBackend, counting_backend
 
@@ -166,7 +167,7 @@ async def test_identical_concurrent_requests_go_upstream_once() -> None:
         backend.gate.clear()
         requests = [asyncio.create_task(post(client, gw, GREEDY)) for _ in range(5)]
         await wait_until(lambda: backend.arrived == 1)
-        key = cache_key("default", COMPLETIONS, "", GREEDY).digest
+        key = cache_key("default", COMPLETIONS, ANONYMOUS, GREEDY).digest
         await wait_until(lambda: gw.runtime.cache.flights.waiters(key) == 4)
         backend.gate.set()
         answers = await asyncio.gather(*requests)
@@ -185,7 +186,7 @@ async def test_when_the_first_fails_each_waiter_goes_on_alone() -> None:
         first = asyncio.create_task(post(client, gw, GREEDY))
         await wait_until(lambda: backend.arrived == 1)
         followers = [asyncio.create_task(post(client, gw, GREEDY)) for _ in range(2)]
-        key = cache_key("default", COMPLETIONS, "", GREEDY).digest
+        key = cache_key("default", COMPLETIONS, ANONYMOUS, GREEDY).digest
         await wait_until(lambda: gw.runtime.cache.flights.waiters(key) == 2)
         backend.gate.set()
         assert (await first)[0] == 500
