@@ -25,6 +25,8 @@ def setup_logging(level: str, tag: str = "") -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: `tailgate up`'s readiness polls would flood the terminal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def settle_heap() -> None:
