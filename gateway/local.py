@@ -135,6 +135,9 @@ def run_local_stack(config: GatewayConfig, config_path: str | None, use_uvloop: 
         )
         return 2
     urls = [backend.url for backend in config.backends]
+    if not urls:
+        log.error("tailgate up starts the config's static backends: list; it has none")
+        return 2
     started = time.monotonic()
     log.info(
         "starting %d backends (tailgate-backend --preset tiny, CPU) on 127.0.0.1:%s",
