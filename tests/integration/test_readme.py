@@ -7,6 +7,7 @@ curl line of the quick start with its ports moved, through the real curl.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -146,6 +147,7 @@ async def test_quick_start_commands_work_as_written(stack: dict[str, int]) -> No
         if "/v1/completions" in command:
             assert '"choices"' in done.stdout
         if "/admin/backends" in command:
-            assert done.stdout.count('"routable": true') == BACKENDS
+            group = json.loads(done.stdout)["groups"]["default"]
+            assert len(group["backends"]) == group["routable"] == BACKENDS
         if "/metrics" in command:
             assert "tailgate_requests_total" in done.stdout

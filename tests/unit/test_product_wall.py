@@ -8,6 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _names_loadtests(value: object) -> bool:
+    return isinstance(value, str) and (value == "loadtests" or value.startswith("loadtests."))
+
+
 def _uses_of_loadtests(path: Path) -> list[str]:
     """Imports of loadtests and string constants naming it as a module (``-m loadtests.x``)."""
     found = []
@@ -16,9 +20,8 @@ def _uses_of_loadtests(path: Path) -> list[str]:
             found += [a.name for a in node.names if a.name.split(".")[0] == "loadtests"]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "loadtests":
             found.append(f"from {node.module}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if node.value == "loadtests" or node.value.startswith("loadtests."):
-                found.append(repr(node.value))
+        elif isinstance(node, ast.Constant) and _names_loadtests(node.value):
+            found.append(repr(node.value))
     return found
 
 
