@@ -1,11 +1,11 @@
 """``tailgate up``: the README's main job — local backends and the gateway in front of them.
 
-Starts ``N`` bundled torch backends (``tailgate-backend --preset tiny`` on CPU, consecutive
-ports), waits until each answers ``/ready``, then serves the gateway on the embedded default
-config with the chosen ports. The last backend gets extra latency injected so that the
-latency-aware balancing is visible in ``/admin/backends``. Ctrl-C (or SIGTERM) drains the
-gateway, then stops the backends. Only ``backend/`` servers are started: the gateway never
-runs its test tools.
+Starts ``N`` bundled torch backends (``tailgate-backend --preset tiny``, on CPU unless a GPU
+is there) on consecutive ports, waits until each answers ``/ready``, then serves the gateway on
+the embedded default config with the chosen ports. The last backend gets extra latency
+injected so that the latency-aware balancing is visible in ``/admin/backends``. Ctrl-C (or
+SIGTERM) drains the gateway, then stops the backends. Only ``backend/`` servers are started:
+the gateway never runs its test tools.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.config import (
-    BackendConfig,
-    GatewayConfig,
-)
+from gateway.config import BackendConfig, GatewayConfig
 from gateway.process import run_loop, settle_heap, setup_logging
 
 log = logging.getLogger("tailgate.up")
@@ -70,8 +67,8 @@ def local_config(
 
 
 def _backend_command(port: int, slow: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "backend.cli", "--preset", "tiny", "--device", "cpu"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "backend.cli", "--preset", "tiny", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning"]
     if slow:
         cmd += ["--fault-latency", SLOW_LATENCY]
     return cmd
@@ -140,7 +137,7 @@ def run_local_stack(config: GatewayConfig, config_path: str | None, use_uvloop: 
         return 2
     started = time.monotonic()
     log.info(
-        "starting %d backends (tailgate-backend --preset tiny, CPU) on 127.0.0.1:%s",
+        "starting %d backends (tailgate-backend --preset tiny) on 127.0.0.1:%s",
         len(urls),
         _port_range(urls),
     )
