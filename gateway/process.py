@@ -40,6 +40,8 @@ def setup_logging(level: str, tag: str = "") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("tailgate.access").propagate = True
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: `tailgate up`'s readiness polls would flood the terminal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     listener.start()
     atexit.register(listener.stop)  # flush what is queued before the process exits
 

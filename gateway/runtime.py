@@ -333,7 +333,8 @@ class Runtime:
         self.metrics.circuit_transitions.labels(name, to.value, transition.reason).inc()
         if to is CircuitState.OPEN:
             self.metrics.ejections.labels(name, transition.reason).inc()
-        log.warning(
+        log.log(
+            transition.log_level,
             "backend %s: %s -> %s (%s)",
             name,
             transition.from_state.value,

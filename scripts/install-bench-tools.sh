@@ -11,6 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "missing ${need[*]}: sudo apt-get install -y ${need[*]} (rows for them will read 'not available')" >&2
   exit 0
 fi
+echo "==> bench tools: installing ${need[*]} with apt-get"
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null >/dev/null \
   || { apt-get update -q </dev/null >/dev/null && apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null >/dev/null; }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,18 @@ class Transition:
     @property
     def recovered(self) -> bool:
         return self.from_state is CircuitState.HALF_OPEN and self.to_state is CircuitState.CLOSED
+
+    @property
+    def log_level(self) -> int:
+        """How loudly to log this move: WARNING only when a backend loses traffic.
+
+        Opening a circuit or failing probes takes capacity away, which an operator must see; a
+        first probe passing (every healthy start), a half-open trial and a recovery are news
+        at INFO, so a healthy start logs nothing at WARNING.
+        """
+        if self.to_state in (CircuitState.OPEN, CheckState.UNHEALTHY):
+            return logging.WARNING
+        return logging.INFO
 
 
 TransitionListener = Callable[[Transition], None]

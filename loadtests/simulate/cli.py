@@ -1,4 +1,4 @@
-"""Command line: ``python -m loadtests.simulate run|bench`` (``tailgate simulate`` wires here).
+"""Command line: ``python -m loadtests.simulate run|reality|bench`` (``make simulate`` runs bench).
 
     python -m loadtests.simulate run --scenario slow_pod --backends 100 --replicas 8
     python -m loadtests.simulate run --config gateway.yaml --policy weighted_score:best
@@ -33,7 +33,7 @@ def _policy(text: str) -> PolicyChoice:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tailgate simulate",
+        prog="python -m loadtests.simulate",
         description="Simulate G gateway replicas and M backends on virtual time, running "
         "tailgate's own balancing, signal and health code.",
     )
