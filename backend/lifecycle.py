@@ -18,7 +18,7 @@ import threading
 import torch
 from aiohttp import web
 
-from backend import tp
+from backend import ranks, sharding
 from backend.config import BackendConfig, ConfigError
 from backend.engine import Engine
 from backend.metrics import BackendMetrics
@@ -73,19 +73,19 @@ class Lifecycle:
         cfg = self.config
         model_config = load_config(ModelSource(preset=cfg.preset, path=cfg.model_dir))
         try:
-            tp.check_divisible(model_config, cfg.tp)
+            sharding.check_divisible(model_config, cfg.tp)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         if cfg.device == "cuda" and cfg.tp > torch.cuda.device_count():
             raise ConfigError(
                 f"--tp {cfg.tp} needs {cfg.tp} GPUs; {torch.cuda.device_count()} visible"
             )
-        rank0 = tp.Rank(0, cfg.tp, tp.device_for(0, cfg.device))
+        rank0 = ranks.Rank(0, cfg.tp, ranks.device_for(0, cfg.device))
         store = (
-            tp.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None
+            ranks.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None
         )
         spec = runner_spec(cfg, store.port if store else 0)
-        workers = tp.Workers.launch(cfg.tp, worker_main, (spec,))
+        workers = ranks.Workers.launch(cfg.tp, worker_main, (spec,))
         workers.watch(self.fatal)
         engine = Engine(
             lambda: ModelRunner.start(spec, store),
@@ -144,7 +144,7 @@ class Lifecycle:
             flush=True,
         )
 
-    async def _shutdown(self, http: web.AppRunner, engine: Engine, workers: tp.Workers) -> None:
+    async def _shutdown(self, http: web.AppRunner, engine: Engine, workers: ranks.Workers) -> None:
         timeout_s = self.config.shutdown_timeout_s
         self.state.ready = False
         log.info("tailgate-backend shutting down")
