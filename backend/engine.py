@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from backend.kv_blocks import NULL_BLOCK, BlockChain, BlockManager, blocks_for
+from backend.metrics import CacheStats
 from backend.model import ModelConfig, Step
 from backend.sampling import SamplingParams, sample
 
@@ -99,12 +100,9 @@ class StepRecord:
     tokens: int = 0
 
 
-@dataclass(frozen=True)
-class CacheSettings:
-    """The paged KV cache and the per-step token budget of chunked prefill."""
-
-    block_size: int = 16
-    max_num_batched_tokens: int = 512  # decode rows + prompt-chunk tokens per iteration
+# Tokens per scheduling round (decode rows + prompt chunk): large enough that a chunk keeps the
+# GPU compute-bound, small enough that running streams wait one short pass per token.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 
 
 class Engine:
@@ -119,7 +117,7 @@ class Engine:
         observer: Callable[[StepRecord], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
-        max_num_batched_tokens: int = CacheSettings.max_num_batched_tokens,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
     ) -> None:
         self._runner_factory = runner_factory
         self.max_batch_size = max_batch_size
@@ -155,6 +153,19 @@ class Engine:
         """Waiting plus running: what ``X-Queue-Depth`` reports."""
         return self.waiting_count + self.running_count
 
+    def cache_stats(self) -> CacheStats | None:
+        """The KV cache's shape, use and prefix hits; None until the model is loaded."""
+        blocks = self.blocks
+        if blocks is None:
+            return None
+        return CacheStats(
+            blocks.block_size,
+            blocks.num_blocks,
+            blocks.usage,
+            blocks.query_tokens,
+            blocks.hit_tokens,
+        )
+
     def start(self) -> None:
         self._thread.start()
 
@@ -168,7 +179,7 @@ class Engine:
             self._cv.notify()
 
     def cancel(self, request: Request) -> None:
-        """Forget a request whose client left; a running one frees its blocks before the next step."""
+        """Forget a request whose client left; a running one frees its blocks next round."""
         with self._cv:
             request.cancelled = True
             if request in self._waiting:
@@ -260,15 +271,16 @@ class Engine:
                 request.computed = chain.cached_tokens
                 self._running[request.id] = request
 
-    def _slot(self, request: Request, position: int) -> int:
+    @staticmethod
+    def _slot(request: Request, position: int, size: int) -> int:
+        """Flat cache index of ``position`` in ``request``'s blocks of ``size`` positions."""
         assert request.chain is not None
-        size = self.blocks.block_size if self.blocks else 1
         return request.chain.blocks[position // size] * size + position % size
 
     def _step(
         self, runner: Runner, rows: list[Request], starts: list[int], length: int, last_only: bool
     ) -> Step:
-        """Inputs of ``length`` tokens per row from position ``starts[i]``, as one host->device copy."""
+        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy."""
         size = runner.block_size
         width = max(blocks_for(start + length, size) for start in starts)
         tokens, positions, slots, table = [], [], [], []
@@ -278,7 +290,7 @@ class Engine:
             span = range(start, start + length)
             tokens += [seq[p] for p in span]
             positions += span
-            slots += [self._slot(request, p) for p in span]
+            slots += [self._slot(request, p, size) for p in span]
             held = request.chain.blocks[: blocks_for(start + length, size)]
             table += held + [NULL_BLOCK] * (width - len(held))
         n, b = len(tokens), len(rows)

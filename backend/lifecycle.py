@@ -38,9 +38,11 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         dtype=config.dtype,
         max_batch_size=config.max_batch_size,
         max_model_len=config.max_model_len,
+        num_blocks=config.num_kv_blocks,
+        block_size=config.block_size,
         store_port=store_port,
         timeout_s=config.collective_timeout_s,
-        cuda_graphs=config.cuda_graphs,
+        cuda_graphs=config.use_cuda_graphs,
     )
 
 
@@ -82,7 +84,9 @@ class Lifecycle:
             )
         rank0 = ranks.Rank(0, cfg.tp, ranks.device_for(0, cfg.device))
         store = (
-            ranks.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None
+            ranks.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s)
+            if cfg.tp > 1
+            else None
         )
         spec = runner_spec(cfg, store.port if store else 0)
         workers = ranks.Workers.launch(cfg.tp, worker_main, (spec,))
@@ -94,6 +98,7 @@ class Lifecycle:
             max_queue=cfg.max_queue,
             rng=random.Random(cfg.seed),
             heartbeat_s=cfg.heartbeat_s,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
             on_fatal=self.fatal,
             on_ready=lambda: self._loop.call_soon_threadsafe(self._mark_ready),
         )
@@ -107,6 +112,8 @@ class Lifecycle:
                 lambda: engine.waiting_count,
                 lambda: engine.running_count,
                 gpus=cfg.tp if cfg.device == "cuda" else 0,
+                cache=engine.cache_stats,
+                model_name=cfg.model_name,
             ),
             vocab_size=model_config.vocab_size,
             rng=random.Random(cfg.seed),

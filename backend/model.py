@@ -151,7 +151,9 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
     return torch.where(mid, blended, scaled).float()
 
 
-def rope_tables(config: ModelConfig, max_seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def rope_tables(
+    config: ModelConfig, max_seq_len: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """``cos`` and signed ``sin`` of every position, ``[max_seq_len, head_dim]`` (float32).
 
     The sine's first half is negated so that rotating is ``x * cos + roll(x) * sin``: the
@@ -186,8 +188,8 @@ class PagedKVCache(nn.Module):
         self.v.index_copy_(0, step.write_slots, v.reshape(-1, heads, hd))
 
     def read(self, step: Step) -> tuple[Tensor, Tensor]:
-        """Each row's blocks as ``[batch, kv_heads, width * block_size, head_dim]`` views."""
-        batch, width = step.block_table.shape
+        """Each row's blocks, gathered: ``[batch, kv_heads, width * block_size, head_dim]``."""
+        batch = step.block_table.shape[0]
         heads, hd = self.k.shape[1:]
         blocks = (-1, self.block_size, heads, hd)
         keys = self.k.view(blocks)[step.block_table].view(batch, -1, heads, hd)
@@ -196,7 +198,7 @@ class PagedKVCache(nn.Module):
 
 
 def attention_mask(step: Step, group: int, block_size: int) -> Tensor:
-    """``[batch, 1, seq * group, span]``: query row (token, head in group) sees keys <= its position.
+    """``[batch, 1, seq * group, span]``: a query row sees the keys up to its own position.
 
     Attention folds each group of query heads sharing a KV head into the query length, so the
     positions repeat ``group`` times per token.

@@ -104,9 +104,7 @@ class Shard:
             self.graphs.release()
 
 
-def build_shard(
-    spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Store | None
-) -> Shard:
+def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Store | None) -> Shard:
     """Join the group, load this rank's weights, allocate its KV cache, capture its graphs."""
     _limit_cpu_threads(spec)
     _pick_attention_kernels(spec)
@@ -135,6 +133,7 @@ class ModelRunner:
         self.rank = rank
         self.num_blocks = spec.cache_blocks
         self.block_size = spec.block_size
+        self.max_width = spec.max_width
         self.channel = ranks.StepChannel(rank)
         self.use_graphs = shard.graphs is not None
         self._closed = False

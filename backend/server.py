@@ -175,7 +175,7 @@ async def _deltas(state: BackendState, gen: Generation) -> AsyncIterator[str]:
             return
         now = time.monotonic()
         if gen.completion_tokens == 0:
-            state.metrics.ttft_s.observe(now - gen.submitted_s)
+            state.metrics.first_token(now - gen.submitted_s)
         gen.completion_tokens += 1
         state.metrics.generated_tokens.inc()
         assert event.token_id is not None

@@ -1,7 +1,7 @@
 """Which way of mixing captured NCCL collectives with eager control broadcasts survives TP > 1.
 
-``python3 -m backend.tools.graph_probe`` (needs two GPUs) runs a toy tensor-parallel model shaped like
-the backend's decode step (row-parallel all-reduces, an all-gathered head) through the same
+``python3 -m backend.tools.graph_probe`` (needs two GPUs) runs a toy tensor-parallel model shaped
+like the backend's decode step (row-parallel all-reduces, an all-gathered head) through the same
 protocol as :mod:`backend.runner`: rank 0 broadcasts a header and the inputs, the ranks write
 them into static buffers and replay a CUDA graph of the bucket rank 0 named, interleaved with
 heartbeats and with an eager pass of the same step (compared to the replay). Then the ranks
