@@ -1,9 +1,11 @@
 """GPU benchmark of the backend's model path: decode speed against the memory-bandwidth floor.
 
-``python -m backend.bench`` measures HBM bandwidth with a large device-to-device copy, then runs
-each (preset, tp) case in a fresh process (so GPU memory and process groups never carry over)
-and prints a markdown table. Each case drives the real :class:`~backend.runner.ModelRunner`
-(rank 0 here, ranks 1..N-1 spawned as in serving) and samples greedily as the engine does.
+``python -m backend.tools.bench`` (alias ``python -m backend.bench``) measures HBM bandwidth
+with a large device-to-device copy, then runs each (preset, tp, max-model-len) case in a fresh
+process (so GPU memory and process groups never carry over) and prints a markdown table. Each
+case drives the real :class:`~backend.runner.ModelRunner` (rank 0 here, ranks 1..N-1 spawned
+as in serving) and samples greedily as the engine does; ``--scenarios`` presets are also timed
+through the engine (:mod:`backend.tools.scenarios`).
 
 A decode step must at least stream this rank's weights from HBM once, so its floor is
 ``streamed weight bytes per rank / measured bandwidth`` (= weight bytes / (N x bandwidth)
@@ -25,15 +27,23 @@ from typing import Any
 
 import torch
 
-from backend import tp
-from backend.parity import PARITY_PROMPT_LENS, decode_step, graph_parity, prefill, random_prompt
+from backend import ranks
 from backend.runner import ModelRunner, RunnerSpec, worker_main
 from backend.sampling import SamplingParams, sample
+from backend.tools.parity import (
+    PARITY_PROMPT_LENS,
+    decode_step,
+    graph_parity,
+    prefill,
+    random_prompt,
+)
+from backend.tools.scenarios import itl_under_long_prefill, prefix_cached_ttft
 from backend.weights import ModelSource
 
 GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
-PARITY_SLOTS = ([0, 1, 2, 3], [0, 2, 5])  # contiguous, no padding; scattered, with padding
+PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
+ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class Case:
     batches: tuple[int, ...]
     cuda_graphs: bool
     timings: bool = True
+    max_model_len: int = 8192
+    scenarios: bool = False  # also time prefix-cached TTFT and ITL under a long prefill
 
 
 def _sync(device: torch.device) -> None:
@@ -76,27 +88,39 @@ def measure_bandwidth_bytes_per_s(
     return 2 * size_bytes * repeats / elapsed_s
 
 
-def attention_regrowth_ms(device: torch.device, cudnn: bool, steps: int = 32) -> float:
-    """Mean ms of a decode-shaped attention call whose KV length grows by one each call.
+def attention_kernel_ms(device: torch.device, repeats: int = 20) -> dict[str, float | str]:
+    """Mean ms of the model's decode attention (batch 32, 1,024 cached positions) per kernel.
 
-    Shows what a kernel that plans per shape (cuDNN) costs in decoding, where no two
-    consecutive steps share a KV length.
+    Shows which SDPA kernel the default dispatch picks for the model's call (GQA folded into
+    the query rows, a boolean mask, K/V gathered from blocks): its time should match the
+    memory-efficient kernel's, not the math fallback's. A kernel that refuses the call shows
+    its error instead.
     """
-    torch.backends.cuda.enable_cudnn_sdp(cudnn)
-    q = torch.randn(1, 32, 1, 128, device=device, dtype=torch.bfloat16)
-    kv = torch.randn(1, 8, 514 + steps, 128, device=device, dtype=torch.bfloat16)
-    start = 0.0
-    for i in range(steps + 2):
-        if i == 2:
-            _sync(device)
-            start = time.perf_counter()
-        length = 512 + i
-        mask = torch.ones(1, 1, 1, length, dtype=torch.bool, device=device)
-        k = kv[:, :, :length]
-        torch.nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask, enable_gqa=True)
-    _sync(device)
-    torch.backends.cuda.enable_cudnn_sdp(True)
-    return (time.perf_counter() - start) / steps * 1000
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(32, 8, 4, 128, device=device, dtype=torch.bfloat16)
+    kv = torch.randn(32, 1024, 8, 128, device=device, dtype=torch.bfloat16).transpose(1, 2)
+    mask = torch.ones(32, 1, 4, 1024, dtype=torch.bool, device=device)
+    choices = {
+        "default": list(SDPBackend),
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "flash": [SDPBackend.FLASH_ATTENTION],
+        "math": [SDPBackend.MATH],
+    }
+    result: dict[str, float | str] = {}
+    for name, kernels in choices.items():
+        try:
+            with sdpa_kernel(kernels):
+                for i in range(repeats + 2):
+                    if i == 2:
+                        _sync(device)
+                        start = time.perf_counter()
+                    torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=mask)
+                _sync(device)
+            result[name] = (time.perf_counter() - start) / repeats * 1000
+        except RuntimeError as exc:
+            result[name] = str(exc).splitlines()[0][:80]
+    return result
 
 
 def _streamed_bytes(runner: ModelRunner) -> int:
@@ -174,32 +198,46 @@ def _exit_on_worker_death(reason: str) -> None:
 
 def run_case(case: Case) -> dict[str, Any]:
     """One case in this process as rank 0; returns its measurements and parity checks."""
+    needed = max(case.prompt_len + case.steps, max(PARITY_PROMPT_LENS) + PARITY_TOKENS) + 8
     spec = RunnerSpec(
         source=ModelSource(preset=case.preset),
         world=case.world,
         device_type=case.device_type,
         dtype=case.dtype,
         max_batch_size=max(*case.batches, 8),
-        max_model_len=max(case.prompt_len + case.steps, max(PARITY_PROMPT_LENS) + PARITY_TOKENS)
-        + 8,
+        max_model_len=max(needed, case.max_model_len),
         timeout_s=120,
         cuda_graphs=case.cuda_graphs,
     )
+    # One run of blocks per batch row (what the hand-driven sequences use), plus the null block.
+    spec = replace(spec, num_blocks=spec.max_batch_size * spec.max_width + 1)
     world = case.world
-    store = tp.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s) if world > 1 else None
+    store = ranks.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s) if world > 1 else None
     spec = replace(spec, store_port=store.port if store else 0)
-    workers = tp.Workers.launch(world, worker_main, (spec,))
+    workers = ranks.Workers.launch(world, worker_main, (spec,))
     workers.watch(_exit_on_worker_death)
     t0 = time.perf_counter()
     runner = ModelRunner.start(spec, store)
     load_s = time.perf_counter() - t0
     try:
-        result = {"preset": case.preset, "tp": world, "load_s": load_s, "parity": []}
+        result = {
+            "preset": case.preset,
+            "tp": world,
+            "max_model_len": spec.max_model_len,
+            "load_s": load_s,
+            "parity": [],
+        }
         if case.timings:
             result |= _measure(runner, case)
+        if case.scenarios:
+            runner.use_graphs = runner.shard.graphs is not None
+            result["ttft_cached"] = prefix_cached_ttft(runner, spec.max_model_len)
+            result["itl"] = [
+                itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
+            ]
         if case.cuda_graphs:
-            for slots in PARITY_SLOTS:
-                result["parity"].append(graph_parity(runner, slots, PARITY_TOKENS))
+            for seqs in PARITY_SEQS:
+                result["parity"].append(graph_parity(runner, seqs, PARITY_TOKENS))
         result["gpu_mem_used_gib"] = _gpu_memory_used_gib(world, runner.device)
         return result
     finally:
@@ -210,11 +248,12 @@ def run_case(case: Case) -> dict[str, Any]:
 
 def _table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) -> str:
     head = (
-        "| preset | TP | weights/GPU (GiB) | GPU mem used (GiB, per GPU) | TTFT (ms) | batch "
+        "| preset | TP | max-model-len | weights/GPU (GiB) | GPU mem used (GiB, per GPU) "
+        "| TTFT (ms) | batch "
         "| floor (ms) | eager step (ms) | graph step (ms) | eager / floor | graph / floor "
         "| eager tok/s | graph tok/s |"
     )
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         floor_ms = r["streamed_bytes"] / bandwidth * 1000
         mem = " / ".join(f"{m:.1f}" for m in r["gpu_mem_used_gib"])
@@ -228,7 +267,8 @@ def _table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) 
                     cells.append((f"{ms:.2f}", f"{ms / floor_ms:.2f}", f"{batch / ms * 1000:.0f}"))
             (e_ms, e_floor, e_tok), (g_ms, g_floor, g_tok) = cells
             rows.append(
-                f"| {r['preset']} | {r['tp']} | {r['weights_gib_per_gpu']:.2f} | {mem} "
+                f"| {r['preset']} | {r['tp']} | {r['max_model_len']} "
+                f"| {r['weights_gib_per_gpu']:.2f} | {mem} "
                 f"| {r['ttft_ms']:.1f} | {batch} | {floor_ms:.2f} | {e_ms} | {g_ms} "
                 f"| {e_floor} | {g_floor} | {e_tok} | {g_tok} |"
             )
@@ -251,7 +291,7 @@ def _parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
         else:
             verdict = "FAIL, picks differ" if decisive else "picks differ (bf16 rounding, info)"
         lines.append(
-            f"parity {result['preset']} tp={result['tp']} {check['dtype']} slots={check['slots']} "
+            f"parity {result['preset']} tp={result['tp']} {check['dtype']} seqs={check['seqs']} "
             f"(bucket {check['bucket']}), {check['tokens']} greedy tokens each: {verdict} "
             f"({check['differing']} differ); max |logit diff| {check['max_abs_diff']:.3g} "
             f"against a logit std of {check['logit_std']:.3g}"
@@ -261,7 +301,7 @@ def _parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
 
 def _run_one(case: Case, timeout_s: float) -> dict[str, Any] | str:
     """One case in a fresh process: its result, or why it failed."""
-    cmd = [sys.executable, "-m", "backend.bench", "--one", json.dumps(asdict(case))]
+    cmd = [sys.executable, "-m", "backend.tools.bench", "--one", json.dumps(asdict(case))]
     cmd += ["--case-timeout", str(timeout_s)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
@@ -279,8 +319,29 @@ def _report(case: Case, result: dict[str, Any]) -> bool:
     capture = f", graphs captured in {result['capture_s']:.2f}s" if result.get("capture_s") else ""
     print(f"done {case.preset} tp={case.world} {case.dtype}: load {result['load_s']:.1f}s{capture}")
     lines, passed = _parity_lines(result)
+    lines += _scenario_lines(result)
     print("\n".join(lines), flush=True)
     return passed
+
+
+def _scenario_lines(result: dict[str, Any]) -> list[str]:
+    """Human lines for a case's engine scenarios (prefix-cached TTFT, ITL under prefill)."""
+    lines = []
+    if (ttft := result.get("ttft_cached")) is not None:
+        lines.append(
+            f"prefix cache {result['preset']}: {ttft['prompt_len']}-token prompt, first "
+            f"{ttft['cached_len']} shared: TTFT {ttft['cached_ttft_ms']:.1f} ms cached vs "
+            f"{ttft['uncached_ttft_ms']:.1f} ms uncached (ratio {ttft['ratio']:.3f}; "
+            f"{ttft['hit_tokens']} of {ttft['query_tokens']} prompt tokens hit)"
+        )
+    for itl in result.get("itl", []):
+        lines.append(
+            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']}: a running stream's "
+            f"steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token prompt "
+            f"prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
+            f"{itl['mean_itl_during_prefill_ms']:.1f} ms (its TTFT {itl['long_ttft_ms']:.0f} ms)"
+        )
+    return lines
 
 
 def _run_cases(cases: list[Case], timeout_s: float) -> tuple[list[dict[str, Any]], bool]:
@@ -308,6 +369,8 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
     cuda = a.device == "cuda"
     worlds = [w for w in (int(t) for t in a.tp.split(",")) if not cuda or w <= gpus]
     batches = tuple(int(b) for b in a.batches.split(","))
+    lengths = [int(n) for n in a.max_model_lens.split(",")]
+    scenario_presets = set(filter(None, a.scenarios.split(",")))
     timed = [
         Case(
             preset,
@@ -318,12 +381,26 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
             a.steps,
             batches,
             a.cuda_graphs,
+            max_model_len=length,
+            scenarios=preset in scenario_presets and length == lengths[0],
         )
         for preset in a.presets.split(",")
         for w in worlds
+        for length in (lengths if preset == a.context_preset else lengths[:1])
     ]
     exact = [
-        Case(a.parity_preset, w, a.device, "float32", a.prompt_len, a.steps, batches, True, False)
+        Case(
+            a.parity_preset,
+            w,
+            a.device,
+            "float32",
+            a.prompt_len,
+            a.steps,
+            batches,
+            True,
+            False,
+            max_model_len=256,
+        )
         for w in worlds
         if a.cuda_graphs and a.parity_preset
     ]
@@ -331,11 +408,22 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m backend.tools.bench", description=__doc__)
     p.add_argument("--presets", default="1b,8b")
-    p.add_argument("--tp", default="1,2", help="TP degrees to compare")
+    p.add_argument("--tp", default="1", help="TP degrees to compare (e.g. 1,2)")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument(
+        "--max-model-lens",
+        default="8192,512",
+        help="server context limits; the first for every preset, all for --context-preset",
+    )
+    p.add_argument("--context-preset", default="1b", help="preset timed at every --max-model-lens")
+    p.add_argument(
+        "--scenarios",
+        default="8b",
+        help="presets also timed through the engine: prefix-cached TTFT, ITL under prefill",
+    )
     p.add_argument("--steps", type=int, default=64, help="timed decode steps per batch size")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: smoke test")
     p.add_argument("--copy-gib", type=float, default=4.0, help="size of the bandwidth copy")
@@ -358,19 +446,18 @@ def main(argv: list[str] | None = None) -> int:
         result = run_case(Case(**{**case, "batches": tuple(case["batches"])}))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
-    device = tp.device_for(0, a.device)
+    device = ranks.device_for(0, a.device)
     bandwidth = measure_bandwidth_bytes_per_s(device, int(a.copy_gib * GIB))
     gpus = torch.cuda.device_count() if a.device == "cuda" else 0
     name = torch.cuda.get_device_name(0) if gpus else "cpu"
     print(f"device: {name} x{gpus}, torch {torch.__version__}")
     print(f"memory copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s", flush=True)
     if gpus:
-        on, off = (attention_regrowth_ms(device, cudnn) for cudnn in (True, False))
-        print(
-            f"decode attention, KV length growing each call: cuDNN allowed {on:.2f} ms/call, "
-            f"cuDNN off {off:.3f} ms/call",
-            flush=True,
+        kernels = attention_kernel_ms(device)
+        shown = ", ".join(
+            f"{k} {v:.3f} ms" if isinstance(v, float) else f"{k}: {v}" for k, v in kernels.items()
         )
+        print(f"decode attention (batch 32, 1024 positions, GQA folded): {shown}", flush=True)
     results, ok = _run_cases(_cases(a, gpus), a.case_timeout)
     print()
     print(_table(bandwidth, results, [int(b) for b in a.batches.split(",")]))
