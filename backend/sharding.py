@@ -105,7 +105,6 @@ def shard_model(model: Transformer, rank: Rank) -> None:
         mlp.down_proj.register_forward_hook(_all_reduce_hook)
         attn.n_heads //= world
         attn.n_kv_heads //= world
-        mlp.width //= world
     if head_is_sharded(config, world):
         model.lm_head = _shrink(model.lm_head, 0, world)  # also unties a tied head
         model.lm_head.register_forward_hook(_all_gather_hook)
