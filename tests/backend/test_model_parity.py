@@ -212,7 +212,9 @@ def test_tp2_graph_decode_with_padding_rows_matches_eager(tp2) -> None:
     repeatable."""
     for seq, ids in enumerate(PROMPTS):
         tp2.forward(prefill(tp2, ids, seq))
-    rows = [([5 + seq], len(ids), own_blocks(seq, tp2.max_width)) for seq, ids in enumerate(PROMPTS)]
+    rows = [
+        ([5 + seq], len(ids), own_blocks(seq, tp2.max_width)) for seq, ids in enumerate(PROMPTS)
+    ]
     step = paged_step(rows, tp2.block_size, tp2.device)
     logits = {}
     for use_graphs in (True, False):
