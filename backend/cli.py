@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         ),
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="fuse the elementwise work between GEMMs with torch.compile (slower start-up)",
+    )
+    p.add_argument(
         "--fault-latency",
         type=parse_duration_s,
         default=0.0,
@@ -111,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         num_kv_blocks=a.num_kv_blocks,
         max_num_batched_tokens=a.max_num_batched_tokens,
         cuda_graphs=a.cuda_graphs,
+        compile=a.compile,
         fault_latency_s=a.fault_latency,
         fault_error_rate=a.fault_error_rate,
         collective_timeout_s=a.collective_timeout,

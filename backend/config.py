@@ -46,6 +46,8 @@ class BackendConfig:
     # Decode through CUDA graphs (backend.graphs), at any TP degree; None: on for --device cuda
     # (float32 greedy tokens equal eager's on an H200, BENCHMARKS-backend.md).
     cuda_graphs: bool | None = None
+    # Fuse the elementwise work between GEMMs with torch.compile (minutes of start-up).
+    compile: bool = False
     fault_latency_s: float = 0.0
     fault_error_rate: float = 0.0
     collective_timeout_s: float = 30.0

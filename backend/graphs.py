@@ -139,6 +139,18 @@ class DecodeGraphs:
         self._graphs.clear()
         self._outputs.clear()
 
+    def replay_s(self, key: GraphKey, repeats: int = 50) -> float:
+        """GPU seconds of one replay of graph ``key`` on unchanged inputs (no host work)."""
+        graph = self._graphs[key]
+        device = self._inputs.device
+        graph.replay()
+        torch.cuda.synchronize(device)
+        start_s = time.perf_counter()
+        for _ in range(repeats):
+            graph.replay()
+        torch.cuda.synchronize(device)
+        return (time.perf_counter() - start_s) / repeats
+
     def run(self, step: Step, key: GraphKey) -> Tensor:
         """Logits ``[rows, 1, vocab]`` of a one-token-per-row ``step`` run in bucket ``key``.
 

@@ -43,6 +43,7 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         store_port=store_port,
         timeout_s=config.collective_timeout_s,
         cuda_graphs=config.use_cuda_graphs,
+        compile=config.compile,
     )
 
 

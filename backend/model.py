@@ -16,7 +16,9 @@ token each), and attention reads only the blocks a row holds, not the whole cach
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -120,16 +122,55 @@ class Step:
     last_only: bool = False
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Normalise in fp32 as the reference does; bf16 variance loses too much.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The residual stream after adding ``x``, normalised; and the stream itself."""
+    total = residual + x
+    return rms_norm(total, weight, eps), total
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (``[..., head_dim]``) by the angles of its positions."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """The elementwise work between the GEMMs: plain torch, or fused by ``torch.compile``.
+
+    Eager, each is a handful of small kernels per layer (a norm alone is four); compiled, each
+    becomes one, which matters once CUDA graphs have taken the launch cost away and the
+    kernels' own fixed cost is what is left.
+    """
+
+    rms_norm: Callable[[Tensor, Tensor, float], Tensor] = rms_norm
+    add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]] = add_rms_norm
+    rope: Callable[[Tensor, Tensor, Tensor], Tensor] = apply_rope
+    silu_mul: Callable[[Tensor], Tensor] = silu_mul
+
+    @classmethod
+    def compiled(cls) -> Pointwise:
+        """Each piece through ``torch.compile`` (dynamic shapes: one kernel for all batches)."""
+        fuse = functools.partial(torch.compile, dynamic=True, fullgraph=True)
+        return cls(fuse(rms_norm), fuse(add_rms_norm), fuse(apply_rope), fuse(silu_mul))
+
+
 class RMSNorm(nn.Module):
+    """Holds the norm's weight (checkpoint name ``...layernorm.weight``); ``Pointwise`` runs it."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in fp32 as the reference does; bf16 variance loses too much.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * normed.to(x.dtype)
 
 
 def rope_inv_freq(config: ModelConfig) -> Tensor:
@@ -164,9 +205,15 @@ def rope_tables(
     return torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (``[..., head_dim]``) by the angles of its positions."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+@dataclass(frozen=True)
+class PassInputs:
+    """What every layer of one forward pass reads besides its input."""
+
+    step: Step
+    cos: Tensor  # [batch, seq, 1, head_dim]: the same for every head
+    sin: Tensor
+    mask: Tensor
+    ops: Pointwise
 
 
 class PagedKVCache(nn.Module):
@@ -221,20 +268,20 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * hd, config.dim, bias=False)
         self.cache: PagedKVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, step: Step) -> Tensor:
+    def forward(self, x: Tensor, inputs: PassInputs) -> Tensor:
         assert self.cache is not None, "call Transformer.setup_cache first"
         b, t, _ = x.shape
         heads, kv_heads, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(b, t, heads + 2 * kv_heads, hd)
-        qk = apply_rope(qkv[:, :, : heads + kv_heads], cos, sin)
+        qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
         q, k = qk.split((heads, kv_heads), dim=2)
-        self.cache.write(step, k, qkv[:, :, heads + kv_heads :])
-        keys, values = self.cache.read(step)
+        self.cache.write(inputs.step, k, qkv[:, :, heads + kv_heads :])
+        keys, values = self.cache.read(inputs.step)
         # Grouped-query attention without expanding K/V: the query heads of one KV head become
         # extra query rows, so any SDPA kernel (flash, memory-efficient) runs it as plain MHA.
         group = heads // kv_heads
         q = q.reshape(b, t, kv_heads, group, hd).permute(0, 2, 1, 3, 4).reshape(b, kv_heads, -1, hd)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=inputs.mask)
         y = y.view(b, kv_heads, t, group, hd).permute(0, 2, 1, 3, 4).reshape(b, t, heads * hd)
         return self.o_proj(y)
 
@@ -247,9 +294,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.dim, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.dim, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: Tensor, ops: Pointwise) -> Tensor:
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -260,9 +306,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, step: Step) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, step)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(
+        self, x: Tensor, residual: Tensor | None, inputs: PassInputs
+    ) -> tuple[Tensor, Tensor]:
+        """This layer's output delta and the residual stream before it (vLLM's layout).
+
+        Adding a delta to the stream is fused with the next norm, so the stream is updated
+        one layer late: ``residual + x`` is the previous layer's output.
+        """
+        ops, norm, post = inputs.ops, self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            h, residual = ops.rms_norm(x, norm.weight, norm.eps), x
+        else:
+            h, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+        h, residual = ops.add_rms_norm(self.self_attn(h, inputs), residual, post.weight, post.eps)
+        return self.mlp(h, ops), residual
 
 
 class Transformer(nn.Module):
@@ -278,6 +336,7 @@ class Transformer(nn.Module):
         self.block_size = 0
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
+        self.ops = Pointwise()
 
     def setup_cache(self, num_blocks: int, block_size: int, max_seq_len: int) -> None:
         """Allocate the paged KV cache and the rotary tables on the weights' device and dtype."""
@@ -293,13 +352,19 @@ class Transformer(nn.Module):
     def forward(self, step: Step) -> Tensor:
         """Logits ``[batch, seq, vocab]`` (``seq`` is 1 when ``step.last_only``)."""
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
-        x = self.embed_tokens(step.tokens)
-        cos = self.cos[step.input_pos][:, :, None]  # [b, t, 1, head_dim]: same for every head
-        sin = self.sin[step.input_pos][:, :, None]
         attn = self.layers[0].self_attn
-        mask = attention_mask(step, attn.n_heads // attn.n_kv_heads, self.block_size)
+        inputs = PassInputs(
+            step=step,
+            cos=self.cos[step.input_pos][:, :, None],
+            sin=self.sin[step.input_pos][:, :, None],
+            mask=attention_mask(step, attn.n_heads // attn.n_kv_heads, self.block_size),
+            ops=self.ops,
+        )
+        x, residual = self.embed_tokens(step.tokens), None
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, step)
+            x, residual = layer(x, residual, inputs)
+        assert residual is not None
         if step.last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+            x, residual = x[:, -1:], residual[:, -1:]
+        normed, _ = self.ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
+        return self.lm_head(normed)

@@ -23,7 +23,7 @@ from torch import Tensor
 from backend import ranks
 from backend.graphs import DecodeGraphs
 from backend.kv_blocks import blocks_for
-from backend.model import ModelConfig, Step, Transformer
+from backend.model import ModelConfig, Pointwise, Step, Transformer
 from backend.ranks import EAGER, GraphKey
 from backend.weights import ModelSource, load_model
 
@@ -49,6 +49,8 @@ class RunnerSpec:
     timeout_s: float = 30.0
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
+    # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise).
+    compile: bool = False
 
     def rank(self, rank: int) -> ranks.Rank:
         return ranks.Rank(rank, self.world, ranks.device_for(rank, self.device_type))
@@ -111,6 +113,8 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     if store is not None:
         ranks.init_group(rank, store, spec.timeout_s)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
+    if spec.compile:
+        model.ops = Pointwise.compiled()
     model.setup_cache(spec.cache_blocks, spec.block_size, spec.max_model_len)
     if not spec.cuda_graphs:
         return Shard(model, None)

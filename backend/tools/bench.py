@@ -61,6 +61,8 @@ class Case:
     timings: bool = True
     max_model_len: int = 8192
     scenarios: bool = False  # also time prefix-cached TTFT and ITL under a long prefill
+    compile: bool = False  # fuse the elementwise work with torch.compile
+    profile: bool = False  # print the top kernels of one eager batch-1 decode step
 
 
 def _sync(device: torch.device) -> None:
@@ -182,16 +184,37 @@ def _measure(runner: ModelRunner, case: Case) -> dict[str, Any]:
         "capture_s": graphs.capture_s if graphs else None,
         "step_ms": {},
         "graph_step_ms": {},
+        "replay_ms": {},
     }
     for batch in case.batches:
         runner.use_graphs = False
         step_s = _decode_step_s(runner, batch, case.prompt_len, case.steps)
         result["step_ms"][str(batch)] = step_s * 1000
-        if graphs is not None:
+        if graphs is not None and runner.device.type == "cuda":
             runner.use_graphs = True
             step_s = _decode_step_s(runner, batch, case.prompt_len, case.steps)
             result["graph_step_ms"][str(batch)] = step_s * 1000
+            last = decode_step(runner, dict.fromkeys(range(batch), (0, case.prompt_len + 8)))
+            result["replay_ms"][str(batch)] = graphs.replay_s(runner.graph_key(last)) * 1000
+    if case.profile and runner.device.type == "cuda":
+        result["profile"] = _profile(runner, case.prompt_len)
     return result
+
+
+def _profile(runner: ModelRunner, prompt_len: int) -> str:
+    """The top GPU kernels of three eager batch-1 decode steps, as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.use_graphs = False
+    first = prefill(runner, 0, random_prompt(runner.config.vocab_size, prompt_len, seed=3))
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof:
+        for i in range(3):
+            runner.forward(decode_step(runner, {0: (first, prompt_len + i)}))
+        _sync(runner.device)
+    return prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=14, max_name_column_width=60
+    )
 
 
 def _exit_on_worker_death(reason: str) -> None:
@@ -212,6 +235,7 @@ def run_case(case: Case) -> dict[str, Any]:
         max_model_len=max(needed, case.max_model_len),
         timeout_s=120,
         cuda_graphs=case.cuda_graphs,
+        compile=case.compile,
     )
     # One run of blocks per batch row (what the hand-driven sequences use), plus the null block.
     spec = replace(spec, num_blocks=spec.max_batch_size * spec.max_width + 1)
@@ -225,7 +249,7 @@ def run_case(case: Case) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     try:
         result = {
-            "preset": case.preset,
+            "preset": case.preset + ("+compile" if case.compile else ""),
             "tp": world,
             "max_model_len": spec.max_model_len,
             "load_s": load_s,
@@ -251,32 +275,32 @@ def run_case(case: Case) -> dict[str, Any]:
 
 
 def _table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) -> str:
+    """One row per (case, batch); "% of floor" is floor / step time (100: at the floor)."""
     head = (
-        "| preset | TP | max-model-len | weights/GPU (GiB) | GPU mem used (GiB, per GPU) "
-        "| TTFT (ms) | batch "
-        "| floor (ms) | eager step (ms) | graph step (ms) | eager / floor | graph / floor "
-        "| eager tok/s | graph tok/s |"
+        "| preset | TP | max-model-len | weights/GPU (GiB) | GPU mem used (GiB) | TTFT (ms) "
+        "| batch | floor (ms) | eager step (ms) | graph step (ms) | graph replay alone (ms) "
+        "| graph % of floor | graph tok/s |"
     )
-    rows = [head, "|" + "---|" * 14]
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         floor_ms = r["streamed_bytes"] / bandwidth * 1000
         mem = " / ".join(f"{m:.1f}" for m in r["gpu_mem_used_gib"])
         for batch in batches:
-            cells = []
-            for key in ("step_ms", "graph_step_ms"):
-                ms = r[key].get(str(batch))
-                if ms is None:
-                    cells.append(("-", "-", "-"))
-                else:
-                    cells.append((f"{ms:.2f}", f"{ms / floor_ms:.2f}", f"{batch / ms * 1000:.0f}"))
-            (e_ms, e_floor, e_tok), (g_ms, g_floor, g_tok) = cells
+            eager = r["step_ms"].get(str(batch))
+            graph = r["graph_step_ms"].get(str(batch))
+            replay = r.get("replay_ms", {}).get(str(batch))
             rows.append(
                 f"| {r['preset']} | {r['tp']} | {r['max_model_len']} "
-                f"| {r['weights_gib_per_gpu']:.2f} | {mem} "
-                f"| {r['ttft_ms']:.1f} | {batch} | {floor_ms:.2f} | {e_ms} | {g_ms} "
-                f"| {e_floor} | {g_floor} | {e_tok} | {g_tok} |"
+                f"| {r['weights_gib_per_gpu']:.2f} | {mem} | {r['ttft_ms']:.1f} | {batch} "
+                f"| {floor_ms:.2f} | {_ms(eager)} | {_ms(graph)} | {_ms(replay)} "
+                f"| {f'{floor_ms / graph * 100:.0f}%' if graph else '-'} "
+                f"| {f'{batch / graph * 1000:.0f}' if graph else '-'} |"
             )
     return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
@@ -321,7 +345,15 @@ def _run_one(case: Case, timeout_s: float) -> dict[str, Any] | str:
 def _report(case: Case, result: dict[str, Any]) -> bool:
     """Print a finished case's load line and parity lines; whether its parity checks passed."""
     capture = f", graphs captured in {result['capture_s']:.2f}s" if result.get("capture_s") else ""
-    print(f"done {case.preset} tp={case.world} {case.dtype}: load {result['load_s']:.1f}s{capture}")
+    compiled = " compiled" if case.compile else ""
+    print(
+        f"done {case.preset} tp={case.world} {case.dtype}{compiled} "
+        f"max_model_len={result.get('max_model_len')}: load {result['load_s']:.1f}s{capture}"
+    )
+    for batch, ms in result.get("replay_ms", {}).items():
+        print(f"  graph replay alone (GPU time, no host work), batch {batch}: {ms:.2f} ms")
+    if result.get("profile"):
+        print(result["profile"])
     lines, passed = _parity_lines(result)
     lines += _scenario_lines(result)
     print("\n".join(lines), flush=True)
@@ -392,6 +424,27 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
         for w in worlds
         for length in (lengths if preset == a.context_preset else lengths[:1])
     ]
+    profiled = set(filter(None, a.profile.split(",")))
+    timed = [
+        replace(c, profile=c.preset in profiled and c.max_model_len == lengths[0]) for c in timed
+    ]
+    compiled = [
+        Case(
+            preset,
+            w,
+            a.device,
+            "bfloat16" if cuda else "float32",
+            a.prompt_len,
+            a.steps,
+            batches,
+            a.cuda_graphs,
+            max_model_len=lengths[0],
+            compile=True,
+        )
+        for preset in filter(None, a.compile.split(","))
+        for w in worlds
+    ]
+    timed += compiled
     exact = [
         Case(
             a.parity_preset,
@@ -408,6 +461,7 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
         for w in worlds
         if a.cuda_graphs and a.parity_preset
     ]
+    exact += [replace(c, compile=True) for c in exact if a.parity_preset in a.compile.split(",")]
     return timed + exact
 
 
@@ -423,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         help="server context limits; the first for every preset, all for --context-preset",
     )
     p.add_argument("--context-preset", default="1b", help="preset timed at every --max-model-lens")
+    p.add_argument(
+        "--compile", default="1b,8b", help="presets also timed with torch.compile'd pointwise ops"
+    )
+    p.add_argument("--profile", default="8b", help="presets whose eager step is profiled")
     p.add_argument(
         "--scenarios",
         default="8b",
