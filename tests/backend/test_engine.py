@@ -3,6 +3,7 @@ queue bounds, sampling."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import random
 import threading
@@ -247,14 +248,14 @@ def test_long_prompt_is_chunked_between_decode_steps_of_a_running_request(gated)
         i for i, r in enumerate(records) if r.kind == "prefill" and r.request_ids == (long.id,)
     ]
     assert [records[i].tokens for i in chunk_at] == [4] * 7 + [3]
-    for before, after in zip(chunk_at, chunk_at[1:], strict=False):  # a decode between chunks
+    for before, after in itertools.pairwise(chunk_at):  # a decode between chunks
         between = records[before + 1 : after]
         assert [(r.kind, r.request_ids) for r in between] == [("decode", (running.id,))]
 
 
 def test_a_cached_prefix_is_reused_and_gives_the_same_tokens() -> None:
-    fresh = greedy_request(PROMPT[:20] + [1, 2, 3, 4, 5])
-    first, again = greedy_request(PROMPT), greedy_request(PROMPT[:20] + [1, 2, 3, 4, 5])
+    fresh = greedy_request([*PROMPT[:20], 1, 2, 3, 4, 5])
+    first, again = greedy_request(PROMPT), greedy_request([*PROMPT[:20], 1, 2, 3, 4, 5])
     run_engine([fresh])
     records = run_engine([first, again])
     assert again.chain is not None and again.chain.cached_tokens == 20  # five shared blocks

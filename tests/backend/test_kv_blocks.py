@@ -59,8 +59,8 @@ def test_released_cached_blocks_are_evicted_least_recent_and_tail_first() -> Non
     assert manager.available_blocks == 6  # cached but idle blocks count as free
     taker = manager.allocate(list(range(200, 208)), 8)  # needs 2: evicts old's tail, then middle
     assert taker is not None and taker.blocks == [old_blocks[2], old_blocks[1]]
-    assert manager.cached_prefix(list(range(12)) + [0]) == old_blocks[:1]
-    assert manager.cached_prefix(list(range(100, 112)) + [0]) == new_blocks
+    assert manager.cached_prefix([*list(range(12)), 0]) == old_blocks[:1]
+    assert manager.cached_prefix([*list(range(100, 112)), 0]) == new_blocks
 
 
 def test_a_block_held_by_two_sequences_is_freed_only_by_the_last() -> None:
