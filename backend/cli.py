@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         help="default: bfloat16 on cuda, float32 on cpu",
     )
     p.add_argument("--seed", type=int, default=0, help="random weights and default sampling seeds")
-    p.add_argument("--max-batch-size", type=int, default=8, help="KV-cache slots")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-model-len", type=int, default=512, help="prompt + output tokens")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens accepted")
