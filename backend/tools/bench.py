@@ -37,6 +37,7 @@ from backend.tools.parity import (
     prefill,
     random_prompt,
 )
+from backend.tools.report import parity_lines, scenario_lines, table
 from backend.tools.scenarios import itl_under_long_prefill, prefix_cached_ttft
 from backend.weights import ModelSource
 
@@ -274,59 +275,6 @@ def run_case(case: Case) -> dict[str, Any]:
         workers.stop(30)
 
 
-def _table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) -> str:
-    """One row per (case, batch); "% of floor" is floor / step time (100: at the floor)."""
-    head = (
-        "| preset | TP | max-model-len | weights/GPU (GiB) | GPU mem used (GiB) | TTFT (ms) "
-        "| batch | floor (ms) | eager step (ms) | graph step (ms) | graph replay alone (ms) "
-        "| graph % of floor | graph tok/s |"
-    )
-    rows = [head, "|" + "---|" * 13]
-    for r in results:
-        floor_ms = r["streamed_bytes"] / bandwidth * 1000
-        mem = " / ".join(f"{m:.1f}" for m in r["gpu_mem_used_gib"])
-        for batch in batches:
-            eager = r["step_ms"].get(str(batch))
-            graph = r["graph_step_ms"].get(str(batch))
-            replay = r.get("replay_ms", {}).get(str(batch))
-            rows.append(
-                f"| {r['preset']} | {r['tp']} | {r['max_model_len']} "
-                f"| {r['weights_gib_per_gpu']:.2f} | {mem} | {r['ttft_ms']:.1f} | {batch} "
-                f"| {floor_ms:.2f} | {_ms(eager)} | {_ms(graph)} | {_ms(replay)} "
-                f"| {f'{floor_ms / graph * 100:.0f}%' if graph else '-'} "
-                f"| {f'{batch / graph * 1000:.0f}' if graph else '-'} |"
-            )
-    return "\n".join(rows)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
-    """Human lines for a case's graph-vs-eager checks, and whether all of them passed.
-
-    Only float32 checks decide: in bf16 the graph's kernels may round differently from eager's
-    (logit differences of ~0.1 against a spread of ~1), so a differing greedy pick there is
-    reported for information, not counted as a failure.
-    """
-    lines, ok = [], True
-    for check in result["parity"]:
-        decisive = check["dtype"] == "float32"
-        ok &= check["equal"] or not decisive
-        if check["equal"]:
-            verdict = "PASS, graph == eager"
-        else:
-            verdict = "FAIL, picks differ" if decisive else "picks differ (bf16 rounding, info)"
-        lines.append(
-            f"parity {result['preset']} tp={result['tp']} {check['dtype']} seqs={check['seqs']} "
-            f"(bucket {check['bucket']}), {check['tokens']} greedy tokens each: {verdict} "
-            f"({check['differing']} differ); max |logit diff| {check['max_abs_diff']:.3g} "
-            f"against a logit std of {check['logit_std']:.3g}"
-        )
-    return lines, ok
-
-
 def _run_one(case: Case, timeout_s: float) -> dict[str, Any] | str:
     """One case in a fresh process: its result, or why it failed."""
     cmd = [sys.executable, "-m", "backend.tools.bench", "--one", json.dumps(asdict(case))]
@@ -354,30 +302,10 @@ def _report(case: Case, result: dict[str, Any]) -> bool:
         print(f"  graph replay alone (GPU time, no host work), batch {batch}: {ms:.2f} ms")
     if result.get("profile"):
         print(result["profile"])
-    lines, passed = _parity_lines(result)
-    lines += _scenario_lines(result)
+    lines, passed = parity_lines(result)
+    lines += scenario_lines(result)
     print("\n".join(lines), flush=True)
     return passed
-
-
-def _scenario_lines(result: dict[str, Any]) -> list[str]:
-    """Human lines for a case's engine scenarios (prefix-cached TTFT, ITL under prefill)."""
-    lines = []
-    if (ttft := result.get("ttft_cached")) is not None:
-        lines.append(
-            f"prefix cache {result['preset']}: {ttft['prompt_len']}-token prompt, first "
-            f"{ttft['cached_len']} shared: TTFT {ttft['cached_ttft_ms']:.1f} ms cached vs "
-            f"{ttft['uncached_ttft_ms']:.1f} ms uncached (ratio {ttft['ratio']:.3f}; "
-            f"{ttft['hit_tokens']} of {ttft['query_tokens']} prompt tokens hit)"
-        )
-    for itl in result.get("itl", []):
-        lines.append(
-            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']}: a running stream's "
-            f"steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token prompt "
-            f"prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
-            f"{itl['mean_itl_during_prefill_ms']:.1f} ms (its TTFT {itl['long_ttft_ms']:.0f} ms)"
-        )
-    return lines
 
 
 def _run_cases(cases: list[Case], timeout_s: float) -> tuple[list[dict[str, Any]], bool]:
@@ -522,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decode attention (batch 32, 1024 positions, GQA folded): {shown}", flush=True)
     results, ok = _run_cases(_cases(a, gpus), a.case_timeout)
     print()
-    print(_table(bandwidth, results, [int(b) for b in a.batches.split(",")]))
+    print(table(bandwidth, results, [int(b) for b in a.batches.split(",")]))
     if not ok:
         print("\nFAILED: see the case and parity lines above")
     return 0 if ok else 1

@@ -133,15 +133,15 @@ def test_graphs_are_on_by_default_on_gpus_only_and_allowed_at_any_tp() -> None:
 
 
 def test_only_float32_parity_decides_the_bench_verdict() -> None:
-    from backend.tools.bench import _parity_lines
+    from backend.tools.report import parity_lines
 
     def check(dtype: str, equal: bool) -> dict[str, object]:
         return {"dtype": dtype, "equal": equal, "seqs": [0], "bucket": 1, "tokens": 24,
                 "differing": 0 if equal else 3, "max_abs_diff": 0.1, "logit_std": 1.0}  # fmt: skip
 
     result = {"preset": "1b", "tp": 2, "parity": [check("float32", True), check("bfloat16", False)]}
-    lines, ok = _parity_lines(result)
+    lines, ok = parity_lines(result)
     assert ok and "(bf16 rounding, info)" in lines[1]
     result["parity"] = [check("float32", False)]
-    lines, ok = _parity_lines(result)
+    lines, ok = parity_lines(result)
     assert not ok and "FAIL, picks differ" in lines[0]
