@@ -43,18 +43,36 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         help="default: bfloat16 on cuda, float32 on cpu",
     )
     p.add_argument("--seed", type=int, default=0, help="random weights and default sampling seeds")
-    p.add_argument("--max-batch-size", type=int, default=8, help="KV-cache slots")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-model-len", type=int, default=512, help="prompt + output tokens")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens accepted")
+    p.add_argument("--block-size", type=int, default=16, help="KV-cache positions per block")
+    p.add_argument(
+        "--num-kv-blocks",
+        type=int,
+        default=0,
+        help="KV-cache blocks (default: every running sequence at --max-model-len, twice)",
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=512,
+        help="decode rows + prompt-chunk tokens per scheduling round (chunked prefill)",
+    )
     p.add_argument(
         "--cuda-graphs",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=(
-            "decode through CUDA graphs per batch bucket (GPU, any --tp; on H200s batch-1 "
-            "steps ran 3-5x faster than eager at --tp 1 and 2, with float32 greedy tokens "
-            "equal to eager's; default: eager)"
+            "decode through CUDA graphs per (batch, context) bucket (default: on with "
+            "--device cuda; float32 greedy tokens equal eager's)"
         ),
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="fuse the elementwise work between GEMMs with torch.compile (slower start-up)",
     )
     p.add_argument(
         "--fault-latency",
@@ -94,7 +112,11 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         max_model_len=a.max_model_len,
         max_queue=a.max_queue,
         max_tokens=a.max_tokens,
+        block_size=a.block_size,
+        num_kv_blocks=a.num_kv_blocks,
+        max_num_batched_tokens=a.max_num_batched_tokens,
         cuda_graphs=a.cuda_graphs,
+        compile=a.compile,
         fault_latency_s=a.fault_latency,
         fault_error_rate=a.fault_error_rate,
         collective_timeout_s=a.collective_timeout,

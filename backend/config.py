@@ -37,14 +37,26 @@ class BackendConfig:
     max_model_len: int = 512
     max_queue: int = 64
     max_tokens: int = 256
-    # Decode through CUDA graphs (backend.graphs), at any TP degree. Off by default: opt-in
-    # until it has served real traffic (BENCHMARKS-backend.md has its device runs).
-    cuda_graphs: bool = False
+    # Paged KV cache (backend.kv_blocks): positions per block, and blocks in all (0: room for
+    # every running sequence at max_model_len twice, half of it for cached prefixes).
+    block_size: int = 16
+    num_kv_blocks: int = 0
+    # Chunked prefill: decode rows plus prompt tokens per scheduling round.
+    max_num_batched_tokens: int = 512
+    # Decode through CUDA graphs (backend.graphs), at any TP degree; None: on for --device cuda
+    # (float32 greedy tokens equal eager's on an H200, BENCHMARKS-backend.md).
+    cuda_graphs: bool | None = None
+    # Fuse the elementwise work between GEMMs with torch.compile (minutes of start-up).
+    compile: bool = False
     fault_latency_s: float = 0.0
     fault_error_rate: float = 0.0
     collective_timeout_s: float = 30.0
     heartbeat_s: float = 1.0
     shutdown_timeout_s: float = 5.0
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.device == "cuda" if self.cuda_graphs is None else self.cuda_graphs
 
     @property
     def model_name(self) -> str:
@@ -70,6 +82,13 @@ class BackendConfig:
             (self.max_model_len >= 2, "max_model_len must be at least 2"),
             (self.max_queue >= 0, "max_queue must be non-negative"),
             (self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (self.block_size >= 1, "block_size must be at least 1"),
+            (
+                self.num_kv_blocks == 0
+                or self.num_kv_blocks > -(-self.max_model_len // self.block_size),
+                "num_kv_blocks must hold one sequence of max_model_len plus the null block",
+            ),
+            (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be at least 1"),
             (self.fault_latency_s >= 0, "fault_latency must be non-negative"),
             (0.0 <= self.fault_error_rate <= 1.0, "fault_error_rate must be in [0, 1]"),
             (
@@ -77,7 +96,7 @@ class BackendConfig:
                 "collective_timeout must exceed 2 heartbeats",
             ),
             (self.device == "cuda" or self.dtype != "float16", "float16 needs --device cuda"),
-            (self.device == "cuda" or not self.cuda_graphs, "cuda_graphs needs --device cuda"),
+            (self.device == "cuda" or not self.use_cuda_graphs, "cuda_graphs needs --device cuda"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,14 +1,17 @@
 """The request queue and the continuous-batching loop.
 
-Requests wait in a bounded FIFO. A single engine thread (never the event loop) owns the model:
-between two decode steps it admits waiting requests into free KV-cache slots (one prefill each),
-then advances every running request by one token in one batched decode step. Tokens go back
-through each request's ``on_event`` callback, which the server points at its event loop.
+Requests wait in a bounded FIFO. A single engine thread (never the event loop) owns the model.
+Each iteration it admits waiting requests whose KV blocks fit (:mod:`backend.kv_blocks`: a
+cached prefix is reused, the rest reserved), advances every request past its prompt by one
+token in one batched decode step, then spends the rest of the step's token budget
+(``max_num_batched_tokens``) on prompt chunks. So a long prompt is prefilled a chunk per
+iteration while the running streams keep their pace, instead of pausing them all for one
+whole prefill. Tokens go back through each request's ``on_event`` callback, which the server
+points at its event loop.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import random
@@ -21,6 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from backend.kv_blocks import NULL_BLOCK, BlockChain, BlockManager, blocks_for
+from backend.metrics import CacheStats
 from backend.model import ModelConfig, Step
 from backend.sampling import SamplingParams, sample
 
@@ -36,6 +41,8 @@ class QueueFull(Exception):
 class Runner(Protocol):
     config: ModelConfig
     device: torch.device
+    num_blocks: int
+    block_size: int
 
     def forward(self, step: Step) -> Tensor: ...
 
@@ -61,7 +68,8 @@ class Request:
     ignore_eos: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
-    slot: int | None = None
+    chain: BlockChain | None = None  # KV blocks, while admitted
+    computed: int = 0  # positions whose K/V is in the cache
     cancelled: bool = False
     finished: bool = False
     generator: torch.Generator | None = None
@@ -71,13 +79,30 @@ class Request:
         """Cache position of the newest token."""
         return len(self.prompt_ids) + len(self.output_ids) - 1
 
+    @property
+    def prefilled(self) -> bool:
+        return self.computed >= len(self.prompt_ids)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What one model pass did: ``kind`` is "prefill" or "decode"; ids of the requests in it."""
+    """What one model pass did: ``kind`` is "prefill" or "decode"; ids of the requests in it.
+
+    ``tokens`` is the number of input tokens of the pass (a prefill chunk's length).
+    """
 
     kind: str
     request_ids: tuple[int, ...]
+    tokens: int = 0
+
+
+# Tokens per scheduling round (decode rows + prompt chunk): large enough that a chunk keeps the
+# GPU compute-bound, small enough that running streams wait one short pass per token.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 
 
 class Engine:
@@ -92,11 +117,13 @@ class Engine:
         observer: Callable[[StepRecord], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
     ) -> None:
         self._runner_factory = runner_factory
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len
         self.max_queue = max_queue
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.heartbeat_s = heartbeat_s
         self._rng = rng
         self._observer = observer
@@ -104,13 +131,13 @@ class Engine:
         self._on_ready = on_ready
         self._cv = threading.Condition()
         self._waiting: deque[Request] = deque()
-        self._running: dict[int, Request] = {}
-        self._free_slots = list(range(max_batch_size))
+        self._running: dict[int, Request] = {}  # by id, in admission order
         self._stopping = False
         self._draining = False
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="tailgate-engine", daemon=True)
         self.runner: Runner | None = None
+        self.blocks: BlockManager | None = None  # built once the runner says how many
 
     # ---- called from the event loop -------------------------------------------------------
     @property
@@ -126,6 +153,19 @@ class Engine:
         """Waiting plus running: what ``X-Queue-Depth`` reports."""
         return self.waiting_count + self.running_count
 
+    def cache_stats(self) -> CacheStats | None:
+        """The KV cache's shape, use and prefix hits; None until the model is loaded."""
+        blocks = self.blocks
+        if blocks is None:
+            return None
+        return CacheStats(
+            blocks.block_size,
+            blocks.num_blocks,
+            blocks.usage,
+            blocks.query_tokens,
+            blocks.hit_tokens,
+        )
+
     def start(self) -> None:
         self._thread.start()
 
@@ -139,7 +179,7 @@ class Engine:
             self._cv.notify()
 
     def cancel(self, request: Request) -> None:
-        """Forget a request whose client left; a running one frees its slot before the next step."""
+        """Forget a request whose client left; a running one frees its blocks next round."""
         with self._cv:
             request.cancelled = True
             if request in self._waiting:
@@ -163,6 +203,7 @@ class Engine:
     def _main(self) -> None:
         try:
             runner = self.runner = self._runner_factory()
+            self.blocks = BlockManager(runner.num_blocks, runner.block_size)
             self._warm_up(runner)
             self.ready.set()
             if self._on_ready is not None:
@@ -182,69 +223,113 @@ class Engine:
         probe = Request(prompt_ids=[0, 0], max_tokens=2, ignore_eos=True)
         with self._cv:
             self._waiting.appendleft(probe)  # ahead of any request that came in early
-        self._admit(runner)
-        self._decode(runner)
-        self._release(probe)
+        while not probe.finished:
+            self._iterate(runner)
 
     def _serve(self, runner: Runner) -> None:
         while not self._stopping:
-            self._reap_cancelled()
-            admitted = self._admit(runner)
-            if self._running:
-                self._decode(runner)
-            elif not admitted:
-                with self._cv:
-                    woke = self._cv.wait_for(
-                        lambda: self._waiting or self._stopping, timeout=self.heartbeat_s
-                    )
-                if not woke:
-                    runner.heartbeat()
+            if self._iterate(runner):
+                continue
+            with self._cv:
+                woke = self._cv.wait_for(
+                    lambda: self._waiting or self._stopping, timeout=self.heartbeat_s
+                )
+            if not woke:
+                runner.heartbeat()
 
-    def _admit(self, runner: Runner) -> bool:
-        admitted = False
+    def _iterate(self, runner: Runner) -> bool:
+        """One scheduling round: admit, decode, prefill chunks. Whether the model ran."""
+        self._reap_cancelled()
+        self._admit()
+        decoding = [r for r in self._running.values() if r.prefilled]
+        if decoding:
+            self._decode(runner, decoding)
+        budget = self.max_num_batched_tokens - len(decoding)
+        ran = bool(decoding)
+        for request in [r for r in self._running.values() if not r.prefilled]:
+            if budget <= 0 and ran:
+                break
+            # At least one block's worth per round, so prompts progress under a full batch.
+            budget -= self._prefill_chunk(runner, request, max(budget, runner.block_size))
+            ran = True
+        return ran
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while their KV blocks fit, first come first."""
+        assert self.blocks is not None
         while True:
             with self._cv:
-                if not self._waiting or not self._free_slots:
-                    return admitted
-                request = self._waiting.popleft()
-                request.slot = heapq.heappop(self._free_slots)
-                self._running[request.slot] = request
-            self._prefill(runner, request)
-            admitted = True
+                if not self._waiting or len(self._running) >= self.max_batch_size:
+                    return
+                request = self._waiting[0]
+                total = min(len(request.prompt_ids) + request.max_tokens, self.max_model_len)
+                chain = self.blocks.allocate(request.prompt_ids, total)
+                if chain is None:
+                    return  # wait for running requests to free blocks
+                self._waiting.popleft()
+                request.chain = chain
+                request.computed = chain.cached_tokens
+                self._running[request.id] = request
 
-    def _prefill(self, runner: Runner, request: Request) -> None:
-        n, slot, device = len(request.prompt_ids), request.slot, runner.device
-        assert slot is not None
-        step = Step(
-            tokens=torch.tensor([request.prompt_ids], device=device),
-            input_pos=torch.arange(n, device=device)[None],
-            slots=torch.tensor([slot], device=device),
-            kv_len=n,
-            slot_start=slot,
-            last_only=True,
-        )
-        logits = runner.forward(step)[:, -1]
-        self._record("prefill", [request])
-        self._accept([request], logits, runner.device)
+    @staticmethod
+    def _slot(request: Request, position: int, size: int) -> int:
+        """Flat cache index of ``position`` in ``request``'s blocks of ``size`` positions."""
+        assert request.chain is not None
+        return request.chain.blocks[position // size] * size + position % size
 
-    def _decode(self, runner: Runner) -> None:
-        batch = sorted(self._running.values(), key=lambda r: r.slot or 0)
-        slots = [r.slot for r in batch]
-        first = slots[0]
-        contiguous = first is not None and slots == list(range(first, first + len(slots)))
-        positions = [r.last_pos for r in batch]
-        device = runner.device
-        step = Step(
-            tokens=torch.tensor([[r.output_ids[-1]] for r in batch], device=device),
-            input_pos=torch.tensor([[p] for p in positions], device=device),
-            slots=torch.tensor(slots, device=device),
-            kv_len=max(positions) + 1,
-            slot_start=first if contiguous else None,
-            slot_limit=(slots[-1] or 0) + 1,  # sorted by slot
+    def _step(
+        self, runner: Runner, rows: list[Request], starts: list[int], length: int, last_only: bool
+    ) -> Step:
+        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy."""
+        size = runner.block_size
+        width = max(blocks_for(start + length, size) for start in starts)
+        tokens, positions, slots, table = [], [], [], []
+        for request, start in zip(rows, starts, strict=True):
+            assert request.chain is not None
+            seq = request.tokens
+            span = range(start, start + length)
+            tokens += [seq[p] for p in span]
+            positions += span
+            slots += [self._slot(request, p, size) for p in span]
+            held = request.chain.blocks[: blocks_for(start + length, size)]
+            table += held + [NULL_BLOCK] * (width - len(held))
+        n, b = len(tokens), len(rows)
+        flat = torch.tensor(tokens + positions + slots + table, dtype=torch.int64)
+        flat = flat.to(runner.device, non_blocking=True)
+        tok, pos, write, blocks = flat.split((n, n, n, b * width))
+        return Step(
+            tokens=tok.view(b, length),
+            input_pos=pos.view(b, length),
+            write_slots=write,
+            block_table=blocks.view(b, width),
+            last_only=last_only,
         )
+
+    def _prefill_chunk(self, runner: Runner, request: Request, budget: int) -> int:
+        """Compute the next ``budget`` prompt tokens of ``request``; the tokens it took."""
+        assert self.blocks is not None and request.chain is not None
+        start = request.computed
+        length = min(len(request.prompt_ids) - start, budget)
+        step = self._step(runner, [request], [start], length, last_only=True)
         logits = runner.forward(step)[:, -1]
-        self._record("decode", batch)
-        self._accept(batch, logits, device)
+        request.computed = start + length
+        self.blocks.commit(request.chain, request.prompt_ids, request.computed)
+        self._record("prefill", [request], length)
+        if request.prefilled:
+            self._accept([request], logits, runner.device)
+        return length
+
+    def _decode(self, runner: Runner, batch: list[Request]) -> None:
+        step = self._step(runner, batch, [r.last_pos for r in batch], 1, last_only=False)
+        logits = runner.forward(step)[:, -1]
+        assert self.blocks is not None
+        for request in batch:
+            assert request.chain is not None
+            request.computed = request.last_pos + 1
+            if request.computed % runner.block_size == 0:
+                self.blocks.commit(request.chain, request.tokens, request.computed)
+        self._record("decode", batch, len(batch))
+        self._accept(batch, logits, runner.device)
 
     def _accept(self, batch: list[Request], logits: Tensor, device: torch.device) -> None:
         generators = [self._generator(r, device) for r in batch]
@@ -279,16 +364,16 @@ class Engine:
             request.generator = torch.Generator(device).manual_seed(seed)
         return request.generator
 
-    def _record(self, kind: str, batch: list[Request]) -> None:
+    def _record(self, kind: str, batch: list[Request], tokens: int) -> None:
         if self._observer is not None:
-            self._observer(StepRecord(kind, tuple(r.id for r in batch)))
+            self._observer(StepRecord(kind, tuple(r.id for r in batch), tokens))
 
     def _release(self, request: Request) -> None:
         with self._cv:
             request.finished = True
-            if request.slot is not None and self._running.get(request.slot) is request:
-                del self._running[request.slot]
-                heapq.heappush(self._free_slots, request.slot)
+            if self._running.pop(request.id, None) is not None:
+                assert self.blocks is not None and request.chain is not None
+                self.blocks.release(request.chain)
                 self._cv.notify_all()  # a drain may be waiting for the last one
 
     def _reap_cancelled(self) -> None:

@@ -1,103 +1,92 @@
-"""Decode steps as CUDA graphs: captured once per batch bucket, replayed with fresh inputs.
+"""Decode steps as CUDA graphs: captured once per (batch, width) bucket, replayed with new inputs.
 
-Eager decoding launches a few hundred small kernels per step from Python, so on a GPU the host
-sets the step time, not HBM. A captured graph replays them all with one launch. A graph fixes
-every shape and address, hence:
+Eager decoding launches about a thousand small kernels per step from Python, so on a GPU the
+host sets the step time, not HBM. A captured graph replays them all with one launch. A graph
+fixes every shape and address, hence:
 
-- **Batch**: one graph per bucket (1, 2, 4, ... up to the slot count). Row i of a bucket always
-  serves KV-cache slot i, and a step runs in the smallest bucket that holds its highest slot.
-  Rows of slots the step leaves out are padding: token 0 at position 0, writing their keys and
-  values into a spare slot past the real ones, their logits dropped. So no live slot is ever
-  written by padding, and attention reads the cache as a view (``slot_start`` 0), never a copy.
-- **KV length**: attention spans the whole preallocated cache under a mask (cached position <=
-  the row's position), so one graph serves every length. The price is reading ``max_seq_len``
-  positions of each row's cache per step instead of only the used ones.
-- **Inputs**: tokens, positions and write slots live in one static buffer, written before each
-  replay; the logits land in the graph's own output buffer.
+- **Batch**: one graph per batch bucket (1, 2, 4, ... up to ``max_batch_size``); a step runs in
+  the smallest bucket that holds its rows. Rows past the step's are padding: token 0 at
+  position 0, writing into the null block and attending to it alone; their logits are dropped.
+- **Width**: the block-table width (blocks attended per row) is bucketed the same way, up to
+  the blocks of ``max_model_len``. Attention reads ``width * block_size`` positions per row, so
+  a step's cost follows the longest live context in its batch (within a factor of two), not
+  the longest context the server allows.
+- **Inputs**: tokens, positions, write slots and block tables live in one static buffer,
+  written before each replay; the logits land in the graph's own output buffer.
 
 At TP > 1 the all-reduces and the logits all-gather are captured too. Every rank captures the same
 buckets in the same order at start-up (the warm-up passes meet in their collectives), and replays
-the bucket that rank 0 names in each step's header, so the NCCL kernels meet in lock step. The
+the graph that rank 0 names in each step's header, so the NCCL kernels meet in lock step. The
 captured collectives share the communicator with the eager control broadcasts: each rank issues
 both in one order from one thread, and the streams serialize them. NCCL will not destroy a
 communicator while a graph holding its collectives lives, so every rank calls
 :meth:`DecodeGraphs.release` before it leaves the process group.
-Measured on H200s at TP=1 and TP=2 (float32 greedy parity with eager; BENCHMARKS-backend.md).
 
 On a CPU nothing is captured: :meth:`DecodeGraphs.run` runs the same static-shape step eagerly,
-which lets the tests check the padding and slot mapping where no GPU is available.
+which lets the tests check the padding where no GPU is available.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
 import torch
 from torch import Tensor
 
+from backend.kv_blocks import NULL_BLOCK
 from backend.model import Step, Transformer
+from backend.ranks import EAGER, GraphKey
 
 log = logging.getLogger("tailgate.backend.graphs")
 
-TOKEN, POSITION, WRITE_SLOT = 0, 1, 2  # rows of the static input buffer
+TOKEN, POSITION, WRITE_SLOT, TABLE = 0, 1, 2, 3  # columns of the static input buffer
 
 
-def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """Powers of two below ``max_batch_size``, then ``max_batch_size`` itself."""
+def buckets(limit: int) -> tuple[int, ...]:
+    """Powers of two below ``limit``, then ``limit`` itself."""
     sizes = []
     size = 1
-    while size < max_batch_size:
+    while size < limit:
         sizes.append(size)
         size *= 2
-    return (*sizes, max_batch_size)
-
-
-def slot_limit(step: Step) -> int:
-    """One past the highest slot of ``step``; a device sync only if the caller gave no hint."""
-    if step.slot_limit is not None:
-        return step.slot_limit
-    if step.slot_start is not None:
-        return step.slot_start + step.slots.shape[0]
-    return int(step.slots.max()) + 1
+    return (*sizes, limit)
 
 
 class DecodeGraphs:
-    """Static decode inputs and one graph per batch bucket, for a model with ``slots + 1`` slots.
+    """Static decode inputs and one graph per (batch, width) bucket of a paged-cache model."""
 
-    The model's cache must hold one slot more than ``slots``: the spare that padding rows write.
-    """
-
-    def __init__(self, model: Transformer, slots: int) -> None:
+    def __init__(self, model: Transformer, max_batch_size: int, max_width: int) -> None:
         cache = model.layers[0].self_attn.cache
         assert cache is not None, "call Transformer.setup_cache first"
-        if cache.k.shape[0] != slots + 1:
-            raise ValueError(f"DecodeGraphs needs a cache of {slots + 1} slots (one spare)")
         self.model = model
-        self.buckets = batch_buckets(slots)
-        self.max_seq_len = cache.k.shape[2]
-        device = cache.k.device
-        blank = torch.zeros(3, slots, dtype=torch.int64, device=device)
-        blank[WRITE_SLOT] = slots  # the spare slot
-        self._blank = blank
-        self._inputs = blank.clone()
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[int, Tensor] = {}
+        self.batches = buckets(max_batch_size)
+        self.widths = buckets(max_width)
+        # Padding rows: token 0 at position 0, writing slot 0 of the null block, attending to it.
+        assert NULL_BLOCK == 0, "padding relies on zeros naming the null block"
+        self._inputs = torch.zeros(
+            max_batch_size, TABLE + max_width, dtype=torch.int64, device=cache.k.device
+        )
+        self._graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[GraphKey, Tensor] = {}
         self.capture_s = 0.0
 
-    def bucket_for(self, step: Step) -> int:
-        """The smallest bucket holding every slot of ``step`` (0 if none does)."""
-        limit = slot_limit(step)
-        return next((b for b in self.buckets if b >= limit), 0)
+    def key_for(self, step: Step) -> GraphKey:
+        """The smallest (batch, width) bucket holding ``step``, or ``EAGER`` if none does."""
+        batch, width = step.block_table.shape
+        b = next((size for size in self.batches if size >= batch), 0)
+        w = next((size for size in self.widths if size >= width), 0)
+        return (b, w) if b and w else EAGER
 
-    def _static_step(self, batch: int) -> Step:
-        rows = self._inputs[:, :batch]
+    def _static_step(self, key: GraphKey) -> Step:
+        batch, width = key
+        rows = self._inputs[:batch]
         return Step(
-            tokens=rows[TOKEN, :, None],
-            input_pos=rows[POSITION, :, None],
-            slots=rows[WRITE_SLOT],
-            kv_len=self.max_seq_len,
-            slot_start=0,
+            tokens=rows[:, TOKEN, None],
+            input_pos=rows[:, POSITION, None],
+            write_slots=rows[:, WRITE_SLOT],
+            block_table=rows[:, TABLE : TABLE + width],
         )
 
     @torch.inference_mode()
@@ -106,15 +95,16 @@ class DecodeGraphs:
 
         Each bucket runs once eagerly first (on the capture stream) so one-off set-up such as
         library handles and workspaces happens outside the capture; with all rows padding, that
-        pass writes only the spare slot.
+        pass writes only the null block.
         """
         start_s = time.perf_counter()
-        self._inputs.copy_(self._blank)
+        self._inputs.zero_()
+        device = self._inputs.device
         pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self._inputs.device)
-        stream.wait_stream(torch.cuda.current_stream(self._inputs.device))
-        for batch in reversed(self.buckets):
-            step = self._static_step(batch)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        for key in sorted(itertools.product(self.batches, self.widths), reverse=True):
+            step = self._static_step(key)
             with torch.cuda.stream(stream):
                 self.model(step)
             graph = torch.cuda.CUDAGraph()
@@ -123,13 +113,15 @@ class DecodeGraphs:
             with torch.cuda.graph(
                 graph, pool=pool, stream=stream, capture_error_mode="thread_local"
             ):
-                self._outputs[batch] = self.model(step)
-            self._graphs[batch] = graph
-        torch.cuda.synchronize(self._inputs.device)
+                self._outputs[key] = self.model(step)
+            self._graphs[key] = graph
+        torch.cuda.synchronize(device)
         self.capture_s = time.perf_counter() - start_s
         log.info(
-            "captured decode graphs for batch sizes %s in %.2fs",
-            ",".join(map(str, self.buckets)),
+            "captured %d decode graphs (batch %s x width %s blocks) in %.2fs",
+            len(self._graphs),
+            ",".join(map(str, self.batches)),
+            ",".join(map(str, self.widths)),
             self.capture_s,
         )
 
@@ -147,22 +139,32 @@ class DecodeGraphs:
         self._graphs.clear()
         self._outputs.clear()
 
-    def run(self, step: Step, batch: int) -> Tensor:
-        """Logits ``[rows, 1, vocab]`` of a one-token-per-row ``step`` run in bucket ``batch``.
-
-        On a GPU the result may be a view of the graph's output buffer: read it before the next
-        step. Slots in ``step`` must be distinct and below ``batch``.
-        """
-        rows = step.slots.shape[0]
-        inputs = self._inputs[:, :batch]
-        inputs.copy_(self._blank[:, :batch])
-        inputs[:, step.slots] = torch.stack((step.tokens[:, 0], step.input_pos[:, 0], step.slots))
-        graph = self._graphs.get(batch)
-        if graph is None:  # not captured (CPU) or released: the same static-shape step, eagerly
-            logits = self.model(self._static_step(batch))
-        else:
+    def replay_s(self, key: GraphKey, repeats: int = 50) -> float:
+        """GPU seconds of one replay of graph ``key`` on unchanged inputs (no host work)."""
+        graph = self._graphs[key]
+        device = self._inputs.device
+        graph.replay()
+        torch.cuda.synchronize(device)
+        start_s = time.perf_counter()
+        for _ in range(repeats):
             graph.replay()
-            logits = self._outputs[batch]
-        if step.slot_start is not None:
-            return logits[step.slot_start : step.slot_start + rows]
-        return logits[step.slots]
+        torch.cuda.synchronize(device)
+        return (time.perf_counter() - start_s) / repeats
+
+    def run(self, step: Step, key: GraphKey) -> Tensor:
+        """Logits ``[rows, 1, vocab]`` of a one-token-per-row ``step`` run in bucket ``key``.
+
+        On a GPU the result is a view of the graph's output buffer: read it before the next
+        step.
+        """
+        rows, width = step.block_table.shape
+        self._inputs.zero_()
+        self._inputs[:rows, TOKEN] = step.tokens[:, 0]
+        self._inputs[:rows, POSITION] = step.input_pos[:, 0]
+        self._inputs[:rows, WRITE_SLOT] = step.write_slots
+        self._inputs[:rows, TABLE : TABLE + width] = step.block_table
+        graph = self._graphs.get(key)
+        if graph is None:  # not captured (CPU) or released: the same static-shape step, eagerly
+            return self.model(self._static_step(key))[:rows]
+        graph.replay()
+        return self._outputs[key][:rows]

@@ -18,7 +18,7 @@ import threading
 import torch
 from aiohttp import web
 
-from backend import tp
+from backend import ranks, sharding
 from backend.config import BackendConfig, ConfigError
 from backend.engine import Engine
 from backend.metrics import BackendMetrics
@@ -38,9 +38,12 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         dtype=config.dtype,
         max_batch_size=config.max_batch_size,
         max_model_len=config.max_model_len,
+        num_blocks=config.num_kv_blocks,
+        block_size=config.block_size,
         store_port=store_port,
         timeout_s=config.collective_timeout_s,
-        cuda_graphs=config.cuda_graphs,
+        cuda_graphs=config.use_cuda_graphs,
+        compile=config.compile,
     )
 
 
@@ -73,19 +76,21 @@ class Lifecycle:
         cfg = self.config
         model_config = load_config(ModelSource(preset=cfg.preset, path=cfg.model_dir))
         try:
-            tp.check_divisible(model_config, cfg.tp)
+            sharding.check_divisible(model_config, cfg.tp)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         if cfg.device == "cuda" and cfg.tp > torch.cuda.device_count():
             raise ConfigError(
                 f"--tp {cfg.tp} needs {cfg.tp} GPUs; {torch.cuda.device_count()} visible"
             )
-        rank0 = tp.Rank(0, cfg.tp, tp.device_for(0, cfg.device))
+        rank0 = ranks.Rank(0, cfg.tp, ranks.device_for(0, cfg.device))
         store = (
-            tp.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s) if cfg.tp > 1 else None
+            ranks.open_store("127.0.0.1", 0, rank0, cfg.collective_timeout_s)
+            if cfg.tp > 1
+            else None
         )
         spec = runner_spec(cfg, store.port if store else 0)
-        workers = tp.Workers.launch(cfg.tp, worker_main, (spec,))
+        workers = ranks.Workers.launch(cfg.tp, worker_main, (spec,))
         workers.watch(self.fatal)
         engine = Engine(
             lambda: ModelRunner.start(spec, store),
@@ -94,6 +99,7 @@ class Lifecycle:
             max_queue=cfg.max_queue,
             rng=random.Random(cfg.seed),
             heartbeat_s=cfg.heartbeat_s,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
             on_fatal=self.fatal,
             on_ready=lambda: self._loop.call_soon_threadsafe(self._mark_ready),
         )
@@ -107,6 +113,8 @@ class Lifecycle:
                 lambda: engine.waiting_count,
                 lambda: engine.running_count,
                 gpus=cfg.tp if cfg.device == "cuda" else 0,
+                cache=engine.cache_stats,
+                model_name=cfg.model_name,
             ),
             vocab_size=model_config.vocab_size,
             rng=random.Random(cfg.seed),
@@ -144,7 +152,7 @@ class Lifecycle:
             flush=True,
         )
 
-    async def _shutdown(self, http: web.AppRunner, engine: Engine, workers: tp.Workers) -> None:
+    async def _shutdown(self, http: web.AppRunner, engine: Engine, workers: ranks.Workers) -> None:
         timeout_s = self.config.shutdown_timeout_s
         self.state.ready = False
         log.info("tailgate-backend shutting down")

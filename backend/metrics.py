@@ -1,12 +1,19 @@
-"""The backend's Prometheus families, on a registry of its own (one per server)."""
+"""The backend's Prometheus families, on a registry of its own (one per server).
+
+Beside its own names it exports the vLLM families that gateways, the Gateway API Inference
+Extension and vLLM dashboards read (queue, running batch, KV-cache usage, prefix-cache hits,
+cache configuration, time to first token), with vLLM's meaning and ``model_name`` label, so
+they work unchanged against this server.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("tailgate.backend.metrics")
@@ -41,11 +48,64 @@ class GpuCollector(Collector):
         yield mem
 
 
+@dataclass(frozen=True)
+class CacheStats:
+    """A reading of the paged KV cache: its shape, its use, the prefix cache's tokens."""
+
+    block_size: int
+    num_blocks: int
+    usage: float  # share of blocks held by running requests, 0..1
+    query_tokens: int  # prompt tokens looked up in the prefix cache
+    hit_tokens: int  # of which were found cached
+
+
+class CacheCollector(Collector):
+    """vLLM's KV-cache and prefix-cache families, read from the engine at scrape time."""
+
+    def __init__(self, stats: Callable[[], CacheStats | None], model_name: str) -> None:
+        self.stats = stats
+        self.model_name = model_name
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        if stats is None:  # the model is still loading: no cache yet
+            return
+        labels, values = ["model_name"], [self.model_name]
+        usage = GaugeMetricFamily(
+            "vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent", labels=labels
+        )
+        usage.add_metric(values, stats.usage)
+        queries = CounterMetricFamily(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            labels=labels,
+        )
+        queries.add_metric(values, stats.query_tokens)
+        hits = CounterMetricFamily(
+            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", labels=labels
+        )
+        hits.add_metric(values, stats.hit_tokens)
+        config_labels = ["model_name", "block_size", "num_gpu_blocks", "enable_prefix_caching"]
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the KV cache", labels=config_labels
+        )
+        info.add_metric(
+            [self.model_name, str(stats.block_size), str(stats.num_blocks), "True"], 1.0
+        )
+        yield from (usage, queries, hits, info)
+
+
 class BackendMetrics:
     def __init__(
-        self, queue_depth: Callable[[], int], running: Callable[[], int], gpus: int
+        self,
+        queue_depth: Callable[[], int],
+        running: Callable[[], int],
+        gpus: int,
+        cache: Callable[[], CacheStats | None] = lambda: None,
+        model_name: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
+        self.model_name = model_name
         waiting = Gauge(
             "tailgate_backend_queue_depth",
             "Requests waiting for a batch slot",
@@ -70,8 +130,36 @@ class BackendMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        labels = ["model_name"]
+        vllm_waiting = Gauge(
+            "vllm:num_requests_waiting",
+            "Requests waiting to be processed",
+            labels,
+            registry=self.registry,
+        )
+        vllm_waiting.labels(model_name).set_function(queue_depth)
+        vllm_running = Gauge(
+            "vllm:num_requests_running",
+            "Requests in the running batch",
+            labels,
+            registry=self.registry,
+        )
+        vllm_running.labels(model_name).set_function(running)
+        self.vllm_ttft_s = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        ).labels(model_name)
+        self.registry.register(CacheCollector(cache, model_name))
         self.generated_tokens = Counter(
             "tailgate_backend_generated_tokens", "Tokens generated", registry=self.registry
         )
         if gpus:
             self.registry.register(GpuCollector(gpus))
+
+    def first_token(self, ttft_s: float) -> None:
+        """Record a time to first token under both names."""
+        self.ttft_s.observe(ttft_s)
+        self.vllm_ttft_s.observe(ttft_s)

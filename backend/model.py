@@ -1,19 +1,26 @@
 """A Llama-architecture decoder in plain torch, readable top to bottom.
 
-RMSNorm, rotary position embeddings, grouped-query attention and a SwiGLU MLP. The module
-names match Hugging Face's ``LlamaForCausalLM`` (minus its ``model.`` prefix) so a checkpoint
-loads by name. This file knows nothing of ranks: ``backend.tp`` shrinks the linears and the
-head counts after construction, and everything here reads the local sizes it finds.
+RMSNorm, rotary position embeddings, grouped-query attention and a SwiGLU MLP. Module names
+match Hugging Face's ``LlamaForCausalLM`` (minus its ``model.`` prefix) except two fused
+projections, ``qkv_proj`` and ``gate_up_proj`` (:data:`FUSED_PARTS` names their checkpoint
+parts): one GEMM instead of three or two per layer. This file knows nothing of ranks:
+``backend.sharding`` shrinks the linears and the head counts after construction, and everything
+here reads the local sizes it finds.
 
-Every forward pass reads and writes a preallocated KV cache of ``slots x max_seq_len``
-positions; a :class:`Step` says which slot and position each input token belongs to, so one
-code path serves a prefill (one slot, many tokens) and a batched decode (many slots, one token).
+Keys and values live in a paged cache: fixed-size blocks of ``block_size`` positions shared by
+all sequences. A :class:`Step` says where each input token's K/V goes (``write_slots``) and
+which blocks each row attends over (``block_table``), so one code path serves a prefill chunk
+(one row, many tokens, possibly after a cached prefix) and a batched decode (many rows, one
+token each), and attention reads only the blocks a row holds, not the whole cache.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,40 +97,80 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Fused parameter -> its checkpoint parts, concatenated along the output rows in this order.
+FUSED_PARTS: dict[str, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+}
+
+
 @dataclass(frozen=True)
 class Step:
-    """One forward pass: which tokens, at which positions, in which KV-cache slots.
+    """One forward pass: which tokens, at which positions, writing and reading which KV blocks.
 
-    ``tokens`` and ``input_pos`` are ``[batch, seq]`` int64; ``slots`` is ``[batch]``. A row's
-    tokens sit at consecutive positions, so ``seq == kv_len`` means a prefill from position 0.
-    ``kv_len`` bounds the attended cache (max position + 1), known on the host so the model
-    never syncs to find it. ``slot_start`` is set when ``slots`` is a contiguous run, letting
-    attention read the cache as a view instead of gathering a copy: row i then attends to slot
-    ``slot_start + i`` while it writes to ``slots[i]`` (the two differ only for the padding
-    rows of a CUDA graph, which write to a spare slot and whose output is dropped).
-    ``slot_limit`` (one past the highest slot) is a host-side hint for picking a graph's batch.
+    ``tokens`` and ``input_pos`` are ``[batch, seq]`` int64; a row's tokens sit at consecutive
+    positions. ``write_slots`` (``[batch * seq]``) is each token's flat cache index
+    (``block * block_size + offset``). ``block_table`` (``[batch, width]``) lists the blocks a
+    row attends over in position order, padded with block 0 (the null block, never handed out);
+    the attended span is ``width * block_size`` positions, masked to each query's position.
     """
 
     tokens: Tensor
     input_pos: Tensor
-    slots: Tensor
-    kv_len: int
-    slot_start: int | None = None
+    write_slots: Tensor
+    block_table: Tensor
     last_only: bool = False
-    slot_limit: int | None = None
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Normalise in fp32 as the reference does; bf16 variance loses too much.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The residual stream after adding ``x``, normalised; and the stream itself."""
+    total = residual + x
+    return rms_norm(total, weight, eps), total
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (``[..., head_dim]``) by the angles of its positions."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """The elementwise work between the GEMMs: plain torch, or fused by ``torch.compile``.
+
+    Eager, each is a handful of small kernels per layer (a norm alone is four); compiled, each
+    becomes one, which matters once CUDA graphs have taken the launch cost away and the
+    kernels' own fixed cost is what is left.
+    """
+
+    rms_norm: Callable[[Tensor, Tensor, float], Tensor] = rms_norm
+    add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]] = add_rms_norm
+    rope: Callable[[Tensor, Tensor, Tensor], Tensor] = apply_rope
+    silu_mul: Callable[[Tensor], Tensor] = silu_mul
+
+    @classmethod
+    def compiled(cls) -> Pointwise:
+        """Each piece through ``torch.compile`` (dynamic shapes: one kernel for all batches)."""
+        fuse = functools.partial(torch.compile, dynamic=True, fullgraph=True)
+        return cls(fuse(rms_norm), fuse(add_rms_norm), fuse(apply_rope), fuse(silu_mul))
 
 
 class RMSNorm(nn.Module):
+    """Holds the norm's weight (checkpoint name ``...layernorm.weight``); ``Pointwise`` runs it."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in fp32 as the reference does; bf16 variance loses too much.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
 
 
 def rope_inv_freq(config: ModelConfig) -> Tensor:
@@ -145,74 +192,110 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
     return torch.where(mid, blended, scaled).float()
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def rope_tables(
+    config: ModelConfig, max_seq_len: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``cos`` and signed ``sin`` of every position, ``[max_seq_len, head_dim]`` (float32).
+
+    The sine's first half is negated so that rotating is ``x * cos + roll(x) * sin``: the
+    "rotate half" of Hugging Face's Llama without building a concatenation per layer.
+    """
+    inv_freq = rope_inv_freq(config).to(device)
+    angles = torch.arange(max_seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
 
 
-class KVCache(nn.Module):
-    """Keys and values of every slot: ``[slots, kv_heads, max_seq_len, head_dim]``."""
+@dataclass(frozen=True)
+class PassInputs:
+    """What every layer of one forward pass reads besides its input."""
 
-    def __init__(self, slots: int, kv_heads: int, max_seq_len: int, head_dim: int, **kw) -> None:
+    step: Step
+    cos: Tensor  # [batch, seq, 1, head_dim]: the same for every head
+    sin: Tensor
+    mask: Tensor
+    ops: Pointwise
+
+
+class PagedKVCache(nn.Module):
+    """Keys and values of every block, flat by position: ``[blocks * block_size, kv_heads, hd]``."""
+
+    def __init__(
+        self, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, **kw: Any
+    ) -> None:
         super().__init__()
-        shape = (slots, kv_heads, max_seq_len, head_dim)
+        self.block_size = block_size
+        shape = (num_blocks * block_size, kv_heads, head_dim)
         self.register_buffer("k", torch.zeros(shape, **kw), persistent=False)
         self.register_buffer("v", torch.zeros(shape, **kw), persistent=False)
 
-    def update(self, step: Step, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write ``k``/``v`` (``[batch, kv_heads, seq, head_dim]``) and return the attended span."""
-        rows = step.slots[:, None]
-        self.k[rows, :, step.input_pos] = k.transpose(1, 2)
-        self.v[rows, :, step.input_pos] = v.transpose(1, 2)
-        if step.slot_start is not None:
-            span = slice(step.slot_start, step.slot_start + step.slots.shape[0])
-            return self.k[span, :, : step.kv_len], self.v[span, :, : step.kv_len]
-        return self.k[step.slots, :, : step.kv_len], self.v[step.slots, :, : step.kv_len]
+    def write(self, step: Step, k: Tensor, v: Tensor) -> None:
+        """Store ``k``/``v`` (``[batch, seq, kv_heads, head_dim]``) in place at their slots."""
+        heads, hd = self.k.shape[1:]
+        self.k.index_copy_(0, step.write_slots, k.reshape(-1, heads, hd))
+        self.v.index_copy_(0, step.write_slots, v.reshape(-1, heads, hd))
+
+    def read(self, step: Step) -> tuple[Tensor, Tensor]:
+        """Each row's blocks, gathered: ``[batch, kv_heads, width * block_size, head_dim]``."""
+        batch = step.block_table.shape[0]
+        heads, hd = self.k.shape[1:]
+        blocks = (-1, self.block_size, heads, hd)
+        keys = self.k.view(blocks)[step.block_table].view(batch, -1, heads, hd)
+        values = self.v.view(blocks)[step.block_table].view(batch, -1, heads, hd)
+        return keys.transpose(1, 2), values.transpose(1, 2)
+
+
+def attention_mask(step: Step, group: int, block_size: int) -> Tensor:
+    """``[batch, 1, seq * group, span]``: a query row sees the keys up to its own position.
+
+    Attention folds each group of query heads sharing a KV head into the query length, so the
+    positions repeat ``group`` times per token.
+    """
+    span = step.block_table.shape[1] * block_size
+    keys = torch.arange(span, device=step.input_pos.device)
+    queries = step.input_pos.repeat_interleave(group, dim=1)
+    return keys[None, None, None, :] <= queries[:, None, :, None]
 
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hd = config.head_dim
-        # Head counts are per rank once backend.tp has sharded the projections.
+        # Head counts are per rank once backend.sharding has sharded the projections.
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = hd
-        self.q_proj = nn.Linear(config.dim, config.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * hd, bias=False)
+        self.qkv_proj = nn.Linear(config.dim, (config.n_heads + 2 * config.n_kv_heads) * hd, False)
         self.o_proj = nn.Linear(config.n_heads * hd, config.dim, bias=False)
-        self.cache: KVCache | None = None
+        self.cache: PagedKVCache | None = None
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, step: Step
-    ) -> Tensor:
+    def forward(self, x: Tensor, inputs: PassInputs) -> Tensor:
         assert self.cache is not None, "call Transformer.setup_cache first"
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        keys, values = self.cache.update(step, k, v)
-        # No mask means a fresh prefill (positions 0..t-1): plain causal, the fastest kernels.
-        y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        heads, kv_heads, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x).view(b, t, heads + 2 * kv_heads, hd)
+        qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
+        q, k = qk.split((heads, kv_heads), dim=2)
+        self.cache.write(inputs.step, k, qkv[:, :, heads + kv_heads :])
+        keys, values = self.cache.read(inputs.step)
+        # Grouped-query attention without expanding K/V: the query heads of one KV head become
+        # extra query rows, so any SDPA kernel (flash, memory-efficient) runs it as plain MHA.
+        group = heads // kv_heads
+        q = q.reshape(b, t, kv_heads, group, hd).permute(0, 2, 1, 3, 4).reshape(b, kv_heads, -1, hd)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=inputs.mask)
+        y = y.view(b, kv_heads, t, group, hd).permute(0, 2, 1, 3, 4).reshape(b, t, heads * hd)
+        return self.o_proj(y)
 
 
 class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``, gate and up as one fused projection."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(config.dim, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.dim, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: Tensor, ops: Pointwise) -> Tensor:
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -224,10 +307,20 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, step: Step
-    ) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, step)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        self, x: Tensor, residual: Tensor | None, inputs: PassInputs
+    ) -> tuple[Tensor, Tensor]:
+        """This layer's output delta and the residual stream before it (vLLM's layout).
+
+        Adding a delta to the stream is fused with the next norm, so the stream is updated
+        one layer late: ``residual + x`` is the previous layer's output.
+        """
+        ops, norm, post = inputs.ops, self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            h, residual = ops.rms_norm(x, norm.weight, norm.eps), x
+        else:
+            h, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+        h, residual = ops.add_rms_norm(self.self_attn(h, inputs), residual, post.weight, post.eps)
+        return self.mlp(h, ops), residual
 
 
 class Transformer(nn.Module):
@@ -240,30 +333,38 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.inv_freq: Tensor | None = None
+        self.block_size = 0
+        self.cos: Tensor | None = None
+        self.sin: Tensor | None = None
+        self.ops = Pointwise()
 
-    def setup_cache(self, slots: int, max_seq_len: int) -> None:
-        """Allocate the KV cache and rotary table on the weights' device and dtype."""
+    def setup_cache(self, num_blocks: int, block_size: int, max_seq_len: int) -> None:
+        """Allocate the paged KV cache and the rotary tables on the weights' device and dtype."""
         weight = self.embed_tokens.weight
         kw = {"device": weight.device, "dtype": weight.dtype}
         for layer in self.layers:
             attn = layer.self_attn
-            attn.cache = KVCache(slots, attn.n_kv_heads, max_seq_len, attn.head_dim, **kw)
-        self.inv_freq = rope_inv_freq(self.config).to(weight.device)
+            attn.cache = PagedKVCache(num_blocks, block_size, attn.n_kv_heads, attn.head_dim, **kw)
+        self.block_size = block_size
+        cos, sin = rope_tables(self.config, max_seq_len, weight.device)
+        self.cos, self.sin = cos.to(weight.dtype), sin.to(weight.dtype)
 
     def forward(self, step: Step) -> Tensor:
         """Logits ``[batch, seq, vocab]`` (``seq`` is 1 when ``step.last_only``)."""
-        assert self.inv_freq is not None, "call setup_cache first"
-        x = self.embed_tokens(step.tokens)
-        angles = step.input_pos[..., None].float() * self.inv_freq  # [b, t, head_dim / 2]
-        angles = torch.cat((angles, angles), dim=-1)[:, None]  # [b, 1, t, head_dim]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        mask = None
-        if step.tokens.shape[1] != step.kv_len:  # some rows attend to earlier cached tokens
-            cached = torch.arange(step.kv_len, device=x.device)
-            mask = cached[None, None, None, :] <= step.input_pos[:, None, :, None]
+        assert self.cos is not None and self.sin is not None, "call setup_cache first"
+        attn = self.layers[0].self_attn
+        inputs = PassInputs(
+            step=step,
+            cos=self.cos[step.input_pos][:, :, None],
+            sin=self.sin[step.input_pos][:, :, None],
+            mask=attention_mask(step, attn.n_heads // attn.n_kv_heads, self.block_size),
+            ops=self.ops,
+        )
+        x, residual = self.embed_tokens(step.tokens), None
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, step)
+            x, residual = layer(x, residual, inputs)
+        assert residual is not None
         if step.last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+            x, residual = x[:, -1:], residual[:, -1:]
+        normed, _ = self.ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
+        return self.lm_head(normed)

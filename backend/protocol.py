@@ -115,6 +115,9 @@ CHAT_FIELDS = {
     **_COMMON,
     "messages": (_is_messages, "a non-empty list of {role, content} messages"),
     "max_completion_tokens": (_is_int, "an integer"),
+    # Extensions (as in vLLM): open an assistant turn (default), or continue the final message.
+    "add_generation_prompt": (lambda v: isinstance(v, bool), "a boolean"),
+    "continue_final_message": (lambda v: isinstance(v, bool), "a boolean"),
 }
 
 
@@ -130,6 +133,8 @@ class GenerationParams:
     include_usage: bool
     stop: tuple[str, ...]
     ignore_eos: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 def _flatten(content: str | list[dict[str, str]]) -> str:
@@ -158,6 +163,22 @@ def parse_request(
     messages = body.get("messages")
     if messages is not None:
         messages = [{"role": m["role"], "content": _flatten(m["content"])} for m in messages]
+    add_generation_prompt = body.get("add_generation_prompt") is not False
+    continue_final_message = bool(body.get("continue_final_message"))
+    if continue_final_message and add_generation_prompt:
+        raise ApiError(
+            400,
+            "continue_final_message needs add_generation_prompt: false",
+            param="add_generation_prompt",
+            code="invalid_value",
+        )
+    if continue_final_message and messages[-1]["role"] != "assistant":
+        raise ApiError(
+            400,
+            "continue_final_message needs a final assistant message to continue",
+            param="messages",
+            code="invalid_value",
+        )
     stop = body.get("stop") or ()
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     temperature = body.get("temperature")
@@ -174,6 +195,8 @@ def parse_request(
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
         ignore_eos=bool(body.get("ignore_eos")),
+        add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message,
     )
 
 

@@ -5,8 +5,8 @@ broadcasts its :class:`~backend.model.Step` before running it, so the workers (`
 in their own processes) execute the identical pass and meet rank 0 in every all-reduce.
 
 With ``cuda_graphs`` each rank also captures its decode step as CUDA graphs at start-up
-(:mod:`backend.graphs`); rank 0 picks eager or a graph bucket per step and the header carries
-the choice. Prefills always run eagerly. Every rank destroys its graphs before it leaves the
+(:mod:`backend.graphs`); rank 0 picks eager or a graph per step and the header carries the
+choice. Prefills always run eagerly. Every rank destroys its graphs before it leaves the
 process group, which NCCL would otherwise wait on forever (:meth:`DecodeGraphs.release`).
 """
 
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from backend import tp
+from backend import ranks
 from backend.graphs import DecodeGraphs
-from backend.model import ModelConfig, Step, Transformer
+from backend.kv_blocks import blocks_for
+from backend.model import ModelConfig, Pointwise, Step, Transformer
+from backend.ranks import EAGER, GraphKey
 from backend.weights import ModelSource, load_model
 
 log = logging.getLogger("tailgate.backend.runner")
@@ -40,14 +42,32 @@ class RunnerSpec:
     dtype: str
     max_batch_size: int
     max_model_len: int
+    num_blocks: int = 0  # KV-cache blocks (0: every running sequence at max_model_len, twice)
+    block_size: int = 16
     store_host: str = "127.0.0.1"
     store_port: int = 0
     timeout_s: float = 30.0
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
+    # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise).
+    compile: bool = False
 
-    def rank(self, rank: int) -> tp.Rank:
-        return tp.Rank(rank, self.world, tp.device_for(rank, self.device_type))
+    def rank(self, rank: int) -> ranks.Rank:
+        return ranks.Rank(rank, self.world, ranks.device_for(rank, self.device_type))
+
+    @property
+    def max_width(self) -> int:
+        """Blocks of the longest sequence."""
+        return blocks_for(self.max_model_len, self.block_size)
+
+    @property
+    def cache_blocks(self) -> int:
+        """Blocks to allocate, the null block included.
+
+        The default holds every running sequence at full length twice over: once for the
+        reservations of the running batch, once for cached prefixes of finished requests.
+        """
+        return self.num_blocks or 2 * self.max_batch_size * self.max_width + 1
 
 
 def _limit_cpu_threads(spec: RunnerSpec) -> None:
@@ -73,11 +93,11 @@ class Shard:
     model: Transformer
     graphs: DecodeGraphs | None
 
-    def run(self, step: Step, graph_batch: int) -> Tensor:
-        """Logits of ``step``: replayed from bucket ``graph_batch``, or eagerly when it is 0."""
-        if graph_batch:
+    def run(self, step: Step, graph: GraphKey) -> Tensor:
+        """Logits of ``step``: replayed from graph ``graph``, or eagerly when it is ``EAGER``."""
+        if graph != EAGER:
             assert self.graphs is not None, "rank 0 asked for a graph this rank never captured"
-            return self.graphs.run(step, graph_batch)
+            return self.graphs.run(step, graph)
         return self.model(step)
 
     def release_graphs(self) -> None:
@@ -86,18 +106,19 @@ class Shard:
             self.graphs.release()
 
 
-def build_shard(spec: RunnerSpec, rank: tp.Rank, store: torch.distributed.Store | None) -> Shard:
+def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Store | None) -> Shard:
     """Join the group, load this rank's weights, allocate its KV cache, capture its graphs."""
     _limit_cpu_threads(spec)
     _pick_attention_kernels(spec)
     if store is not None:
-        tp.init_group(rank, store, spec.timeout_s)
+        ranks.init_group(rank, store, spec.timeout_s)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
+    if spec.compile:
+        model.ops = Pointwise.compiled()
+    model.setup_cache(spec.cache_blocks, spec.block_size, spec.max_model_len)
     if not spec.cuda_graphs:
-        model.setup_cache(spec.max_batch_size, spec.max_model_len)
         return Shard(model, None)
-    model.setup_cache(spec.max_batch_size + 1, spec.max_model_len)  # + the graphs' spare slot
-    graphs = DecodeGraphs(model, spec.max_batch_size)
+    graphs = DecodeGraphs(model, spec.max_batch_size, spec.max_width)
     if rank.device.type == "cuda":
         graphs.capture()
     return Shard(model, graphs)
@@ -110,18 +131,21 @@ class ModelRunner:
     workers follow whatever each step's header says.
     """
 
-    def __init__(self, shard: Shard, rank: tp.Rank) -> None:
+    def __init__(self, shard: Shard, rank: ranks.Rank, spec: RunnerSpec) -> None:
         self.shard = shard
         self.model = shard.model
         self.rank = rank
-        self.channel = tp.StepChannel(rank)
+        self.num_blocks = spec.cache_blocks
+        self.block_size = spec.block_size
+        self.max_width = spec.max_width
+        self.channel = ranks.StepChannel(rank)
         self.use_graphs = shard.graphs is not None
         self._closed = False
 
     @classmethod
     def start(cls, spec: RunnerSpec, store: torch.distributed.Store | None) -> ModelRunner:
         rank = spec.rank(0)
-        return cls(build_shard(spec, rank, store), rank)
+        return cls(build_shard(spec, rank, store), rank, spec)
 
     @property
     def config(self) -> ModelConfig:
@@ -135,27 +159,27 @@ class ModelRunner:
         """Bytes of weights this rank holds (a tied head counted once)."""
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-    def graph_batch(self, step: Step) -> int:
-        """The graph bucket that runs ``step``, or 0 to run it eagerly.
+    def graph_key(self, step: Step) -> GraphKey:
+        """The graph that runs ``step``, or ``EAGER``.
 
         Graphs serve one token per row (decodes); prefills, and any step when graphs are off,
         run eagerly.
         """
         graphs = self.shard.graphs
         if not self.use_graphs or graphs is None or step.tokens.shape[1] != 1:
-            return 0
-        return graphs.bucket_for(step)
+            return EAGER
+        return graphs.key_for(step)
 
     @torch.inference_mode()
     def forward(self, step: Step) -> Tensor:
         """Logits of ``step``; from a graph they are valid only until the next forward."""
-        graph_batch = self.graph_batch(step)
-        self.channel.send(step, graph_batch)
-        return self.shard.run(step, graph_batch)
+        graph = self.graph_key(step)
+        self.channel.send(step, graph)
+        return self.shard.run(step, graph)
 
     def heartbeat(self) -> None:
         """Keep idle workers' collective timeouts from firing."""
-        self.channel.send_control(tp.CMD_HEARTBEAT)
+        self.channel.send_control(ranks.CMD_HEARTBEAT)
 
     def close(self) -> None:
         """Tell the workers to leave, then leave the group (once; later calls do nothing)."""
@@ -164,23 +188,23 @@ class ModelRunner:
         self._closed = True
         try:
             self.shard.release_graphs()
-            self.channel.send_control(tp.CMD_STOP)
+            self.channel.send_control(ranks.CMD_STOP)
         finally:
-            tp.close_group()
+            ranks.close_group()
 
 
 def worker_main(rank_id: int, spec: RunnerSpec) -> None:
     """Body of ranks 1..N-1: build the shard, then replay rank 0's steps until told to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rank = spec.rank(rank_id)
-    store = tp.open_store(spec.store_host, spec.store_port, rank, spec.timeout_s)
+    store = ranks.open_store(spec.store_host, spec.store_port, rank, spec.timeout_s)
     shard = build_shard(spec, rank, store)
-    channel = tp.StepChannel(rank)
+    channel = ranks.StepChannel(rank)
     with torch.inference_mode():
         while (received := channel.receive()) is not None:
             shard.run(*received)
     shard.release_graphs()
-    tp.close_group()
+    ranks.close_group()
     # Leave without the interpreter's teardown: a spawned rank's exit ran C++ static
     # destructors while the process group's (gloo) threads could still be joinable, which
     # aborted a clean shutdown now and then ("terminate called without an active exception",

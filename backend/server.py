@@ -131,7 +131,10 @@ def _prompt_ids(state: BackendState, params: GenerationParams) -> list[int]:
             raise ApiError(400, f"token ids must be in 0..{state.vocab_size - 1}", param="prompt")
         return params.prompt
     if params.messages is not None:
-        return state.tokenizer.encode(state.tokenizer.render_chat(params.messages))
+        text = state.tokenizer.render_chat(
+            params.messages, params.add_generation_prompt, params.continue_final_message
+        )
+        return state.tokenizer.encode(text)
     assert params.prompt is not None
     return state.tokenizer.encode(params.prompt)
 
@@ -175,7 +178,7 @@ async def _deltas(state: BackendState, gen: Generation) -> AsyncIterator[str]:
             return
         now = time.monotonic()
         if gen.completion_tokens == 0:
-            state.metrics.ttft_s.observe(now - gen.submitted_s)
+            state.metrics.first_token(now - gen.submitted_s)
         gen.completion_tokens += 1
         state.metrics.generated_tokens.inc()
         assert event.token_id is not None

@@ -3,7 +3,9 @@
 The model is constructed on the meta device and sharded first, so no rank ever allocates the
 full model: a checkpoint tensor is read through safetensors' lazy slices (only this rank's rows
 or columns leave the file), and a random tensor is drawn whole from a generator seeded by its
-name, then sliced, so every rank agrees on the same full model without holding it.
+name, then sliced, so every rank agrees on the same full model without holding it. A fused
+parameter (``qkv_proj``, ``gate_up_proj``) is this rank's slice of each checkpoint part,
+concatenated.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend import tp
-from backend.model import PRESETS, ModelConfig, Transformer
+from backend.model import FUSED_PARTS, PRESETS, ModelConfig, Transformer
+from backend.ranks import Rank
+from backend.sharding import head_is_sharded, shard_model, shard_slices
 
 HF_PREFIX = "model."
 INIT_STD = 0.02
@@ -93,61 +96,94 @@ def _checkpoint_files(folder: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
+def checkpoint_parts(param: str) -> list[str]:
+    """The checkpoint tensors (our names) whose rows make up parameter ``param``."""
+    owner, leaf, kind = param.rsplit(".", 2) if param.count(".") >= 2 else ("", param, "")
+    if leaf not in FUSED_PARTS:
+        return [param]
+    return [f"{owner}.{part}.{kind}" for part in FUSED_PARTS[leaf]]
+
+
+def checkpoint_shape(name: str, config: ModelConfig) -> tuple[int, ...]:
+    """Full (unsharded) shape of checkpoint tensor ``name``."""
+    hd, dim = config.head_dim, config.dim
+    leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else name.split(".")[0]
+    shapes = {
+        "q_proj": (config.n_heads * hd, dim),
+        "k_proj": (config.n_kv_heads * hd, dim),
+        "v_proj": (config.n_kv_heads * hd, dim),
+        "o_proj": (dim, config.n_heads * hd),
+        "gate_proj": (config.intermediate_size, dim),
+        "up_proj": (config.intermediate_size, dim),
+        "down_proj": (dim, config.intermediate_size),
+        "embed_tokens": (config.vocab_size, dim),
+        "lm_head": (config.vocab_size, dim),
+    }
+    return shapes.get(leaf, (dim,))  # the norms
+
+
 def _source_name(param: str, config: ModelConfig) -> str:
-    """The checkpoint tensor behind one of our parameters."""
+    """The checkpoint tensor behind one of our (unfused) parameter names."""
     if param == "lm_head.weight":
         return HF_PREFIX + "embed_tokens.weight" if config.tie_word_embeddings else param
     return HF_PREFIX + param
 
 
 def _checkpoint_tensors(
-    folder: Path, names: list[str], model: Transformer, rank: tp.Rank
+    folder: Path, names: list[str], config: ModelConfig, rank: Rank
 ) -> Iterator[tuple[str, Tensor]]:
     from safetensors import safe_open
 
     files = _checkpoint_files(folder)
     with ExitStack() as stack:
         handles: dict[Path, Any] = {}
-        for name in names:
-            source = _source_name(name, model.config)
+
+        def read(part: str) -> Tensor:
+            source = _source_name(part, config)
             if source not in files:
                 raise KeyError(f"checkpoint in {folder} lacks tensor {source!r}")
             path = files[source]
             if path not in handles:
                 handles[path] = stack.enter_context(safe_open(path, framework="pt"))
             lazy = handles[path].get_slice(source)
-            yield name, lazy[tp.shard_slices(name, lazy.get_shape(), model.config, rank)]
+            return lazy[shard_slices(part, lazy.get_shape(), config, rank)]
+
+        for name in names:
+            yield name, torch.cat([read(part) for part in checkpoint_parts(name)])
 
 
 def _random_tensors(
-    names: list[str], model: Transformer, rank: tp.Rank, seed: int, dtype: torch.dtype
+    names: list[str], config: ModelConfig, rank: Rank, seed: int, dtype: torch.dtype
 ) -> Iterator[tuple[str, Tensor]]:
-    with torch.device("meta"):
-        full_shapes = {n: p.shape for n, p in Transformer(model.config).named_parameters()}
+    def draw(part: str) -> Tensor:
+        source = _source_name(part, config).removeprefix(HF_PREFIX)
+        shape = checkpoint_shape(source, config)
+        if part.endswith("norm.weight"):
+            return torch.ones(shape, device=rank.device, dtype=dtype)
+        gen = torch.Generator(rank.device).manual_seed(seed ^ zlib.crc32(source.encode()))
+        full = torch.randn(shape, generator=gen, device=rank.device, dtype=dtype) * INIT_STD
+        return full[shard_slices(part, shape, config, rank)].clone()
+
     for name in names:
-        source = _source_name(name, model.config).removeprefix(HF_PREFIX)
-        shape = full_shapes[source]
-        if name.endswith("norm.weight"):
-            full = torch.ones(shape, device=rank.device, dtype=dtype)
-        else:
-            gen = torch.Generator(rank.device).manual_seed(seed ^ zlib.crc32(source.encode()))
-            full = torch.randn(shape, generator=gen, device=rank.device, dtype=dtype) * INIT_STD
-        yield name, full[tp.shard_slices(name, shape, model.config, rank)].clone()
+        yield name, torch.cat([draw(part) for part in checkpoint_parts(name)])
 
 
-def load_model(source: ModelSource, rank: tp.Rank, dtype: torch.dtype) -> Transformer:
+def load_model(source: ModelSource, rank: Rank, dtype: torch.dtype) -> Transformer:
     """This rank's shard of the model, weights loaded, on ``rank.device`` in ``dtype``."""
     config = load_config(source)
     with torch.device("meta"):
         model = Transformer(config)
-    tp.shard_model(model, rank)
+    shard_model(model, rank)
     model = model.to_empty(device=rank.device).to(dtype)
+    if config.tie_word_embeddings and not head_is_sharded(config, rank.world):
+        # to_empty gives each module its own storage, which would hold the embedding twice.
+        model.lm_head.weight = model.embed_tokens.weight
     params = dict(model.named_parameters())  # a tied head appears once, as embed_tokens
     names = list(params)
     if source.path is not None:
-        tensors = _checkpoint_tensors(source.path, names, model, rank)
+        tensors = _checkpoint_tensors(source.path, names, config, rank)
     else:
-        tensors = _random_tensors(names, model, rank, source.seed, dtype)
+        tensors = _random_tensors(names, config, rank, source.seed, dtype)
     with torch.no_grad():
         for name, value in tensors:
             if value.shape != params[name].shape:

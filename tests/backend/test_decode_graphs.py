@@ -12,20 +12,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backend.graphs import DecodeGraphs, batch_buckets  # noqa: E402
+from backend.graphs import buckets  # noqa: E402
 from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
+from backend.tools.parity import own_blocks, paged_step  # noqa: E402
 from backend.weights import ModelSource  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-SLOTS = 8
+BATCH = 8
 PROMPTS = {0: [256, 72, 105, 33], 2: [256, 9, 8], 5: [256, 1, 2, 3, 4, 5, 6]}
 
 
 def runner(graphs: bool) -> ModelRunner:
     spec = RunnerSpec(
-        ModelSource(preset="tiny"), 1, "cpu", "float32", SLOTS, 64, cuda_graphs=graphs
+        ModelSource(preset="tiny"), 1, "cpu", "float32", BATCH, 64, block_size=4, cuda_graphs=graphs
     )
     return ModelRunner.start(spec, None)
 
@@ -35,61 +36,48 @@ def runners() -> tuple[ModelRunner, ModelRunner]:
     return runner(graphs=False), runner(graphs=True)
 
 
-def prefill(r: ModelRunner, slot: int, ids: list[int]) -> int:
-    n = len(ids)
-    step = Step(
-        torch.tensor([ids]), torch.arange(n)[None], torch.tensor([slot]), n, slot, last_only=True
-    )
+def prefill(r: ModelRunner, seq: int, ids: list[int]) -> int:
+    step = paged_step([(ids, 0, own_blocks(seq, r.max_width))], r.block_size, r.device, True)
     return int(r.forward(step)[0, -1].argmax())
 
 
-def decode_step(
-    tokens: dict[int, list[int]], contiguous: bool, prompts: dict[int, list[int]] = PROMPTS
-) -> Step:
-    """One token per slot in ``tokens`` (outputs so far after ``prompts``), as the engine does."""
-    slots = sorted(tokens)
-    positions = [len(prompts[s]) + len(tokens[s]) - 1 for s in slots]
-    return Step(
-        tokens=torch.tensor([[tokens[s][-1]] for s in slots]),
-        input_pos=torch.tensor([[p] for p in positions]),
-        slots=torch.tensor(slots),
-        kv_len=max(positions) + 1,
-        slot_start=slots[0] if contiguous else None,
-    )
+def decode_step(r: ModelRunner, tokens: dict[int, list[int]], prompts=PROMPTS) -> Step:  # type: ignore[no-untyped-def]
+    """One token per sequence in ``tokens`` (outputs so far after ``prompts``)."""
+    rows = [
+        ([tokens[s][-1]], len(prompts[s]) + len(tokens[s]) - 1, own_blocks(s, r.max_width))
+        for s in sorted(tokens)
+    ]
+    return paged_step(rows, r.block_size, r.device)
 
 
-def test_buckets_are_powers_of_two_then_the_slot_count() -> None:
-    assert batch_buckets(1) == (1,)
-    assert batch_buckets(8) == (1, 2, 4, 8)
-    assert batch_buckets(12) == (1, 2, 4, 8, 12)
+def test_buckets_are_powers_of_two_then_the_limit() -> None:
+    assert buckets(1) == (1,)
+    assert buckets(8) == (1, 2, 4, 8)
+    assert buckets(12) == (1, 2, 4, 8, 12)
 
 
-def test_a_step_runs_in_the_smallest_bucket_holding_its_highest_slot(runners) -> None:
+def test_a_step_runs_in_the_smallest_batch_and_width_buckets_holding_it(runners) -> None:
     _, graphs = runners
-    step = decode_step({0: [1], 2: [1], 5: [1]}, contiguous=False)
-    assert graphs.graph_batch(step) == 8
-    assert graphs.graph_batch(Step(step.tokens, step.input_pos, step.slots, 9, slot_limit=3)) == 4
-    prefill_step = Step(torch.tensor([[1, 2]]), torch.arange(2)[None], torch.tensor([0]), 2, 0)
-    assert graphs.graph_batch(prefill_step) == 0
+    step = decode_step(graphs, {0: [1], 2: [1], 5: [1]})  # 3 rows, longest 8 positions
+    assert graphs.graph_key(step) == (4, 2)
+    long = paged_step([([1], 20, own_blocks(0, graphs.max_width))], 4, graphs.device)
+    assert graphs.graph_key(long) == (1, 8)  # 21 positions: 6 blocks, in the bucket of 8
+    prefill_step = paged_step([([1, 2], 0, own_blocks(0, 16))], 4, graphs.device)
+    assert graphs.graph_key(prefill_step) == (0, 0)  # prefills run eagerly
 
 
-def test_cache_needs_the_spare_slot() -> None:
-    eager = runner(graphs=False)
-    with pytest.raises(ValueError, match="one spare"):
-        DecodeGraphs(eager.model, SLOTS)
-
-
-def test_static_decode_matches_eager_on_scattered_slots(runners) -> None:
-    """Slots 0, 2, 5 run in bucket 8 (five padding rows) and give eager's logits."""
+def test_static_decode_matches_eager_with_padding_rows(runners) -> None:
+    """Three sequences in batch bucket 4 (one padding row) give eager's logits, step by step,
+    while their block tables cross from one width bucket into the next."""
     outputs = []
     for r in runners:
-        tokens = {slot: [prefill(r, slot, ids)] for slot, ids in PROMPTS.items()}
+        tokens = {seq: [prefill(r, seq, ids)] for seq, ids in PROMPTS.items()}
         logits = []
         for _ in range(6):
-            out = r.forward(decode_step(tokens, contiguous=False))[:, -1].clone()
+            out = r.forward(decode_step(r, tokens))[:, -1].clone()
             logits.append(out)
-            for slot, token in zip(sorted(tokens), out.argmax(-1).tolist(), strict=True):
-                tokens[slot].append(token)
+            for seq, token in zip(sorted(tokens), out.argmax(-1).tolist(), strict=True):
+                tokens[seq].append(token)
         outputs.append((tokens, logits))
     (eager_tokens, eager_logits), (graph_tokens, graph_logits) = outputs
     assert graph_tokens == eager_tokens
@@ -97,32 +85,24 @@ def test_static_decode_matches_eager_on_scattered_slots(runners) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_contiguous_slots_read_the_right_rows(runners) -> None:
-    """Slots 1, 2 (a view of the cache from slot 1) in bucket 4, with slot 0 live but idle."""
-    prompts = {0: PROMPTS[0], 1: [256, 40, 41], 2: PROMPTS[2]}
-    results = []
-    for r in runners:
-        tokens = {slot: [prefill(r, slot, ids)] for slot, ids in prompts.items()}
-        step = decode_step({s: tokens[s] for s in (1, 2)}, contiguous=True, prompts=prompts)
-        results.append(r.forward(step)[:, -1].clone())
-    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-5)
-
-
-def test_padding_rows_never_write_a_live_slot(runners) -> None:
-    """Slot 1 holds a request left out of the step; its cache must come through untouched."""
+def test_padding_rows_write_only_the_null_block(runners) -> None:
+    """Every block but the null one comes through a padded step as the real rows left it."""
     _, graphs = runners
-    for slot, ids in {0: PROMPTS[0], 1: [256, 7, 7, 7], 2: PROMPTS[2]}.items():
-        prefill(graphs, slot, ids)
+    for seq, ids in PROMPTS.items():
+        prefill(graphs, seq, ids)
+    step = decode_step(graphs, {0: [5], 2: [6]})  # bucket 2 would fit; force padding below
     caches = [layer.self_attn.cache for layer in graphs.model.layers]
-    before = [(c.k[1].clone(), c.v[1].clone()) for c in caches]
-    graphs.forward(decode_step({0: [5], 2: [6]}, contiguous=False))  # bucket 4: rows 1, 3 pad
+    before = [(c.k.clone(), c.v.clone()) for c in caches]
+    graphs.shard.graphs.run(step, (4, 4))  # rows 2, 3 pad; width 2 padded to 4
+    written = {int(s) for s in step.write_slots}
     for cache, (k, v) in zip(caches, before, strict=True):
-        assert torch.equal(cache.k[1], k) and torch.equal(cache.v[1], v)
+        changed = ((cache.k != k).flatten(1).any(1) | (cache.v != v).flatten(1).any(1)).nonzero()
+        assert {int(i) for i in changed} <= written | set(range(graphs.block_size))
 
 
 def test_close_destroys_the_graphs_before_leaving_the_group(monkeypatch) -> None:
     """NCCL cannot destroy a communicator while a graph holding its collectives lives."""
-    from backend import tp
+    from backend import ranks
 
     events: list[str] = []
 
@@ -131,36 +111,37 @@ def test_close_destroys_the_graphs_before_leaving_the_group(monkeypatch) -> None
             events.append("graph destroyed")
 
     graphs = runner(graphs=True)
-    graphs.shard.graphs._graphs[1] = CapturedGraph()
-    monkeypatch.setattr(tp, "close_group", lambda: events.append("group left"))
+    graphs.shard.graphs._graphs[(1, 1)] = CapturedGraph()
+    monkeypatch.setattr(ranks, "close_group", lambda: events.append("group left"))
     graphs.close()
     assert events == ["graph destroyed", "group left"]
     assert graphs.shard.graphs._graphs == {}
 
 
-def test_graphs_are_opt_in_gpu_only_and_allowed_at_any_tp() -> None:
+def test_graphs_are_on_by_default_on_gpus_only_and_allowed_at_any_tp() -> None:
     from backend.cli import parse_args
     from backend.config import ConfigError
     from backend.lifecycle import runner_spec
 
-    assert not parse_args(["--device", "cpu"]).cuda_graphs
-    gpu = parse_args(["--device", "cuda", "--tp", "1", "--cuda-graphs"]).validate()
+    assert not parse_args(["--device", "cpu"]).use_cuda_graphs
+    gpu = parse_args(["--device", "cuda", "--tp", "1"]).validate()
     assert runner_spec(gpu, 0).cuda_graphs
+    assert not runner_spec(parse_args(["--device", "cuda", "--no-cuda-graphs"]), 0).cuda_graphs
     with pytest.raises(ConfigError, match="cuda_graphs needs --device cuda"):
-        replace(gpu, device="cpu", dtype="float32").validate()
+        replace(gpu, device="cpu", dtype="float32", cuda_graphs=True).validate()
     assert runner_spec(replace(gpu, tp=2).validate(), 0).cuda_graphs
 
 
 def test_only_float32_parity_decides_the_bench_verdict() -> None:
-    from backend.bench import _parity_lines
+    from backend.tools.report import parity_lines
 
     def check(dtype: str, equal: bool) -> dict[str, object]:
-        return {"dtype": dtype, "equal": equal, "slots": [0], "bucket": 1, "tokens": 24,
+        return {"dtype": dtype, "equal": equal, "seqs": [0], "bucket": 1, "tokens": 24,
                 "differing": 0 if equal else 3, "max_abs_diff": 0.1, "logit_std": 1.0}  # fmt: skip
 
     result = {"preset": "1b", "tp": 2, "parity": [check("float32", True), check("bfloat16", False)]}
-    lines, ok = _parity_lines(result)
+    lines, ok = parity_lines(result)
     assert ok and "(bf16 rounding, info)" in lines[1]
     result["parity"] = [check("float32", False)]
-    lines, ok = _parity_lines(result)
+    lines, ok = parity_lines(result)
     assert not ok and "FAIL, picks differ" in lines[0]

@@ -1,7 +1,9 @@
-"""Engine behaviour shown by its own state: batching, cancellation, queue bounds, sampling."""
+"""Engine behaviour shown by its own state: batching, chunked prefill, prefix reuse, cancellation,
+queue bounds, sampling."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import random
 import threading
@@ -27,9 +29,10 @@ class GatedRunner:
     """The tiny model, but each decode step waits for a permit the test hands out."""
 
     def __init__(self) -> None:
-        spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 4, 64)
+        spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 4, 64, block_size=4)
         self.inner = ModelRunner.start(spec, None)
         self.config, self.device = self.inner.config, self.inner.device
+        self.num_blocks, self.block_size = self.inner.num_blocks, self.inner.block_size
         self.gated = False
         self.permits = threading.Semaphore(0)
         self.blocked = threading.Event()
@@ -112,7 +115,8 @@ def test_cancel_frees_running_slot(gated) -> None:
     runner.permits.release(100)
     wait_until(lambda: engine.running_count == 0)
     assert request.finished and len(request.output_ids) < 50
-    assert sorted(engine._free_slots) == [0, 1, 2, 3]
+    blocks = engine.blocks
+    assert blocks is not None and blocks.available_blocks == blocks.usable_blocks
 
 
 def test_cancel_removes_waiting_request() -> None:
@@ -134,7 +138,7 @@ def test_full_queue_refuses() -> None:
 
 
 def test_generation_stops_at_max_model_len() -> None:
-    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 2, 8)
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 2, 8, block_size=4)
     engine = Engine(lambda: ModelRunner.start(spec, None), 2, 8, 4, random.Random(0))
     request, events = collecting(100)
     engine.submit(request)
@@ -180,3 +184,95 @@ def test_drain_refuses_new_work_and_lets_accepted_finish(gated) -> None:
     drainer.join(WAIT_S)
     assert drained == [True]
     assert drain(events)[-1].finish_reason == "length" and len(request.output_ids) == 4
+
+
+PROMPT = [256, *range(40, 70)]  # 31 tokens: seven full blocks of 4, and a partial one
+
+
+def run_engine(requests: list[Request], **engine_kw) -> list[StepRecord]:
+    """Run ``requests`` (submitted in order, each after the previous finished) on a fresh
+    tiny-model engine; the model passes it made."""
+    spec_kw = {"block_size": 4, **engine_kw.pop("spec", {})}
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 4, 64, **spec_kw)
+    records: list[StepRecord] = []
+    engine = Engine(
+        lambda: ModelRunner.start(spec, None),
+        4,
+        64,
+        8,
+        random.Random(0),
+        observer=records.append,
+        **engine_kw,
+    )
+    engine.start()
+    try:
+        assert engine.ready.wait(WAIT_S)
+        records.clear()
+        for request in requests:
+            done = threading.Event()
+            request.on_event = lambda e, done=done: e.finish_reason and done.set()
+            engine.submit(request)
+            assert done.wait(WAIT_S)
+    finally:
+        engine.stop(WAIT_S)
+    return records
+
+
+def greedy_request(prompt: list[int], max_tokens: int = 6) -> Request:
+    return Request(list(prompt), max_tokens, ignore_eos=True)
+
+
+def test_chunked_prefill_gives_the_tokens_of_a_whole_prefill() -> None:
+    whole, chunked = greedy_request(PROMPT), greedy_request(PROMPT)
+    whole_records = run_engine([whole], max_num_batched_tokens=512)
+    chunked_records = run_engine([chunked], max_num_batched_tokens=8)
+    assert [r.tokens for r in whole_records if r.kind == "prefill"] == [31]
+    assert [r.tokens for r in chunked_records if r.kind == "prefill"] == [8, 8, 8, 7]
+    assert chunked.output_ids == whole.output_ids
+
+
+def test_long_prompt_is_chunked_between_decode_steps_of_a_running_request(gated) -> None:
+    engine, runner, records = gated
+    engine.max_num_batched_tokens = 5  # one decode row + 4 prompt tokens per round
+    running, running_events = collecting(30)  # outlives the long prompt's eight chunks
+    engine.submit(running)
+    running_events.get(timeout=WAIT_S)
+    assert runner.blocked.wait(WAIT_S)
+    long, long_events = collecting(2)
+    long.prompt_ids = list(PROMPT)
+    engine.submit(long)
+    runner.permits.release(100)
+    drain(long_events)
+    drain(running_events)
+    chunk_at = [
+        i for i, r in enumerate(records) if r.kind == "prefill" and r.request_ids == (long.id,)
+    ]
+    assert [records[i].tokens for i in chunk_at] == [4] * 7 + [3]
+    for before, after in itertools.pairwise(chunk_at):  # a decode between chunks
+        between = records[before + 1 : after]
+        assert [(r.kind, r.request_ids) for r in between] == [("decode", (running.id,))]
+
+
+def test_a_cached_prefix_is_reused_and_gives_the_same_tokens() -> None:
+    fresh = greedy_request([*PROMPT[:20], 1, 2, 3, 4, 5])
+    first, again = greedy_request(PROMPT), greedy_request([*PROMPT[:20], 1, 2, 3, 4, 5])
+    run_engine([fresh])
+    records = run_engine([first, again])
+    assert again.chain is not None and again.chain.cached_tokens == 20  # five shared blocks
+    assert [r.tokens for r in records if r.kind == "prefill"] == [31, 5]
+    assert again.output_ids == fresh.output_ids
+
+
+def test_cached_blocks_are_evicted_under_pressure_and_outputs_stay_right() -> None:
+    """A cache of 17 blocks (16 usable): each request reserves 10; later ones evict earlier
+    prefixes, least recently released first, yet generate what a fresh engine does."""
+    prompts = [[256, i, *range(80, 110)] for i in range(4)]
+    expected = []
+    for prompt in prompts:
+        request = greedy_request(prompt)
+        run_engine([request])
+        expected.append(request.output_ids)
+    requests = [greedy_request(p) for p in prompts]
+    run_engine(requests, spec={"num_blocks": 17})
+    assert [r.output_ids for r in requests] == expected
+    assert all(r.chain is not None and r.chain.cached_tokens == 0 for r in requests)

@@ -21,6 +21,7 @@ from backend.runner import ModelRunner
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 WAIT_S = 20
+START_S = 60  # a TP=2 start on a loaded CI machine: spawning a rank, loading, warming up
 RANK_LINE = re.compile(r"started tensor-parallel rank 1 \(pid (\d+)\)")
 
 
@@ -70,7 +71,7 @@ def wait_gone(pid: int, timeout_s: float = WAIT_S) -> None:
 
 def test_tp2_serves_and_sigterm_stops_every_rank(backend_process) -> None:
     server = backend_process("--preset", "tiny", "--tp", "2", "--max-model-len", "64")
-    url = server.wait_ready(WAIT_S)
+    url = server.wait_ready(START_S)
     worker_pid = int(server.wait_for(RANK_LINE, WAIT_S).group(1))
     response = httpx.post(
         f"{url}/v1/completions",
@@ -84,7 +85,7 @@ def test_tp2_serves_and_sigterm_stops_every_rank(backend_process) -> None:
 
 def test_killed_rank_brings_the_server_down_loudly(backend_process) -> None:
     server = backend_process("--preset", "tiny", "--tp", "2", "--max-model-len", "64")
-    server.wait_ready(WAIT_S)
+    server.wait_ready(START_S)
     worker_pid = int(server.wait_for(RANK_LINE, WAIT_S).group(1))
     os.kill(worker_pid, signal.SIGKILL)
     assert server.proc.wait(WAIT_S) != 0
@@ -93,7 +94,7 @@ def test_killed_rank_brings_the_server_down_loudly(backend_process) -> None:
 
 def test_workers_exit_when_rank_zero_is_killed(backend_process) -> None:
     server = backend_process("--preset", "tiny", "--tp", "2", "--max-model-len", "64")
-    server.wait_ready(WAIT_S)
+    server.wait_ready(START_S)
     worker_pid = int(server.wait_for(RANK_LINE, WAIT_S).group(1))
     server.proc.kill()
     server.proc.wait(WAIT_S)

@@ -1,4 +1,6 @@
-"""Our model against transformers' LlamaForCausalLM, at TP=1 and TP=2 (gloo, two processes)."""
+"""Our model against transformers' LlamaForCausalLM, at TP=1 and TP=2 (gloo, two processes):
+whole prefills, chunked prefills, prefills after a cached prefix, and decoding, all through the
+paged KV cache."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from backend import tp  # noqa: E402
+from backend import ranks, sharding  # noqa: E402
 from backend.engine import Engine, Request  # noqa: E402
 from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec, worker_main  # noqa: E402
+from backend.tools.parity import own_blocks, paged_step  # noqa: E402
+from backend.tools.scenarios import Borrowed  # noqa: E402
 from backend.weights import ModelSource, load_model  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -34,16 +38,20 @@ def spec_for(folder: Path, world: int, graphs: bool = False) -> RunnerSpec:
         dtype="float32",
         max_batch_size=4,
         max_model_len=64,
+        block_size=4,
         timeout_s=20,
         cuda_graphs=graphs,
     )
 
 
-def prefill(ids: list[int]) -> Step:
-    n = len(ids)
-    return Step(
-        torch.tensor([ids]), torch.arange(n)[None], torch.tensor([0]), kv_len=n, slot_start=0
-    )
+def chunk(runner: ModelRunner, ids: list[int], start: int, seq: int = 0) -> Step:
+    """Tokens ``ids`` of sequence ``seq`` from position ``start``, in its own blocks."""
+    blocks = own_blocks(seq, runner.max_width)
+    return paged_step([(ids, start, blocks)], runner.block_size, runner.device)
+
+
+def prefill(runner: ModelRunner, ids: list[int], seq: int = 0) -> Step:
+    return chunk(runner, ids, 0, seq)
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +71,13 @@ def reference_greedy(model: transformers.LlamaForCausalLM, ids: list[int], n: in
     return ids[-n:]
 
 
-class Borrowed:
-    """A runner lent to an engine that must not close it (the fixture owns it)."""
-
-    def __init__(self, runner: ModelRunner) -> None:
-        self.runner, self.config, self.device = runner, runner.config, runner.device
-
-    def forward(self, step: Step) -> torch.Tensor:
-        return self.runner.forward(step)
-
-    def heartbeat(self) -> None:
-        self.runner.heartbeat()
-
-    def close(self) -> None:
-        pass
-
-
-def generate(runner: ModelRunner, prompts: list[list[int]], n: int) -> list[list[int]]:
-    """Greedy tokens for all prompts, batched together by the engine."""
-    engine = Engine(lambda: Borrowed(runner), 4, 64, 8, random.Random(0))
+def generate(
+    runner: ModelRunner, prompts: list[list[int]], n: int, budget: int = 512
+) -> list[list[int]]:
+    """Greedy tokens for all prompts, batched together by the engine (chunks of ``budget``)."""
+    engine = Engine(
+        lambda: Borrowed(runner), 4, 64, 8, random.Random(0), max_num_batched_tokens=budget
+    )
     done = [threading.Event() for _ in prompts]
 
     def finisher(i: int):
@@ -110,9 +106,9 @@ def tp1(hf_checkpoint: Path) -> ModelRunner:
 def tp2(hf_checkpoint: Path) -> Iterator[ModelRunner]:
     """Two ranks with decode graphs built (run uncaptured on CPU); ``use_graphs`` picks the path."""
     spec = spec_for(hf_checkpoint, 2, graphs=True)
-    store = tp.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s)
+    store = ranks.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s)
     spec = replace(spec, store_port=store.port)
-    workers = tp.Workers.launch(2, worker_main, (spec,))
+    workers = ranks.Workers.launch(2, worker_main, (spec,))
     runner = ModelRunner.start(spec, store)
     yield runner
     workers.expect_exit()
@@ -124,9 +120,23 @@ def tp2(hf_checkpoint: Path) -> Iterator[ModelRunner]:
 def max_logit_diff(runner: ModelRunner, reference) -> float:  # type: ignore[no-untyped-def]
     """The largest logit difference from transformers over every test prompt."""
     return max(
-        float((runner.forward(prefill(ids)) - reference_logits(reference, ids)).abs().max())
+        float((runner.forward(prefill(runner, ids)) - reference_logits(reference, ids)).abs().max())
         for ids in PROMPTS
     )
+
+
+def cached_prefix_diff(runner: ModelRunner, reference) -> float:  # type: ignore[no-untyped-def]
+    """Sequence 0 computes a prompt; sequence 1 shares its first block and computes only the
+    rest: the largest logit difference of that rest from an uncached forward."""
+    first = [1, 17, 42, 99, 5, 230, 7, 8, 9]
+    second = [*first[:4], 300, 12, 13, 14, 15, 16]
+    runner.forward(prefill(runner, first, seq=0))
+    size = runner.block_size
+    shared = own_blocks(0, runner.max_width)[:1]  # the full block of first[:4]
+    blocks = shared + own_blocks(1, runner.max_width)[1:]
+    step = paged_step([(second[size:], size, blocks)], size, runner.device)
+    expected = reference_logits(reference, second)[:, size:]
+    return float((runner.forward(step) - expected).abs().max())
 
 
 def test_tp1_logits_match_transformers(tp1: ModelRunner, reference) -> None:
@@ -135,13 +145,28 @@ def test_tp1_logits_match_transformers(tp1: ModelRunner, reference) -> None:
     assert worst <= TOLERANCE
 
 
-def test_decode_through_kv_cache_matches_full_forward(tp1: ModelRunner, reference) -> None:
+def test_chunks_and_decode_through_paged_cache_match_full_forward(tp1, reference) -> None:
+    """Chunks of 2 and 3 tokens (the second crosses a block), then one token at a time."""
     ids = PROMPTS[0]
-    tp1.forward(prefill(ids[:3]))
     expected = reference_logits(reference, ids)[0]
-    for pos in range(3, len(ids)):
-        step = Step(torch.tensor([[ids[pos]]]), torch.tensor([[pos]]), torch.tensor([0]), pos + 1)
-        assert (tp1.forward(step)[0, 0] - expected[pos]).abs().max() <= TOLERANCE
+    assert (tp1.forward(chunk(tp1, ids[:2], 0))[0] - expected[:2]).abs().max() <= TOLERANCE
+    assert (tp1.forward(chunk(tp1, ids[2:5], 2))[0] - expected[2:5]).abs().max() <= TOLERANCE
+    for pos in range(5, len(ids)):
+        logits = tp1.forward(chunk(tp1, [ids[pos]], pos))[0, 0]
+        assert (logits - expected[pos]).abs().max() <= TOLERANCE
+
+
+def test_tp1_logits_after_a_cached_prefix_equal_uncached(tp1, reference) -> None:
+    worst = cached_prefix_diff(tp1, reference)
+    print(f"\nTP=1 cached prefix vs transformers: max |logit diff| {worst:.2e}")
+    assert worst <= TOLERANCE
+
+
+def test_tp2_logits_after_a_cached_prefix_equal_uncached(tp2, reference) -> None:
+    tp2.use_graphs = False
+    worst = cached_prefix_diff(tp2, reference)
+    print(f"\nTP=2 cached prefix vs transformers: max |logit diff| {worst:.2e}")
+    assert worst <= TOLERANCE
 
 
 def test_sharded_tied_checkpoint_loads(sharded_checkpoint: Path) -> None:
@@ -151,14 +176,16 @@ def test_sharded_tied_checkpoint_loads(sharded_checkpoint: Path) -> None:
         sharded_checkpoint, dtype=torch.float32
     )
     runner = ModelRunner.start(spec_for(sharded_checkpoint, 1), None)
+    assert runner.model.lm_head.weight is runner.model.embed_tokens.weight  # stored once
     ids = PROMPTS[0]
     assert (
-        runner.forward(prefill(ids)) - reference_logits(reference, ids)
+        runner.forward(prefill(runner, ids)) - reference_logits(reference, ids)
     ).abs().max() <= TOLERANCE
 
 
 def test_tp2_logits_match_transformers(tp2: ModelRunner, reference) -> None:
-    assert tp2.model.layers[0].self_attn.q_proj.weight.shape[0] == 64 // 2  # half the q heads
+    # Half of each of q (64 rows), k and v (32 each) on this rank.
+    assert tp2.model.layers[0].self_attn.qkv_proj.weight.shape[0] == (64 + 32 + 32) // 2
     worst = max_logit_diff(tp2, reference)
     print(f"\nTP=2 vs transformers: max |logit diff| {worst:.2e}")
     assert worst <= TOLERANCE
@@ -167,6 +194,7 @@ def test_tp2_logits_match_transformers(tp2: ModelRunner, reference) -> None:
 def test_greedy_tokens_equal_at_tp1_tp2_and_reference(tp1, tp2, reference) -> None:
     expected = [reference_greedy(reference, p, NEW_TOKENS) for p in PROMPTS]
     assert generate(tp1, PROMPTS, NEW_TOKENS) == expected
+    assert generate(tp1, PROMPTS, NEW_TOKENS, budget=3) == expected  # chunked prefill
     tp2.use_graphs = False
     assert generate(tp2, PROMPTS, NEW_TOKENS) == expected
 
@@ -178,22 +206,23 @@ def test_tp2_graph_decode_equals_reference(tp2, reference) -> None:
     assert generate(tp2, PROMPTS, NEW_TOKENS) == expected
 
 
-def test_tp2_graph_decode_on_scattered_slots_matches_eager(tp2) -> None:
-    """Slots 0 and 2 in bucket 4; rewriting the same keys makes the step repeatable."""
-    for slot, ids in zip((0, 2), PROMPTS, strict=True):
-        n = len(ids)
-        tp2.forward(Step(torch.tensor([ids]), torch.arange(n)[None], torch.tensor([slot]), n, slot))
-    positions = [len(p) for p in PROMPTS]
-    step = Step(
-        torch.tensor([[5], [6]]), torch.tensor([[p] for p in positions]), torch.tensor([0, 2]), 8
-    )
+def test_tp2_graph_decode_with_padding_rows_matches_eager(tp2) -> None:
+    """Two rows in bucket (batch 2, width 2), the second reading one real block and one null:
+    both ranks replay the graph rank 0 names; rewriting the same keys keeps the step
+    repeatable."""
+    for seq, ids in enumerate(PROMPTS):
+        tp2.forward(prefill(tp2, ids, seq))
+    rows = [
+        ([5 + seq], len(ids), own_blocks(seq, tp2.max_width)) for seq, ids in enumerate(PROMPTS)
+    ]
+    step = paged_step(rows, tp2.block_size, tp2.device)
     logits = {}
     for use_graphs in (True, False):
         tp2.use_graphs = use_graphs
         logits[use_graphs] = tp2.forward(step).clone()
-    assert tp2.graph_batch(step) == 0  # graphs off now
+    assert tp2.graph_key(step) == (0, 0)  # graphs off now
     tp2.use_graphs = True
-    assert tp2.graph_batch(step) == 4
+    assert tp2.graph_key(step) == (2, 2)  # 7 + 1 positions: two blocks of 4
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
 
 
@@ -201,9 +230,9 @@ def test_indivisible_heads_are_refused_at_start() -> None:
     from backend.model import PRESETS
 
     with pytest.raises(ValueError, match="does not divide the model's 2 key/value heads"):
-        tp.check_divisible(PRESETS["tiny"], 4)
+        sharding.check_divisible(PRESETS["tiny"], 4)
     with pytest.raises(ValueError, match="attention heads"):
-        tp.check_divisible(PRESETS["tiny"], 3)
+        sharding.check_divisible(PRESETS["tiny"], 3)
 
 
 def test_each_rank_loads_only_its_slices(sharded_checkpoint: Path) -> None:
@@ -211,11 +240,17 @@ def test_each_rank_loads_only_its_slices(sharded_checkpoint: Path) -> None:
     full = transformers.LlamaForCausalLM.from_pretrained(sharded_checkpoint, dtype=torch.float32)
     ref = full.state_dict()
     source = ModelSource(path=sharded_checkpoint)
-    shards = [load_model(source, tp.Rank(r, 2, torch.device("cpu")), torch.float32) for r in (0, 1)]
+    cpu = torch.device("cpu")
+    shards = [load_model(source, ranks.Rank(r, 2, cpu), torch.float32) for r in (0, 1)]
     layer = "layers.1"
-    for name, dim in (("self_attn.k_proj", 0), ("mlp.up_proj", 0), ("self_attn.o_proj", 1)):
-        parts = [s.get_submodule(f"{layer}.{name}").weight for s in shards]
-        assert torch.equal(torch.cat(parts, dim), ref[f"model.{layer}.{name}.weight"])
+    o_parts = [s.get_submodule(f"{layer}.self_attn.o_proj").weight for s in shards]
+    assert torch.equal(torch.cat(o_parts, 1), ref[f"model.{layer}.self_attn.o_proj.weight"])
+    for fused, parts in (("self_attn.qkv_proj", "qkv"), ("mlp.gate_up_proj", ("gate", "up"))):
+        owner = fused.split(".")[0]
+        names = [f"model.{layer}.{owner}.{p}_proj.weight" for p in parts]
+        for rank, shard in enumerate(shards):  # rank r: its rows of each part, in order
+            expected = torch.cat([ref[n].chunk(2)[rank] for n in names])
+            assert torch.equal(shard.get_submodule(f"{layer}.{fused}").weight, expected)
     heads = torch.cat([s.lm_head.weight for s in shards])
     assert torch.equal(heads, ref["model.embed_tokens.weight"])  # tied head, split by vocabulary
     # Every linear of every layer is halved; only the RMSNorm weights are replicated.

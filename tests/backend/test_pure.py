@@ -123,3 +123,17 @@ def test_durations_and_config_validation() -> None:
         BackendConfig(fault_error_rate=1.5).validate()
     with pytest.raises(ConfigError, match="exactly one"):
         BackendConfig(preset=None).validate()
+
+
+def test_continue_final_message_follows_vllm_rules() -> None:
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel"}]
+    body = {"messages": history, "continue_final_message": True, "add_generation_prompt": False}
+    params = parse_request(body, CHAT_FIELDS, "messages")
+    assert params.continue_final_message and not params.add_generation_prompt
+    with pytest.raises(ApiError, match="needs add_generation_prompt: false") as both:
+        parse_request({**body, "add_generation_prompt": True}, CHAT_FIELDS, "messages")
+    assert both.value.status == 400
+    with pytest.raises(ApiError, match="final assistant message"):
+        parse_request({**body, "messages": history[:1]}, CHAT_FIELDS, "messages")
+    with pytest.raises(ApiError, match="unknown field"):  # completions continue by prompt
+        parse_request({"prompt": "hi", "continue_final_message": True}, COMPLETION_FIELDS, "prompt")

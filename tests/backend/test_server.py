@@ -98,6 +98,24 @@ def test_openai_chat_completions(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
 
 
+def test_chat_continues_a_partial_final_message(client: openai.OpenAI) -> None:
+    """The vLLM request shape a gateway resumes a broken stream with: the partial answer as a
+    final assistant message; the prompt is the conversation's plus the partial text."""
+    messages = [{"role": "user", "content": "Say hi"}]
+    fresh = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=2, temperature=0
+    )
+    resumed = client.chat.completions.create(
+        model=MODEL,
+        messages=[*messages, {"role": "assistant", "content": "Hel"}],
+        max_tokens=2,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert resumed.usage.prompt_tokens == fresh.usage.prompt_tokens + len("Hel")
+    assert 1 <= resumed.usage.completion_tokens <= 2
+
+
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == [MODEL]
 
@@ -128,8 +146,10 @@ def test_unknown_path_is_a_json_404_with_depth(url: str) -> None:
     assert "X-Queue-Depth" in response.headers and "error" in response.json()
 
 
-def test_metrics_expose_backend_families(url: str, client: openai.OpenAI) -> None:
-    client.completions.create(model=MODEL, prompt="a", max_tokens=2, temperature=0)
+def test_metrics_expose_backend_and_vllm_families(url: str, client: openai.OpenAI) -> None:
+    prompt = "a shared prefix of more than two blocks of sixteen bytes: "
+    for tail in ("one", "two"):  # the second finds the first's full blocks cached
+        client.completions.create(model=MODEL, prompt=prompt + tail, max_tokens=2, temperature=0)
     text = httpx.get(f"{url}/metrics", timeout=WAIT_S).text
     for family in (
         "tailgate_backend_queue_depth",
@@ -137,8 +157,18 @@ def test_metrics_expose_backend_families(url: str, client: openai.OpenAI) -> Non
         "inference_latency_seconds_bucket",
         "tailgate_backend_time_to_first_token_seconds_bucket",
         "tailgate_backend_generated_tokens_total",
+        'vllm:num_requests_waiting{model_name="tailgate-tiny"}',
+        'vllm:num_requests_running{model_name="tailgate-tiny"}',
+        'vllm:kv_cache_usage_perc{model_name="tailgate-tiny"}',
+        "vllm:time_to_first_token_seconds_bucket",
+        'block_size="16"',
     ):
         assert family in text
+    hits = re.search(r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M)
+    queries = re.search(r"^vllm:prefix_cache_queries_total\{[^}]*\} (\S+)$", text, re.M)
+    assert hits and queries and 32 <= float(hits.group(1)) < float(queries.group(1))
+    info = re.search(r"^vllm:cache_config_info\{([^}]*)\} 1\.0$", text, re.M)
+    assert info and 'num_gpu_blocks="4097"' in info.group(1)  # 2 x 1 x 32768 / 16, + null
 
 
 def test_full_queue_503_then_disconnect_frees_the_slot(url: str) -> None:

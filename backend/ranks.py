@@ -1,15 +1,9 @@
-"""Tensor parallelism: the only module that knows about ranks.
+"""How tensor-parallel ranks run: process group, rendezvous, step broadcast and supervision.
 
-Rank 0 lives in the serving process; ranks 1..N-1 are child processes started here. Weights
-are split after the model is built on the meta device, so each rank allocates and loads only
-its shard:
-
-- q/k/v and gate/up are column-parallel (rows of ``[out, in]`` split across ranks);
-- o and down are row-parallel (columns split), followed by an all-reduce of their outputs;
-- the LM head is split by vocabulary and its logits all-gathered (when the vocabulary divides).
-
-Rank 0 drives the others: before each forward pass it broadcasts the :class:`~backend.model.Step`
-(a small header, then one int64 payload), so the workers run the same pass in lock step. An
+Rank 0 lives in the serving process; ranks 1..N-1 are child processes started here. Which slice
+of each weight a rank holds is :mod:`backend.sharding`'s business. Rank 0 drives the others:
+before each forward pass it broadcasts the :class:`~backend.model.Step` (a small header, then
+one int64 payload), so the workers run the same pass in lock step. An
 idle rank 0 broadcasts heartbeats, which keeps the collective timeout meaningful: a worker that
 hears nothing for ``timeout_s`` has lost rank 0 and exits, and rank 0's watchdog turns a dead
 worker into a clear log line and a shutdown instead of a hang.
@@ -25,7 +19,7 @@ import multiprocessing as mp
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import wait
@@ -33,18 +27,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
-from backend.model import ModelConfig, Step, Transformer
+from backend.model import Step
 
-log = logging.getLogger("tailgate.backend.tp")
-
-COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
-ROW_PARALLEL = ("o_proj", "down_proj")
+log = logging.getLogger("tailgate.backend.ranks")
 
 CMD_STEP, CMD_HEARTBEAT, CMD_STOP = 0, 1, 2
-# cmd, batch, seq, kv_len, slot_start (-1: none), last_only, graph_batch (0: run eagerly)
+# cmd, batch, seq, width (blocks per row), last_only, graph (batch, width); (0, 0): run eagerly
 HEADER_LEN = 7
+GraphKey = tuple[int, int]
+EAGER: GraphKey = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -60,88 +53,9 @@ class Rank:
         return self.rank == 0
 
 
-def check_divisible(config: ModelConfig, world: int) -> None:
-    """Refuse at start a TP degree that cannot split the heads or the MLP evenly."""
-    for name, count in (
-        ("attention heads (num_attention_heads)", config.n_heads),
-        ("key/value heads (num_key_value_heads)", config.n_kv_heads),
-        ("MLP width (intermediate_size)", config.intermediate_size),
-    ):
-        if count % world:
-            raise ValueError(f"--tp {world} does not divide the model's {count} {name}")
-
-
 def device_for(rank: int, device_type: str) -> torch.device:
     """Rank r drives GPU r; on CPU every rank shares the host."""
     return torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
-
-
-def _shard_dim(name: str, config: ModelConfig, world: int) -> int | None:
-    leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") else name
-    if leaf in COLUMN_PARALLEL:
-        return 0
-    if leaf in ROW_PARALLEL:
-        return 1
-    if leaf == "lm_head" and config.vocab_size % world == 0:
-        return 0
-    return None
-
-
-def shard_slices(
-    name: str, shape: Sequence[int], config: ModelConfig, rank: Rank
-) -> tuple[slice, ...]:
-    """The slice of the full tensor ``name`` that ``rank`` holds (everything if replicated)."""
-    index = [slice(None)] * len(shape)
-    dim = _shard_dim(name, config, rank.world)
-    if dim is not None and rank.world > 1:
-        size = shape[dim] // rank.world
-        index[dim] = slice(rank.rank * size, (rank.rank + 1) * size)
-    return tuple(index)
-
-
-def _all_reduce_hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-    dist.all_reduce(output)
-    return output
-
-
-def _all_gather_hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-    parts = [torch.empty_like(output) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, output.contiguous())
-    return torch.cat(parts, dim=-1)
-
-
-def _shrink(linear: nn.Linear, dim: int, world: int) -> nn.Linear:
-    out_f, in_f = linear.weight.shape
-    if dim == 0:
-        out_f //= world
-    else:
-        in_f //= world
-    return nn.Linear(in_f, out_f, bias=False, device=linear.weight.device)
-
-
-def shard_model(model: Transformer, rank: Rank) -> None:
-    """Rewrite a meta-device model in place into this rank's shard and add the collectives."""
-    config, world = model.config, rank.world
-    if world == 1:
-        return
-    check_divisible(config, world)
-    for layer in model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        for owner, names in (
-            (attn, ("q_proj", "k_proj", "v_proj")),
-            (mlp, ("gate_proj", "up_proj")),
-        ):
-            for name in names:
-                setattr(owner, name, _shrink(getattr(owner, name), 0, world))
-        attn.o_proj = _shrink(attn.o_proj, 1, world)
-        mlp.down_proj = _shrink(mlp.down_proj, 1, world)
-        attn.o_proj.register_forward_hook(_all_reduce_hook)
-        mlp.down_proj.register_forward_hook(_all_reduce_hook)
-        attn.n_heads //= world
-        attn.n_kv_heads //= world
-    if _shard_dim("lm_head.weight", config, world) is not None:
-        model.lm_head = _shrink(model.lm_head, 0, world)  # also unties a tied head
-        model.lm_head.register_forward_hook(_all_gather_hook)
 
 
 def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPStore:
@@ -175,57 +89,64 @@ def close_group() -> None:
 class StepChannel:
     """Rank 0 broadcasts each step's inputs; the other ranks receive and replay them.
 
-    The header also names the CUDA-graph bucket rank 0 chose for the step (0: run it eagerly),
+    The header also names the CUDA graph (batch, width) rank 0 chose for the step (``EAGER``: none),
     so every rank replays the same graph and its captured collectives meet.
     """
 
     def __init__(self, rank: Rank) -> None:
         self.rank = rank
 
-    def _header(self, cmd: int, step: Step | None, graph_batch: int = 0) -> Tensor:
-        values = [cmd, 0, 0, 0, -1, 0, 0]
+    def _header(self, cmd: int, step: Step | None, graph: GraphKey = EAGER) -> Tensor:
+        values = [cmd, 0, 0, 0, 0, 0, 0]
         if step is not None:
             b, t = step.tokens.shape
-            start = -1 if step.slot_start is None else step.slot_start
-            values = [cmd, b, t, step.kv_len, start, int(step.last_only), graph_batch]
+            width = step.block_table.shape[1]
+            values = [cmd, b, t, width, int(step.last_only), *graph]
         return torch.tensor(values, dtype=torch.int64, device=self.rank.device)
 
-    def send(self, step: Step, graph_batch: int = 0) -> None:
+    def send(self, step: Step, graph: GraphKey = EAGER) -> None:
         if self.rank.world == 1:
             return
-        dist.broadcast(self._header(CMD_STEP, step, graph_batch), src=0)
-        payload = torch.cat((step.tokens.flatten(), step.input_pos.flatten(), step.slots))
+        dist.broadcast(self._header(CMD_STEP, step, graph), src=0)
+        payload = torch.cat(
+            (
+                step.tokens.flatten(),
+                step.input_pos.flatten(),
+                step.write_slots,
+                step.block_table.flatten(),
+            )
+        )
         dist.broadcast(payload, src=0)
 
     def send_control(self, cmd: int) -> None:
         if self.rank.world > 1:
             dist.broadcast(self._header(cmd, None), src=0)
 
-    def receive(self) -> tuple[Step, int] | None:
-        """Block for rank 0's next step and its graph bucket; ``None`` means stop.
+    def receive(self) -> tuple[Step, GraphKey] | None:
+        """Block for rank 0's next step and its graph key; ``None`` means stop.
 
         Heartbeats are absorbed here.
         """
         while True:
             header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.rank.device)
             dist.broadcast(header, src=0)
-            cmd, b, t, kv_len, start, last_only, graph_batch = header.tolist()
+            cmd, b, t, width, last_only, graph_batch, graph_width = header.tolist()
             if cmd == CMD_STOP:
                 return None
             if cmd == CMD_HEARTBEAT:
                 continue
-            payload = torch.empty(2 * b * t + b, dtype=torch.int64, device=self.rank.device)
+            sizes = (b * t, b * t, b * t, b * width)
+            payload = torch.empty(sum(sizes), dtype=torch.int64, device=self.rank.device)
             dist.broadcast(payload, src=0)
-            tokens, pos, slots = payload.split((b * t, b * t, b))
+            tokens, pos, slots, table = payload.split(sizes)
             step = Step(
                 tokens=tokens.view(b, t),
                 input_pos=pos.view(b, t),
-                slots=slots,
-                kv_len=kv_len,
-                slot_start=None if start < 0 else start,
+                write_slots=slots,
+                block_table=table.view(b, width),
                 last_only=bool(last_only),
             )
-            return step, graph_batch
+            return step, (graph_batch, graph_width)
 
 
 def _die_with_parent() -> None:

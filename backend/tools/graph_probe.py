@@ -1,7 +1,7 @@
 """Which way of mixing captured NCCL collectives with eager control broadcasts survives TP > 1.
 
-``python3 -m backend.graph_probe`` (needs two GPUs) runs a toy tensor-parallel model shaped like
-the backend's decode step (row-parallel all-reduces, an all-gathered head) through the same
+``python3 -m backend.tools.graph_probe`` (needs two GPUs) runs a toy tensor-parallel model shaped
+like the backend's decode step (row-parallel all-reduces, an all-gathered head) through the same
 protocol as :mod:`backend.runner`: rank 0 broadcasts a header and the inputs, the ranks write
 them into static buffers and replay a CUDA graph of the bucket rank 0 named, interleaved with
 heartbeats and with an eager pass of the same step (compared to the replay). Then the ranks
@@ -197,7 +197,7 @@ def run_variant(variant: Variant, steps: int, timeout_s: float, log: Path) -> st
         outs = [Path(tmp) / f"rank{r}.log" for r in range(2)]
         procs = []
         for rank, out in enumerate(outs):
-            cmd = [sys.executable, "-m", "backend.graph_probe", "--rank", str(rank)]
+            cmd = [sys.executable, "-m", "backend.tools.graph_probe", "--rank", str(rank)]
             cmd += ["--port", str(port), "--variant", json.dumps(asdict(variant))]
             cmd += ["--steps", str(steps), "--timeout-s", str(timeout_s)]
             with out.open("w") as sink:
@@ -238,7 +238,7 @@ def run_variant(variant: Variant, steps: int, timeout_s: float, log: Path) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m backend.graph_probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python3 -m backend.tools.graph_probe", description=__doc__)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--timeout-s", type=float, default=40.0, help="per variant")
     p.add_argument("--log", type=Path, default=Path("graph_probe.log"))

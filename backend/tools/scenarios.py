@@ -1,0 +1,171 @@
+"""Serving scenarios timed through the real engine: prefix-cached TTFT and ITL under prefill.
+
+Both drive an :class:`~backend.engine.Engine` in-process over an already loaded runner, so what
+is timed is the scheduler's own path (block allocation, prefix lookup, chunked prefill, batched
+decode, sampling), without HTTP in the way.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from backend.engine import Engine, Request, TokenEvent
+from backend.model import ModelConfig, Step
+from backend.runner import ModelRunner
+from backend.tools.parity import random_prompt
+
+TIMEOUT_S = 120.0
+
+
+class Borrowed:
+    """A runner lent to an engine that must not close it (the caller owns it)."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.config: ModelConfig = runner.config
+        self.device: torch.device = runner.device
+        self.num_blocks = runner.num_blocks
+        self.block_size = runner.block_size
+
+    def forward(self, step: Step) -> torch.Tensor:
+        return self.runner.forward(step)
+
+    def heartbeat(self) -> None:
+        self.runner.heartbeat()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Timeline:
+    """Arrival times (``time.perf_counter``) of one request's tokens."""
+
+    submitted_s: float = 0.0
+    token_s: list[float] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    _arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def on_event(self, event: TokenEvent) -> None:
+        with self._arrived:
+            self.token_s.append(time.perf_counter())
+            self._arrived.notify_all()
+        if event.finish_reason is not None:
+            self.done.set()
+
+    def wait_tokens(self, count: int) -> None:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.token_s) >= count, TIMEOUT_S):
+                raise RuntimeError(f"fewer than {count} tokens arrived")
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_s[0] - self.submitted_s
+
+
+def _engine(runner: ModelRunner, max_model_len: int, budget: int) -> Engine:
+    engine = Engine(
+        lambda: Borrowed(runner),
+        max_batch_size=8,
+        max_model_len=max_model_len,
+        max_queue=16,
+        rng=random.Random(0),
+        max_num_batched_tokens=budget,
+    )
+    engine.start()
+    if not engine.ready.wait(TIMEOUT_S):
+        raise RuntimeError("engine did not warm up")
+    return engine
+
+
+def _submit(engine: Engine, prompt: list[int], max_tokens: int) -> Timeline:
+    timeline = Timeline()
+    request = Request(
+        prompt_ids=prompt, max_tokens=max_tokens, ignore_eos=True, on_event=timeline.on_event
+    )
+    timeline.submitted_s = time.perf_counter()
+    engine.submit(request)
+    return timeline
+
+
+def _finish(timeline: Timeline) -> Timeline:
+    if not timeline.done.wait(TIMEOUT_S):
+        raise RuntimeError("request did not finish")
+    return timeline
+
+
+def prefix_cached_ttft(
+    runner: ModelRunner, max_model_len: int, prompt_len: int = 2000, cached_len: int = 1900
+) -> dict[str, Any]:
+    """Median TTFT of fresh ``prompt_len``-token prompts, and of ones sharing ``cached_len``.
+
+    Each cached probe first sends a prompt, then one with the same first ``cached_len`` tokens
+    and a different tail; the second reuses the full blocks of the shared part.
+    """
+    vocab = runner.config.vocab_size
+    engine = _engine(runner, max_model_len, budget=max_model_len)  # whole prompts: one pass
+    try:
+        fresh, cached = [], []
+        for i in range(4):
+            first = random_prompt(vocab, prompt_len, seed=1000 + i)
+            fresh.append(_finish(_submit(engine, first, 1)).ttft_s)
+            tail = random_prompt(vocab, prompt_len - cached_len, seed=2000 + i)
+            cached.append(_finish(_submit(engine, first[:cached_len] + tail, 1)).ttft_s)
+        stats = engine.cache_stats()
+    finally:
+        engine.stop(30)
+    assert stats is not None
+    uncached_ms = statistics.median(fresh[1:]) * 1000  # the first pays one-off kernel set-up
+    cached_ms = statistics.median(cached[1:]) * 1000
+    return {
+        "prompt_len": prompt_len,
+        "cached_len": cached_len,
+        "uncached_ttft_ms": uncached_ms,
+        "cached_ttft_ms": cached_ms,
+        "ratio": cached_ms / uncached_ms,
+        "hit_tokens": stats.hit_tokens,
+        "query_tokens": stats.query_tokens,
+    }
+
+
+def itl_under_long_prefill(
+    runner: ModelRunner, max_model_len: int, budget: int, long_len: int = 4000
+) -> dict[str, Any]:
+    """Inter-token latency of a running stream while a ``long_len``-token prompt arrives.
+
+    ``budget`` is the engine's ``max_num_batched_tokens``: at or above ``long_len`` the whole
+    prompt is prefilled in one pass (the stream stalls for it); below, in chunks between the
+    stream's decode steps.
+    """
+    vocab = runner.config.vocab_size
+    engine = _engine(runner, max_model_len, budget)
+    try:
+        stream = _submit(engine, random_prompt(vocab, 128, seed=7), 400)
+        stream.wait_tokens(20)
+        before = len(stream.token_s)
+        long = _finish(_submit(engine, random_prompt(vocab, long_len, seed=8), 1))
+        _finish(stream)
+    finally:
+        engine.stop(30)
+    gaps_ms = [(b - a) * 1000 for a, b in zip(stream.token_s, stream.token_s[1:], strict=False)]
+    steady = gaps_ms[: before - 1]
+    window = [
+        (b - a) * 1000
+        for a, b in zip(stream.token_s, stream.token_s[1:], strict=False)
+        if b >= long.submitted_s and a <= long.token_s[0]
+    ]
+    return {
+        "budget": budget,
+        "long_len": long_len,
+        "steady_itl_ms": statistics.median(steady[5:]),
+        "max_itl_during_prefill_ms": max(window),
+        "mean_itl_during_prefill_ms": statistics.mean(window),
+        "long_ttft_ms": long.ttft_s * 1000,
+    }
