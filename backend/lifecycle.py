@@ -128,7 +128,7 @@ class Lifecycle:
         await http.setup()
         site = web.TCPSite(http, cfg.host, cfg.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(http.addresses[0][1])  # the bound port, also when asked for 0
         log.info("tailgate-backend listening on http://%s:%d (loading model)", cfg.host, self.port)
         self.listening.set()
         engine.start()

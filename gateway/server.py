@@ -142,7 +142,7 @@ class Gateway:
                 reuse_address=True,
             )
         await self._public_site.start()
-        self.public_port = bound_port(self._public_site)
+        self.public_port = bound_port(self._public_runner)
         if self._serve_admin:
             app = build_admin_app(rt, cfg.admin.token, self._render_metrics)
             self._admin_runner = GatewayAppRunner(
@@ -154,7 +154,7 @@ class Gateway:
             await self._admin_runner.setup()
             admin_site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
             await admin_site.start()
-            self.admin_port = bound_port(admin_site)
+            self.admin_port = bound_port(self._admin_runner)
         await self._start_discovery(cfg)
         self._prober.sync()
         self._maintenance.start()
@@ -283,10 +283,10 @@ class Gateway:
         self.stopped.set()
 
 
-def bound_port(site: web.BaseSite) -> int | None:
-    """The port a started site listens on (the real one when it was asked for port 0)."""
-    server = getattr(site, "_server", None)
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        return int(sockets[0].getsockname()[1])
+def bound_port(runner: web.BaseRunner) -> int | None:
+    """The port a runner's started site listens on (the real one when it was asked for port 0),
+    read through aiohttp's public ``BaseRunner.addresses``."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
     return None

@@ -42,7 +42,7 @@ async def start_pod(name: str, host: str = "127.0.0.1", port: int = 0, **kwargs:
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     return Pod(name, port, runner, app[STATE])
 
 

@@ -62,7 +62,7 @@ class MasterAdmin:
         await runner.setup()
         site = web.TCPSite(runner, admin.host, admin.port)
         await site.start()
-        return runner, bound_port(site) or admin.port
+        return runner, bound_port(runner) or admin.port
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render_metrics, self.master.metrics_dir)

@@ -46,7 +46,7 @@ async def serve_worker(args: argparse.Namespace, config: GatewayConfig) -> None:
     site = web.TCPSite(admin, "127.0.0.1", 0)
     await site.start()
     gateway.install_signal_handlers()
-    admin_port = bound_port(site)
+    admin_port = bound_port(admin)
     report = json.dumps({"pid": os.getpid(), "admin_port": admin_port}) + "\n"
     with os.fdopen(args.status_fd, "wb") as status:
         status.write(report.encode())

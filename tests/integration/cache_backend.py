@@ -72,7 +72,7 @@ async def counting_backend() -> AsyncIterator[CountingBackend]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    backend.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    backend.port = runner.addresses[0][1]
     try:
         yield backend
     finally:

@@ -81,7 +81,7 @@ class LlmServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self.runner.addresses[0][1]
 
 
 def _event(delta: dict[str, str]) -> bytes:
@@ -232,7 +232,7 @@ async def test_spans_are_exported_over_otlp_with_tries_and_retries() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    receiver.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    receiver.port = runner.addresses[0][1]
     busy, good = LlmServer("busy", status=503), LlmServer("good")
     await busy.start()
     await good.start()
