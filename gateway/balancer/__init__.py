@@ -1,5 +1,8 @@
 """Balance: choose one endpoint among the healthy candidates, by a policy named in the config.
 
+:data:`POLICIES` is the one registry: a new policy is one module plus one entry here (the
+config accepts every name registered, the simulator and ``bench_pick`` compare them all).
+
 Build one policy per backend group: policies that cache a fleet reference or a schedule
 (everything but least_request) hold it for the candidates they were last refreshed with.
 """
@@ -27,7 +30,10 @@ POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
 
 def build_policy(settings: BalancerSettings) -> Policy:
     """A fresh policy object for one backend group."""
-    return POLICIES[settings.policy](settings)
+    factory = POLICIES.get(settings.policy)
+    if factory is None:
+        raise ValueError(f"balancer.policy: {settings.policy!r} is not one of {tuple(POLICIES)}")
+    return factory(settings)
 
 
 __all__ = [

@@ -17,7 +17,6 @@ from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
 
-Policy = Literal["weighted_score", "round_robin", "random", "least_request", "peak_ewma"]
 Selection = Literal["best", "p2c"]
 
 
@@ -94,11 +93,22 @@ class BackendConfig:
         return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
+def _discovery_type(value: object) -> str:
+    """``static`` or a source registered in ``gateway.discovery.SOURCES`` (imported here, at
+    parse time, because the sources themselves import this module)."""
+    from gateway.discovery import SOURCES
+
+    names = ("static", *SOURCES)
+    if value not in names:
+        raise ValueError(f"must be one of {', '.join(names)}; got {value!r}")
+    return str(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiscoveryConfig:
     """Where the backend set comes from when it is not a static ``backends:`` list."""
 
-    type: Literal["static", "file", "dns"] = "static"
+    type: str = field("static", parse=_discovery_type)
     path: str | None = field(None, doc="file discovery: a YAML/JSON list of backends, watched")
     name: str | None = field(None, doc="dns discovery: the name whose A/AAAA records are backends")
     port: int = field(8000, parse=_port)
@@ -139,9 +149,18 @@ class QueueDepthConfig:
     )
 
 
+def _policy_name(value: object) -> str:
+    """A policy registered in ``gateway.balancer.POLICIES`` (one module + one entry each)."""
+    from gateway.balancer import POLICIES
+
+    if value not in POLICIES:
+        raise ValueError(f"must be one of {', '.join(POLICIES)}; got {value!r}")
+    return str(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class BalancerConfig:
-    policy: Policy = "weighted_score"
+    policy: str = field("weighted_score", parse=_policy_name)
     alpha: float = field(0.6, check=non_negative)
     beta: float = field(0.4, check=non_negative)
     selection: Selection = "p2c"

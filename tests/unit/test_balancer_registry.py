@@ -1,15 +1,29 @@
 """build_policy and BalancerSettings: the names the config layer uses."""
 
 import random
+from pathlib import Path
 
 import pytest
 
 from gateway.balancer import POLICIES, BalancerSettings, SimpleCandidate, build_policy
-from gateway.balancer.settings import POLICY_NAMES
+from gateway.config import ConfigError, parse_config
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+POLICY_NAMES = tuple(POLICIES)
 
 
-def test_the_registry_has_exactly_the_documented_policies() -> None:
-    assert tuple(POLICIES) == POLICY_NAMES
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_the_config_accepts_every_registered_policy_and_the_readme_documents_it(
+    name: str,
+) -> None:
+    config = parse_config(f"backends: [{{url: 'http://a:1'}}]\nbalancer: {{policy: {name}}}\n")
+    assert config.balancer.policy == name
+    assert f"`{name}`" in README
+
+
+def test_an_unregistered_policy_is_a_config_error_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"balancer\.policy: must be one of"):
+        parse_config("backends: [{url: 'http://a:1'}]\nbalancer: {policy: fastest}\n")
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -36,7 +50,6 @@ def test_settings_carry_through() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"policy": "fastest"}, "balancer.policy"),
         ({"selection": "all"}, "balancer.selection"),
         ({"alpha": -0.1}, "balancer.alpha"),
         ({"alpha": 0.0, "beta": 0.0}, "balancer.alpha"),
@@ -46,3 +59,8 @@ def test_settings_carry_through() -> None:
 def test_invalid_settings_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         BalancerSettings(**kwargs)
+
+
+def test_building_an_unregistered_policy_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"balancer\.policy"):
+        build_policy(BalancerSettings(policy="fastest"))
