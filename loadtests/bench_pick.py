@@ -17,17 +17,15 @@ import sys
 import time
 from collections.abc import Callable
 
-from gateway.balancer import BalancerSettings, SimpleCandidate, build_policy
+from gateway.balancer import POLICIES, BalancerSettings, SimpleCandidate, build_policy
 from gateway.balancer.base import Policy
 
 SIZES = (10, 100, 1000)
-VARIANTS: tuple[tuple[str, str], ...] = (
-    ("weighted_score", "best"),
-    ("weighted_score", "p2c"),
-    ("least_request", "-"),
-    ("peak_ewma", "-"),
-    ("round_robin", "-"),
-    ("random", "-"),
+# Every registered policy (weighted_score with both selections): a new one is timed too.
+VARIANTS: tuple[tuple[str, str], ...] = tuple(
+    variant
+    for name in POLICIES
+    for variant in (((name, "best"), (name, "p2c")) if name == "weighted_score" else ((name, "-"),))
 )
 NOW = 1000.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from gateway.balancer import POLICIES as BALANCER_POLICIES
 from gateway.config.model import GatewayConfig
 from loadtests.simulate.engine import PolicyChoice, simulate
 from loadtests.simulate.oracle import oracle
@@ -11,13 +12,16 @@ from loadtests.simulate.pods import has_fault
 from loadtests.simulate.scenarios import Scenario
 from loadtests.simulate.stats import Summary, share_text, summarize
 
-POLICIES = (
-    PolicyChoice("weighted_score", "p2c"),
-    PolicyChoice("weighted_score", "best"),
-    PolicyChoice("round_robin"),
-    PolicyChoice("random"),
-    PolicyChoice("least_request"),
-    PolicyChoice("peak_ewma"),
+# Every policy the gateway registers (weighted_score with both of its selections): a policy
+# added to gateway.balancer.POLICIES is compared here with no further change.
+POLICIES = tuple(
+    choice
+    for name in BALANCER_POLICIES
+    for choice in (
+        (PolicyChoice(name, "p2c"), PolicyChoice(name, "best"))
+        if name == "weighted_score"
+        else (PolicyChoice(name),)
+    )
 )
 # `best` scores every pod on every pick (O(M)): its request count is capped so that a run
 # scores at most this many pods in all.
