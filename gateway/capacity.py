@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from gateway.config.model import LimitsConfig
 from gateway.failures import Failure
 from gateway.request_info import NO_INFO, RequestInfo
 
@@ -38,15 +39,6 @@ class NoPick(enum.Enum):
 
     NO_BACKEND = "no_backend"  # nothing routable in the group: shed
     ALL_FULL = "all_full"  # every candidate at max_requests_per_backend: queue or shed
-
-
-@dataclass(frozen=True, slots=True)
-class CapacitySettings:
-    """``limits.max_pending`` 0 or ``limits.queue_timeout`` 0 means never queue."""
-
-    max_requests_per_backend: int = 256
-    max_pending: int = 1024
-    queue_timeout_s: float = 1.0
 
 
 @dataclass(eq=False, slots=True)
@@ -128,11 +120,13 @@ class Capacity(Generic[T]):
 
     ``pick`` chooses a backend for a ticket with room under the per-backend limit (taking its
     circuit permit), or says why it cannot; it is the policy's business, not this module's.
+    ``settings`` is the config's ``limits:`` section itself (``max_pending`` or
+    ``queue_timeout`` 0 means never queue).
     """
 
     def __init__(
         self,
-        settings: CapacitySettings,
+        settings: LimitsConfig,
         pick: Pick[T],
         queue_factory: Callable[[int], PendingQueue[T]] | None = None,
     ) -> None:
@@ -145,7 +139,7 @@ class Capacity(Generic[T]):
 
     def ticket(self, group: str, arrived_at: float, request: RequestInfo = NO_INFO) -> Ticket[T]:
         """A ticket for a request of ``group`` that arrived at ``arrived_at``."""
-        return Ticket(group, arrived_at, arrived_at + self.settings.queue_timeout_s, request)
+        return Ticket(group, arrived_at, arrived_at + self.settings.queue_timeout, request)
 
     def admit(self, ticket: Ticket[T], now: float) -> T | Failure | None:
         """A backend for this try, the :class:`Failure` that sheds it, or None: queued (the
@@ -202,7 +196,7 @@ class Capacity(Generic[T]):
 
     def retry_after_s(self) -> float:
         """What a shed request's ``Retry-After`` says: about one queue deadline."""
-        return max(1.0, self.settings.queue_timeout_s)
+        return max(1.0, self.settings.queue_timeout)
 
     def group_queues(self) -> dict[str, PendingQueue[T]]:
         """Each group's queue, to read (``/admin/tenants``)."""
@@ -214,7 +208,7 @@ class Capacity(Generic[T]):
 
     def _enqueue(self, ticket: Ticket[T], now: float) -> Failure | None:
         s = self.settings
-        if s.queue_timeout_s <= 0:
+        if s.queue_timeout <= 0:
             return self._shed(Failure.OVERLOADED)
         full = self.pending >= s.max_pending  # a priority queue may still displace a ticket
         if now >= ticket.deadline:  # a retry that finds no room after its request's deadline

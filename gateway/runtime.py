@@ -24,7 +24,7 @@ from gateway.balancer import build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
 from gateway.cache import ResponseCache
-from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
+from gateway.capacity import Capacity, NoPick, Ticket
 from gateway.config.model import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.exchange import SafePaths
@@ -170,17 +170,12 @@ class Runtime:
         )
         if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
             self.retry_budget = RetryBudget(budget)
-        capacity = CapacitySettings(
-            max_requests_per_backend=config.limits.max_requests_per_backend,
-            max_pending=config.limits.max_pending,
-            queue_timeout_s=config.limits.queue_timeout,
-        )
         if getattr(self, "capacity", None) is None:
             self.capacity = Capacity(
-                capacity, self._pick, lambda limit: FairQueue(limit, self.fair_share)
+                config.limits, self._pick, lambda limit: FairQueue(limit, self.fair_share)
             )
         else:  # keep the requests already queued
-            self.capacity.settings = capacity
+            self.capacity.settings = config.limits
         if getattr(self, "cache", None) is None:
             self.cache = ResponseCache(config.cache, self.metrics, self.clock)
         else:  # keep the answers that still fit

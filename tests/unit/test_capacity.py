@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.capacity import Capacity, CapacitySettings, NoPick, Ticket
+from gateway.capacity import Capacity, NoPick, Ticket
+from gateway.config.model import LimitsConfig
 from gateway.failures import Failure
 
 
@@ -36,7 +37,9 @@ def make(
     names: list[str] | None = None,
 ) -> tuple[Capacity[str], Slots]:
     slots = Slots(["a"] if names is None else names, limit)
-    settings = CapacitySettings(limit, max_pending, queue_timeout_s)
+    settings = LimitsConfig(
+        max_requests_per_backend=limit, max_pending=max_pending, queue_timeout=queue_timeout_s
+    )
     return Capacity(settings, slots.pick), slots
 
 
