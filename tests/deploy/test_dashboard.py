@@ -31,6 +31,7 @@ REQUIRED = {
     "tailgate_time_per_output_token_seconds_bucket",
     "tailgate_tokens_total",
     "tailgate_slo_requests_total",
+    "tailgate_cache_requests_total",  # the response cache's hit rate
 }
 
 
