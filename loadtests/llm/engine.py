@@ -128,8 +128,9 @@ class Engine:
                 return
             self.waiting.popleft()
             seq.allocation = allocation
-            seq.cached_tokens = min(len(allocation.cached) * self.costs.block_tokens,
-                                    len(seq.prompt) - 1)  # fmt: skip
+            seq.cached_tokens = min(
+                len(allocation.cached) * self.costs.block_tokens, len(seq.prompt) - 1
+            )
             seq.computed = seq.cached_tokens
             self.counters.prefix_queries_tokens += len(seq.prompt)
             self.counters.prefix_hits_tokens += seq.cached_tokens

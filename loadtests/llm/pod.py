@@ -86,8 +86,13 @@ class Reply:
     def _object(self, choices: list[dict[str, object]], chunk: bool) -> dict[str, object]:
         kind = "chat.completion" if self.chat else "text_completion"
         kind += ".chunk" if chunk and self.chat else ""
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "choices": choices}  # fmt: skip
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
 
     def chunk(self, text: str, finish: str | None) -> dict[str, object]:
         if self.chat:
@@ -134,8 +139,9 @@ def _sse(payload: object) -> bytes:
 async def _stream(
     request: web.Request, seq: Sequence, reply: Reply, usage: bool
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})  # fmt: skip
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)  # the head goes out before any token, as vLLM's does
     if reply.chat:
         await response.write(_sse(reply.role_chunk()))
@@ -198,8 +204,12 @@ async def health(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     max_len = engine.pool.num_blocks * engine.pool.block_tokens
-    card = {"id": request.app[MODEL], "object": "model", "owned_by": "tailgate-emulator",
-            "max_model_len": max_len}  # fmt: skip
+    card = {
+        "id": request.app[MODEL],
+        "object": "model",
+        "owned_by": "tailgate-emulator",
+        "max_model_len": max_len,
+    }
     return web.json_response({"object": "list", "data": [card]})
 
 
@@ -224,11 +234,13 @@ async def metrics(request: web.Request) -> web.Response:
     counter("vllm:prompt_tokens", "Prompt tokens", c.prompt_tokens)
     counter("vllm:generation_tokens", "Generated tokens", c.generation_tokens)
     config_labels = ["block_size", "num_gpu_blocks", "enable_prefix_caching"]
-    info = Gauge("vllm:cache_config_info", "KV cache configuration", config_labels,
-                 registry=registry)  # fmt: skip
+    info = Gauge(
+        "vllm:cache_config_info", "KV cache configuration", config_labels, registry=registry
+    )
     info.labels(str(engine.pool.block_tokens), str(engine.pool.num_blocks), "True").set(1)
-    success = Counter("vllm:request_success", "Finished requests",
-                      [*labels, "finished_reason"], registry=registry)  # fmt: skip
+    success = Counter(
+        "vllm:request_success", "Finished requests", [*labels, "finished_reason"], registry=registry
+    )
     success.labels(**labels, finished_reason="length").inc(c.finished)
     success.labels(**labels, finished_reason="abort").inc(c.aborted)
     return web.Response(
@@ -255,9 +267,15 @@ async def control(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    return web.json_response({**asdict(engine.counters), "waiting": len(engine.waiting),
-                              "running": len(engine.running), "kv_usage": engine.kv_usage(),
-                              "evictions": engine.pool.evictions})  # fmt: skip
+    return web.json_response(
+        {
+            **asdict(engine.counters),
+            "waiting": len(engine.waiting),
+            "running": len(engine.running),
+            "kv_usage": engine.kv_usage(),
+            "evictions": engine.pool.evictions,
+        }
+    )
 
 
 def build_app(

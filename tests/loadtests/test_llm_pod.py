@@ -81,8 +81,12 @@ async def pod(request: pytest.FixtureRequest) -> AsyncIterator[PodClient]:
 
 def _chat(user: str, max_tokens: int = 4) -> dict[str, Any]:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
-    return {"model": "m", "messages": messages, "max_tokens": max_tokens,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    return {
+        "model": "m",
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def test_a_repeated_prefix_is_a_cache_hit_and_its_first_token_comes_sooner(
@@ -101,10 +105,15 @@ async def test_a_repeated_prefix_is_a_cache_hit_and_its_first_token_comes_sooner
 async def test_the_next_turn_hits_the_answer_the_pod_generated(pod: PodClient) -> None:
     first = await pod.stream(_chat("tell me", max_tokens=40))
     answer = "".join(first["events"])
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "tell me"},
-                {"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]  # fmt: skip
-    second = await pod.stream({"messages": messages, "max_tokens": 2,
-                               "stream_options": {"include_usage": True}})  # fmt: skip
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "tell me"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "more"},
+    ]
+    second = await pod.stream(
+        {"messages": messages, "max_tokens": 2, "stream_options": {"include_usage": True}}
+    )
     history = len(chat_tokens(messages[:2])) + 40  # the first prompt and its answer
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == history // 16 * 16
 
@@ -138,14 +147,18 @@ async def test_a_request_that_can_never_fit_is_refused_with_a_400(pod: PodClient
 
 async def test_the_head_comes_before_the_first_token(pod: PodClient) -> None:
     await pod.control({"hang": True})  # the engine takes no step
-    async with pod.session.post(pod.url + "/v1/completions",
-                                json={"prompt": "hi there", "max_tokens": 3, "stream": True}) as resp:  # fmt: skip
+    async with pod.session.post(
+        pod.url + "/v1/completions", json={"prompt": "hi there", "max_tokens": 3, "stream": True}
+    ) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
         assert pod.engine.counters.generation_tokens == 0  # head out, nothing generated
         await pod.control({"hang": False})
         body = (await resp.read()).decode()
-    texts = [json.loads(line[6:])["choices"][0]["text"] for line in body.split("\n\n")
-             if line.startswith("data: {")]  # fmt: skip
+    texts = [
+        json.loads(line[6:])["choices"][0]["text"]
+        for line in body.split("\n\n")
+        if line.startswith("data: {")
+    ]
     assert len(texts) == 3 and body.endswith("data: [DONE]\n\n")
 
 
@@ -156,11 +169,21 @@ async def test_usage_counts_prompt_and_completion_tokens(pod: PodClient) -> None
     assert whole["usage"]["prompt_tokens"] == 5 and whole["usage"]["completion_tokens"] == 7
     assert len(whole["choices"][0]["text"].split()) == 7
     assert whole["choices"][0]["finish_reason"] == "length"
-    streamed = await pod.stream({"prompt": "one two three four five", "max_tokens": 6,
-                                 "stream_options": {"include_usage": True}}, "/v1/completions")  # fmt: skip
+    streamed = await pod.stream(
+        {
+            "prompt": "one two three four five",
+            "max_tokens": 6,
+            "stream_options": {"include_usage": True},
+        },
+        "/v1/completions",
+    )
     assert len(streamed["events"]) == 6 and streamed["done"]
-    assert streamed["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11,
-                                 "prompt_tokens_details": {"cached_tokens": 0}}  # fmt: skip
+    assert streamed["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 6,
+        "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     chat = await pod.stream({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     assert chat["usage"] is None and len([e for e in chat["events"] if e]) == 3
 
@@ -182,9 +205,14 @@ async def test_metrics_carry_vllm_names(pod: PodClient) -> None:
     await pod.stream(_chat("hello"))
     async with pod.session.get(pod.url + "/metrics") as resp:
         text = await resp.text()
-    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running",
-                 "vllm:kv_cache_usage_perc", "vllm:prefix_cache_queries_total",
-                 "vllm:prefix_cache_hits_total", "vllm:cache_config_info"):  # fmt: skip
+    for name in (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:cache_config_info",
+    ):
         assert f"\n{name}{{" in text, name
     assert 'block_size="16"' in text and 'num_gpu_blocks="512"' in text
 
