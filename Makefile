@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench simulate tools clean
+.PHONY: install run test lint format bench bench-llm simulate tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	./scripts/install-bench-tools.sh
 	$(PY) -m loadtests --duration 12s --warmup 2s --markdown BENCHMARKS-loadtests.md --plot loadtests/latency.png
+
+# The LLM fleet: emulated vLLM-like pods, chat workloads, tailgate against SGLang's router,
+# nginx and Envoy; TTFT, TPOT and goodput per peer.
+bench-llm: install
+	$(PY) -m pip install -q -e '.[bench]'
+	./scripts/install-bench-tools.sh
+	$(PY) -m loadtests.llm --duration 15s --markdown BENCHMARKS-llm.md --plot loadtests/llm/ttft.png
 
 simulate: install
 	$(VENV)/bin/tailgate simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png

@@ -31,7 +31,7 @@ from loadtests.runner import PairRun, Settings
 LLM_BUDGET = Budget(
     connect_s=1.0,
     per_try_s=10.0,
-    total_s=60.0,
+    total_s=30.0,
     retries=1,
     consecutive_5xx=5,
     ejection_s=10.0,
