@@ -43,7 +43,8 @@ bench: install
 bench-llm: install
 	$(PY) -m pip install -q -e '.[bench]'
 	./scripts/install-bench-tools.sh
-	$(PY) -m loadtests.llm --duration 15s --markdown BENCHMARKS-llm.md --plot loadtests/llm/ttft.png
+	$(PY) -m loadtests.llm --duration 10s --scenarios equal,slow-pod,errors,hang,kv-pressure,ramp \
+		--markdown BENCHMARKS-llm.md --plot loadtests/llm/ttft.png
 
 simulate: install
 	$(VENV)/bin/tailgate simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png

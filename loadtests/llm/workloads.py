@@ -53,8 +53,8 @@ class WorkloadSpec:
     system_tokens: int = 1500  # exact, for every system prompt
     zipf_s: float = 1.1
     turns_min: int = 2
-    turns_max: int = 4
-    think_mean_s: float = 1.5
+    turns_max: int = 3
+    think_mean_s: float = 1.0
     user_tokens: int = 60
     prompt_tokens: int = 160  # sharegpt prompts
     prompt_sigma: float = 1.0
