@@ -5,15 +5,16 @@ weights once, launching kernels), a decode cost per running sequence (its KV rea
 prefill cost per uncached prompt token (compute bound), with at most ``chunk_tokens`` tokens
 per step (chunked prefill mixed with decode, as vLLM's V1 scheduler does).
 
-Calibration, Llama-3.1-8B-Instruct in BF16 on one H100-80GB with vLLM 0.21 (InferenceBench's
-published concurrency sweep, "chatbot-short" corpus): TPOT p50 6.48 ms at concurrency 1 and
-10.94 ms at 16, so ``step_s`` = 6.4 ms and ``decode_per_seq_s`` = (10.94 - 6.48) / 15
-= 0.3 ms. The prefill rate is a roofline estimate, not a measured figure: 16 GFLOP per token
-at about 40% of the H100's 990 TFLOPS dense BF16 is 25,000 tokens/s, ``prefill_per_token_s``
-= 0.04 ms, which puts the published 14 ms TTFT at concurrency 1 at a ~190-token prompt.
-``kv_blocks`` is what the 80 GB hold at vLLM's 0.9 memory utilisation: (72 - 16) GB for the
-cache at 128 KiB per token (32 layers x 8 KV heads x 128 x 2 x 2 bytes), ~27,000 blocks of
-16 tokens. Scenarios shrink it to make KV pressure reachable at this machine's request rates.
+Calibration, Llama-3.1-8B-Instruct in FP16 on one H100-80GB-HBM3 with vLLM 0.21.0
+(InferenceBench's published concurrency sweep, its "chatbot-short" corpus, 2026-05-16): TPOT
+p50 6.48 ms at concurrency 1 and 10.94 ms at 16, so ``step_s`` = 6.4 ms and
+``decode_per_seq_s`` = (10.94 - 6.48) / 15 = 0.3 ms. The prefill rate is a roofline estimate,
+not a measured figure: 16 GFLOP per token at about 40% of the H100's 990 TFLOPS dense FP16 is
+25,000 tokens/s, ``prefill_per_token_s`` = 0.04 ms, which puts the published 14 ms TTFT at
+concurrency 1 at a ~190-token prompt. ``kv_blocks`` is what the 80 GB hold at vLLM's 0.9
+memory utilisation: (72 - 16) GB for the cache at 128 KiB per token (32 layers x 8 KV heads
+x 128 dims x K and V x 2 bytes), ~27,000 blocks of 16 tokens. Scenarios shrink it to make KV
+pressure reachable at this machine's request rates.
 """
 
 from __future__ import annotations

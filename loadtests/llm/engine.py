@@ -62,6 +62,15 @@ class Counters:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class Step:
+    """One planned step: who decodes, how many prompt tokens each prefill gets, how long."""
+
+    decoding: list[Sequence]
+    chunks: dict[Sequence, int]
+    duration_s: float
+
+
 class Engine:
     def __init__(self, costs: EngineCosts, faults: Faults | None = None, seed: int = 0) -> None:
         self.costs = costs
@@ -112,12 +121,20 @@ class Engine:
             if self.faults.hang or stall_s > 0:
                 await asyncio.sleep(stall_s if stall_s > 0 else 0.05)
                 continue
-            self._admit()
-            decoding, chunks = self._plan()
-            prefill_tokens = sum(chunks.values())
-            step_s = self.costs.step_duration_s(len(decoding), prefill_tokens)
-            await asyncio.sleep(step_s * self.faults.slow_factor)
-            self._advance(decoding, chunks)
+            step = self.schedule()
+            if step is None:  # everything waiting was aborted
+                continue
+            await asyncio.sleep(step.duration_s * self.faults.slow_factor)
+            self.apply(step)
+
+    def schedule(self) -> Step | None:
+        """Admit what fits and plan the next step; None when nothing can run."""
+        self._admit()
+        if not self.running:
+            return None
+        decoding, chunks = self._plan()
+        duration_s = self.costs.step_duration_s(len(decoding), sum(chunks.values()))
+        return Step(decoding, chunks, duration_s)
 
     def _admit(self) -> None:
         """Admit in arrival order; the first that does not fit blocks the rest (FCFS)."""
@@ -150,11 +167,12 @@ class Engine:
                 budget -= chunks[seq]
         return decoding, chunks
 
-    def _advance(self, decoding: list[Sequence], chunks: dict[Sequence, int]) -> None:
-        """Apply a finished step; sequences aborted while it ran are skipped."""
+    def apply(self, step: Step) -> list[Sequence]:
+        """The step is over: advance its sequences (skipping those aborted meanwhile);
+        return those that gained a token."""
         self.counters.steps += 1
-        producing = list(decoding)
-        for seq, tokens in chunks.items():
+        producing = list(step.decoding)
+        for seq, tokens in step.chunks.items():
             if seq.finished:
                 continue
             seq.computed += tokens
@@ -162,14 +180,17 @@ class Engine:
                 assert seq.allocation is not None
                 self.pool.publish(seq.allocation, seq.keys)
                 producing.append(seq)
+        gained = []
         for seq in producing:
             if seq.finished:  # aborted during the step
                 continue
+            gained.append(seq)
             seq.output.append(answer_token(seq.seed, len(seq.output)))
             self.counters.generation_tokens += 1
             if len(seq.output) >= seq.max_tokens:
                 self._finish(seq)
             seq.changed.set()
+        return gained
 
     def _finish(self, seq: Sequence) -> None:
         """Publish the answer's full blocks too (the next turn quotes it), then release."""

@@ -7,7 +7,6 @@ same :data:`LLM_BUDGET` and the same planned sessions from one seed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import sys
@@ -24,7 +23,7 @@ from loadtests.llm.scenarios import LlmFault, LlmScenario
 from loadtests.llm.summary import LlmSummary, Slo, ranked_ttft_s, summarize
 from loadtests.llm.workloads import plan
 from loadtests.peers import Backend, Budget, Peer
-from loadtests.runner import PairRun, Settings
+from loadtests.runner import PairRun, Settings, _run_async
 
 # Streams last seconds, so the per-try allowance (time to the response head for most peers,
 # between reads for nginx) and the total are long; a hung pod still costs a retry's wait.
@@ -120,18 +119,11 @@ def _fault_event(port: int, fault: LlmFault, duration_s: float) -> Event:
     return fault.at_fraction * duration_s, send
 
 
-def _run_async(coro):  # type: ignore[no-untyped-def]
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def run_pair(scenario: LlmScenario, peer: Peer, settings: Settings, slo: Slo) -> LlmRow:
     """Measure one peer in one scenario on fresh processes; a peer that cannot start is a
     note, not a failure of the run."""
-    with LlmPairRun(scenario, peer, settings) as pair:
+    pair = LlmPairRun(scenario, peer, settings)
+    with pair:
         try:
             pair.start_upstream()
             urls = pair.start_peer()
