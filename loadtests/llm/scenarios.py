@@ -82,7 +82,7 @@ SCENARIOS: dict[str, LlmScenario] = {
         ),
         LlmScenario(
             "ramp",
-            "chat ramping from 0.5 to 5 sessions/s (saturation)",
+            "chat ramping from 0.5 to 5 sessions/s",
             WorkloadSpec(kind="chat", sessions_per_s=0.5, end_sessions_per_s=5.0),
         ),
     )

@@ -86,15 +86,18 @@ class ReplicaView:
                 self.history[pod] += 1
 
 
-def _argmin(values: list[int] | list[float]) -> int:
-    return min(range(len(values)), key=values.__getitem__)
+def _argmin(values: list[int], rng: random.Random) -> int:
+    """An index of the smallest value, ties broken at random (by index, every replica of a
+    fresh fleet would pick the same first pod)."""
+    low = min(values)
+    return rng.choice([i for i, v in enumerate(values) if v == low])
 
 
-def _cache_aware(view: ReplicaView, keys: list[int]) -> int:
+def _cache_aware(view: ReplicaView, keys: list[int], rng: random.Random) -> int:
     loads = view.inflight
     high, low = max(loads), min(loads)
     if high - low > BALANCE_ABS and high > low * BALANCE_REL:
-        return _argmin(loads)
+        return _argmin(loads, rng)
     matched, pod = 0, -1
     for key in keys:
         owner = view.owner.get(key)
@@ -103,7 +106,7 @@ def _cache_aware(view: ReplicaView, keys: list[int]) -> int:
         matched, pod = matched + 1, owner
     if keys and matched / len(keys) > CACHE_THRESHOLD:
         return pod
-    return _argmin(view.history)
+    return _argmin(view.history, rng)
 
 
 def _oracle(pods: list[SimLlmPod], prompt_tokens: int, keys: list[int]) -> int:
@@ -133,7 +136,7 @@ def pick(
         a, b = rng.randrange(len(pods)), rng.randrange(len(pods))
         return a if view.inflight[a] <= view.inflight[b] else b
     if router == "cache_aware":
-        return _cache_aware(view, keys)
+        return _cache_aware(view, keys, rng)
     if router == "oracle":
         return _oracle(pods, len(prompt), keys)
     raise ValueError(f"unknown router {router!r}; known: {ROUTERS}")
