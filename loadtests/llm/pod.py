@@ -59,8 +59,8 @@ def _prompt(body: dict[str, Any], chat: bool) -> list[str]:
             raise BadRequest("messages must be a list of objects")
         return chat_tokens(messages)
     prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("prompt must be a non-empty string")
     return tokenize(prompt)
 
 

@@ -222,7 +222,8 @@ async def test_health_models_and_bad_input(pod: PodClient) -> None:
         assert resp.status == 200
     async with pod.session.get(pod.url + "/v1/models") as resp:
         assert (await resp.json())["data"][0]["id"] == "emulated-llama-3.1-8b"
-    for body in (b"not json", b'{"prompt": 3}', b'{"prompt": "x", "max_tokens": 0}'):
+    bad = (b"not json", b'{"prompt": 3}', b'{"prompt": " "}', b'{"prompt": "x", "max_tokens": 0}')
+    for body in bad:
         async with pod.session.post(pod.url + "/v1/completions", data=body) as resp:
             assert resp.status == 400 and "error" in await resp.json()
     async with pod.session.post(pod.url + "/_control", json={"nope": 1}) as resp:
