@@ -26,8 +26,7 @@ GATEWAY := $(VENV)/.installed-gateway
 BACKEND := $(VENV)/.installed-backend
 TESTING := $(VENV)/.installed-test
 BENCH := $(VENV)/.installed-bench
-
-.PHONY: install run run-gateway test lint format bench simulate tools clean
+.PHONY: install run run-gateway test lint format bench bench-llm simulate tools clean
 
 $(CREATED):
 	@echo "==> creating the virtualenv $(VENV)"
@@ -52,7 +51,7 @@ $(TESTING): pyproject.toml $(BACKEND)
 	@touch $@
 
 $(BENCH): pyproject.toml $(GATEWAY)
-	@echo "==> installing the bench extra (Envoy, matplotlib, py-spy)"
+	@echo "==> installing the bench extra (Envoy, SGLang's router, matplotlib, py-spy)"
 	@$(PIP) install -q -e '.[bench]'
 	@touch $@
 
@@ -82,6 +81,13 @@ bench: $(BENCH)
 
 simulate: $(BENCH)
 	$(PY) -m loadtests.simulate bench --markdown BENCHMARKS-simulate.md --plot loadtests/simulate/results.png
+
+# The LLM fleet: emulated vLLM-like pods, chat workloads, tailgate against SGLang's router,
+# nginx and Envoy; TTFT, TPOT and goodput per peer.
+bench-llm: $(BENCH)
+	./scripts/install-bench-tools.sh
+	$(PY) -m loadtests.llm --duration 10s --scenarios equal,slow-pod,errors,hang,kv-pressure,ramp \
+		--markdown BENCHMARKS-llm.md --plot loadtests/llm/ttft.png
 
 format: $(TESTING)
 	$(VENV)/bin/ruff format .

@@ -61,3 +61,26 @@ def test_every_proxy_renders_without_leftover_placeholders(label: str) -> None:
 def test_tailgate_command_passes_workers() -> None:
     cmd = command(PEERS["tailgate weighted_score --workers 2"], Path("c.yaml"), Path("/tmp"))
     assert cmd is not None and cmd[-2:] == ["--workers", "2"]
+
+
+def test_sglang_router_gets_every_threshold_and_the_budget() -> None:
+    from loadtests.llm.runner import LLM_PEERS
+
+    args = render(LLM_PEERS["sglang cache_aware"], BACKENDS, 18080, 18081, Path("/tmp/r"), BUDGET)
+    assert "--policy cache_aware" in args
+    assert "--worker-urls http://127.0.0.1:18001 http://127.0.0.1:18002" in args
+    for flag in ("--cache-threshold", "--balance-abs-threshold", "--balance-rel-threshold",
+                 "--eviction-interval-secs", "--max-tree-size"):  # fmt: skip
+        assert flag in args
+    assert "--retry-max-retries 2" in args  # SGLang counts the first try as one
+    assert "--request-timeout-secs 4" in args and "$" not in args
+
+
+def test_tailgate_overrides_merge_into_the_rendered_config() -> None:
+    from loadtests.llm.runner import tailgate_peer
+
+    peer = tailgate_peer("least_request", "balancer: {selection: best}\nretries: {attempts: 3}")
+    config = parse_config(render(peer, BACKENDS, 18080, 18081, Path("/tmp/run"), BUDGET))
+    assert config.balancer.policy == "least_request"  # kept from the template
+    assert config.balancer.selection == "best" and config.retries.attempts == 3
+    assert config.timeouts.per_try == 1.5  # untouched sections stay

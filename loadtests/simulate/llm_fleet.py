@@ -1,0 +1,313 @@
+"""The LLM fleet on virtual time: G gateway replicas route chat sessions to M LLM pods.
+
+    python -m loadtests.simulate.llm_fleet --replicas 32 --backends 1000 --duration 5
+
+Pods are :class:`~loadtests.simulate.llm_pods.SimLlmPod` (the emulator's engine: token-level
+steps, prefix-cached KV blocks, KV capacity). Each request goes to a random replica, as behind
+a layer-4 balancer; a replica knows only what it sent. Routers compared:
+
+- ``random``.
+- ``least_request``: power of two choices on the replica's own in-flight counts (what
+  tailgate's ``least_request`` sees of a fleet it shares with G - 1 other replicas).
+- ``cache_aware``: SGLang's router's rule on the replica's own history: the shortest queue
+  when loads are out of balance (``max - min > 64`` and ``max > 1.5 x min``, its defaults),
+  else the pod that was sent the longest matching prefix when it covers more than 30% of
+  the prompt, else the pod with the least cached history. Matching is by KV block (16
+  tokens), not by character as SGLang's radix tree does.
+- ``oracle``: a global greedy view no gateway has: every pod's true cache and prefill queue;
+  it picks the least estimated time to first token. Greedy, so a bound to aim at rather than
+  the optimum.
+
+Not yet here: tailgate's own policies driven through ``loadtests.simulate.replica`` (the
+request-path core the simulator's replicas are moving to); ``least_request`` stands in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+
+from loadtests.llm.blocks import chain_keys
+from loadtests.llm.costs import EngineCosts
+from loadtests.llm.engine import Sequence
+from loadtests.llm.tokens import chat_tokens
+from loadtests.llm.workloads import Session, WorkloadSpec, plan
+from loadtests.simulate.llm_pods import SimLlmPod
+from loadtests.stats import percentile
+
+ROUTERS = ("random", "least_request", "cache_aware", "oracle")
+BALANCE_ABS = 64  # SGLang's --balance-abs-threshold default (0.3.x)
+BALANCE_REL = 1.5  # --balance-rel-threshold
+CACHE_THRESHOLD = 0.3  # --cache-threshold
+SLO_TTFT_S, SLO_TPOT_S = 0.5, 0.05
+
+
+@dataclass(frozen=True)
+class LlmFleetSpec:
+    """A fleet and its chat traffic; ``sessions_per_pod_s`` scales the load with M."""
+
+    pods: int = 100
+    replicas: int = 8
+    duration_s: float = 10.0
+    sessions_per_pod_s: float = 0.375  # the loadtests' "equal": 1.5 sessions/s on 4 pods
+    system_prompts_per_pod: float = 4.0
+    slow_share: float = 0.0  # pods 3x slower, one in ten when 0.1
+    costs: EngineCosts = field(default_factory=lambda: EngineCosts(kv_blocks=4000, max_running=64))
+    seed: int = 1
+
+    def workload(self) -> WorkloadSpec:
+        return WorkloadSpec(
+            kind="chat",
+            sessions_per_s=self.sessions_per_pod_s * self.pods,
+            system_prompts=max(1, round(self.system_prompts_per_pod * self.pods)),
+        )
+
+
+class ReplicaView:
+    """What one gateway replica knows: its own in-flight counts and prefix history."""
+
+    def __init__(self, pods: int) -> None:
+        self.inflight = [0] * pods
+        self.owner: dict[int, int] = {}  # block key -> pod this replica last sent it to
+        self.history = [0] * pods  # blocks this replica attributes to each pod
+
+    def remember(self, keys: list[int], pod: int) -> None:
+        for key in keys:
+            old = self.owner.get(key)
+            if old != pod:
+                if old is not None:
+                    self.history[old] -= 1
+                self.owner[key] = pod
+                self.history[pod] += 1
+
+
+def _argmin(values: list[int], rng: random.Random) -> int:
+    """An index of the smallest value, ties broken at random (by index, every replica of a
+    fresh fleet would pick the same first pod)."""
+    low = min(values)
+    return rng.choice([i for i, v in enumerate(values) if v == low])
+
+
+def _cache_aware(view: ReplicaView, keys: list[int], rng: random.Random) -> int:
+    loads = view.inflight
+    high, low = max(loads), min(loads)
+    if high - low > BALANCE_ABS and high > low * BALANCE_REL:
+        return _argmin(loads, rng)
+    matched, pod = 0, -1
+    for key in keys:
+        owner = view.owner.get(key)
+        if owner is None:
+            break
+        matched, pod = matched + 1, owner
+    if keys and matched / len(keys) > CACHE_THRESHOLD:
+        return pod
+    return _argmin(view.history, rng)
+
+
+def _oracle(pods: list[SimLlmPod], prompt_tokens: int, keys: list[int]) -> int:
+    def ttft_s(pod: SimLlmPod) -> float:
+        costs = pod.engine.costs
+        tokens = pod.queued_prefill_tokens() + pod.uncached_tokens(prompt_tokens, keys)
+        steps = math.ceil(tokens / costs.chunk_tokens)
+        decode = len(pod.engine.running) * costs.decode_per_seq_s
+        return (
+            tokens * costs.prefill_per_token_s + steps * (costs.step_s + decode)
+        ) * pod.slow_factor
+
+    return min(range(len(pods)), key=lambda i: ttft_s(pods[i]))
+
+
+def pick(
+    router: str,
+    view: ReplicaView,
+    pods: list[SimLlmPod],
+    prompt: list[str],
+    keys: list[int],
+    rng: random.Random,
+) -> int:
+    if router == "random":
+        return rng.randrange(len(pods))
+    if router == "least_request":
+        a, b = rng.randrange(len(pods)), rng.randrange(len(pods))
+        return a if view.inflight[a] <= view.inflight[b] else b
+    if router == "cache_aware":
+        return _cache_aware(view, keys, rng)
+    if router == "oracle":
+        return _oracle(pods, len(prompt), keys)
+    raise ValueError(f"unknown router {router!r}; known: {ROUTERS}")
+
+
+@dataclass
+class _Request:
+    session: int
+    turn: int
+    replica: int
+    pod: int
+    sent_s: float
+    ttft_s: float = math.inf
+
+
+@dataclass
+class FleetResult:
+    router: str
+    requests: int
+    ttft_p50_s: float
+    ttft_p99_s: float
+    tpot_p50_s: float
+    slo_share: float
+    hit_rate: float
+    wall_s: float
+
+
+class _FleetRun:
+    """One router's run: sessions, pods and replica views on one heap of virtual time."""
+
+    TURN, STEP = 0, 1
+    TURN_BITS = 8  # a heap entry's index packs (session, turn) as session << 8 | turn
+
+    def __init__(self, spec: LlmFleetSpec, router: str) -> None:
+        self.spec, self.router = spec, router
+        self.rng = random.Random(spec.seed * 7 + 1)
+        self.sessions: list[Session] = plan(
+            spec.workload(), spec.duration_s, random.Random(spec.seed)
+        )
+        slow = round(spec.slow_share * spec.pods)
+        self.pods = [SimLlmPod(i, spec.costs, 3.0 if i < slow else 1.0) for i in range(spec.pods)]
+        self.views = [ReplicaView(spec.pods) for _ in range(spec.replicas)]
+        self.history = [
+            [{"role": "system", "content": s.system}] if s.system else [] for s in self.sessions
+        ]
+        self.order = itertools.count()
+        self.heap: list[tuple[float, int, int, int]] = []  # (time, tie, kind, index)
+        self.live: dict[Sequence, _Request] = {}
+        self.ttft_s: list[float] = []
+        self.tpot_s: list[float] = []
+        self.good = 0
+
+    def run(self) -> None:
+        for number, session in enumerate(self.sessions):
+            self._push(session.start_s, self.TURN, number << self.TURN_BITS)
+        while self.heap:
+            now, _, kind, index = heapq.heappop(self.heap)
+            if kind == self.TURN:
+                self._send(now, *divmod(index, 1 << self.TURN_BITS))
+            else:
+                self._step_done(now, self.pods[index])
+
+    def _push(self, at_s: float, kind: int, index: int) -> None:
+        heapq.heappush(self.heap, (at_s, next(self.order), kind, index))
+
+    def _start_step(self, pod: SimLlmPod, now: float) -> None:
+        end = pod.start_step(now)
+        if end is not None:
+            self._push(end, self.STEP, pod.index)
+
+    def _send(self, now: float, session: int, turn: int) -> None:
+        planned = self.sessions[session].turns[turn]
+        self.history[session].append({"role": "user", "content": planned.user})
+        prompt = chat_tokens(self.history[session])
+        keys = chain_keys(prompt, self.spec.costs.block_tokens)
+        replica = self.rng.randrange(self.spec.replicas)
+        view = self.views[replica]
+        target = pick(self.router, view, self.pods, prompt, keys, self.rng)
+        view.inflight[target] += 1
+        view.remember(keys, target)
+        pod = self.pods[target]
+        was_idle = pod.idle
+        seq = pod.submit(prompt, planned.max_tokens, now)
+        self.live[seq] = _Request(session, turn, replica, target, now)
+        if was_idle:
+            self._start_step(pod, now)
+
+    def _step_done(self, now: float, pod: SimLlmPod) -> None:
+        for seq in pod.end_step():
+            req = self.live[seq]
+            if len(seq.output) == 1:
+                req.ttft_s = now - req.sent_s
+            if seq.finished:
+                self._finished(now, seq, req)
+        self._start_step(pod, now)
+
+    def _finished(self, now: float, seq: Sequence, req: _Request) -> None:
+        del self.live[seq]
+        self.views[req.replica].inflight[req.pod] -= 1
+        tpot_s = (now - req.sent_s - req.ttft_s) / max(len(seq.output) - 1, 1)
+        self.ttft_s.append(req.ttft_s)
+        self.tpot_s.append(tpot_s)
+        self.good += req.ttft_s <= SLO_TTFT_S and tpot_s <= SLO_TPOT_S
+        self.history[req.session].append({"role": "assistant", "content": " ".join(seq.output)})
+        turns = self.sessions[req.session].turns
+        if req.turn + 1 < len(turns):
+            at = now + turns[req.turn + 1].think_s
+            self._push(at, self.TURN, req.session << self.TURN_BITS | req.turn + 1)
+
+
+def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
+    """Run every planned session to its end under ``router``; virtual time, no sleeping."""
+    started = time.perf_counter()
+    fleet = _FleetRun(spec, router)
+    fleet.run()
+    queries = sum(p.engine.counters.prefix_queries_tokens for p in fleet.pods)
+    hits = sum(p.engine.counters.prefix_hits_tokens for p in fleet.pods)
+    ttft, tpot = sorted(fleet.ttft_s), sorted(fleet.tpot_s)
+    return FleetResult(
+        router,
+        len(ttft),
+        percentile(ttft, 50),
+        percentile(ttft, 99),
+        percentile(tpot, 50),
+        fleet.good / len(ttft) if ttft else 0.0,
+        hits / queries if queries else math.nan,
+        time.perf_counter() - started,
+    )
+
+
+def markdown(spec: LlmFleetSpec, results: list[FleetResult]) -> str:
+    lines = [
+        f"G = {spec.replicas}, M = {spec.pods}, {spec.duration_s:g} s of session starts, "
+        f"{spec.slow_share:.0%} of pods 3x slower",
+        "",
+        "| router | requests | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | within SLO "
+        "| prefix hits | sim wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.router} | {r.requests} | {r.ttft_p50_s * 1000:.1f} "
+            f"| {r.ttft_p99_s * 1000:.1f} | {r.tpot_p50_s * 1000:.2f} "
+            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.wall_s:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backends", "-M", type=int, default=100)
+    parser.add_argument("--replicas", "-G", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of session starts")
+    parser.add_argument("--load", type=float, default=0.375, help="sessions/s per pod")
+    parser.add_argument("--slow-share", type=float, default=0.0)
+    parser.add_argument("--router", action="append", choices=ROUTERS)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    spec = replace(
+        LlmFleetSpec(),
+        pods=args.backends,
+        replicas=args.replicas,
+        duration_s=args.duration,
+        sessions_per_pod_s=args.load,
+        slow_share=args.slow_share,
+        seed=args.seed,
+    )
+    results = [simulate(spec, router) for router in (args.router or ROUTERS)]
+    print(markdown(spec, results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
