@@ -4,6 +4,8 @@ An :class:`Attempt` wraps one try at one endpoint as a context manager: entering
 request in flight; leaving — by success, error or cancellation — records everything exactly
 once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
 outlier detector), and the metrics. No code path can forget to record, or record twice.
+The time to the response head (for a stream, to its first body byte) also teaches the hedge
+delay of the backend's group (``gateway.hedging``).
 What a failure means for health comes from the one table in ``gateway.failures``.
 
 The fleet simulator, which has no ``with`` block spanning virtual time, calls :meth:`begin` and
@@ -29,11 +31,15 @@ class OutcomeSink(Protocol):
     def __call__(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None: ...
 
 
+LatencySink = Callable[[str, bool, float], None]  # (group, streaming, latency_s)
+
+
 class Attempt:
     """One try at ``endpoint``; see the module docstring."""
 
     __slots__ = (
         "_clock",
+        "_latency_sink",
         "_metrics",
         "_on_done",
         "_sink",
@@ -52,8 +58,10 @@ class Attempt:
         metrics: GatewayMetrics,
         sink: OutcomeSink,
         on_done: Callable[[Endpoint], None],
+        latency_sink: LatencySink | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._latency_sink = latency_sink
         self._clock = clock
         self._metrics = metrics
         self._sink = sink
@@ -81,6 +89,8 @@ class Attempt:
         self.streaming = streaming
         self.endpoint.signals.headers_received(self.started_at)
         self._metrics.time_to_first_byte_for(self.endpoint.name).observe(now - self.started_at)
+        if not streaming and self._latency_sink is not None:
+            self._latency_sink(self.endpoint.group, False, now - self.started_at)
         if reported_depth is not None:
             try:
                 depth = float(reported_depth)
@@ -88,6 +98,11 @@ class Attempt:
                 return
             if depth >= 0:  # NaN fails this too; signals also drop infinities
                 self.endpoint.signals.report_queue_depth(depth, now)
+
+    def got_first_body_byte(self) -> None:
+        """A stream's first body byte arrived: what a streamed try's hedge delay is made of."""
+        if self._latency_sink is not None:
+            self._latency_sink(self.endpoint.group, True, self._clock() - self.started_at)
 
     def failed(self, failure: Failure) -> None:
         """The try ended badly: the backend's fault or the client's, as the table says.
@@ -143,8 +158,12 @@ class Attempt:
         """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
 
         A failed try teaches latency only if it took long (a timeout is evidence of slowness);
-        a fast connect-refused is not a fast backend, so it gives no sample.
+        a fast connect-refused is not a fast backend, so it gives no sample. A try that lost
+        to its hedge had no answer for longer than the group's p95: the time it waited is a
+        lower bound of its latency, which keeps a hanging backend from looking idle and fast.
         """
+        if self.failure is Failure.HEDGE_LOST and self.first_byte_at is None:
+            return now - self.started_at
         if outcome is Outcome.CANCELLED:
             return None
         if self.first_byte_at is None:

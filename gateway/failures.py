@@ -29,6 +29,7 @@ class Failure(enum.Enum):
     BROKEN_RESPONSE = "broken-response"  # the backend broke off after the first response byte
     ROUTE_TIMEOUT = "route-timeout"  # timeouts.total ran out for the whole request
     CLIENT_GONE = "client-gone"  # the client closed its connection
+    HEDGE_LOST = "hedge-lost"  # another try of the same request answered first: cancelled
     CLIENT_BODY = "client-body"  # the client's body broke off mid-upload
     CLIENT_BODY_TIMEOUT = "client-body-timeout"  # the client's body stopped arriving
     BODY_TOO_LARGE = "body-too-large"  # the client's body went over limits.max_body
@@ -80,6 +81,9 @@ CONSEQUENCES: dict[Failure, Consequence] = {
     ),
     Failure.ROUTE_TIMEOUT: Consequence(
         False, True, Outcome.CANCELLED, False, 504, "upstream_timeout", "route timeout exceeded"
+    ),
+    Failure.HEDGE_LOST: Consequence(
+        False, True, Outcome.CANCELLED, False, 499, "hedge_lost", "another try answered first"
     ),
     Failure.CLIENT_GONE: _client(499, "client_closed_request", "the client went away"),
     Failure.CLIENT_BODY: _client(400, "bad_request", "request body broke off"),

@@ -11,9 +11,11 @@ module only performs what it decides, around aiohttp and the pooled upstream cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -64,6 +66,7 @@ class RequestContext:
     backend: str = "-"
     status: int = 0
     response_started: bool = False
+    failure: Failure | None = None  # what broke a response already under way
 
     @property
     def route_name(self) -> str:
@@ -148,43 +151,155 @@ class ProxyHandler:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _try_once(self, ctx: RequestContext) -> web.StreamResponse:
-        """One try: admit, send, and relay or raise RetryableTry."""
-        rt, request, config = self.runtime, ctx.request, ctx.config
+        """One try (and its hedge, when the core says so): admit, send, and relay or raise
+        RetryableTry."""
         body, exchange = ctx.body, ctx.exchange
-        assert body is not None and exchange is not None and rt.upstream is not None
+        assert body is not None and exchange is not None
         endpoint = await self._acquire(exchange)
         ctx.backend = endpoint.name
-        headers = proxy.upstream_headers(
-            request, ctx.request_id, config.headers.request_id, endpoint.url
-        )
-        with exchange.start_try(endpoint) as att:
+        first = _Try(endpoint, exchange.start_try(endpoint))
+        delay_s = exchange.hedge_delay_s(wants_stream(body.buffered), body.buffered is not None)
+        if delay_s is not None:
+            return await self._hedged(ctx, first, delay_s)
+        with first.attempt:
             try:
-                upstream = await proxy.send(
-                    rt.upstream,
-                    request,
-                    endpoint.url,
-                    headers,
-                    body,
-                    config.timeouts.connect,
-                    config.timeouts.per_try,
-                )
+                head = await self._send(ctx, first, read_ahead=False)
             except UpstreamFailure as failure:
-                att.failed(failure.failure)
-                if self._may_retry(ctx, failure.failure):
-                    raise RetryableTry() from None
-                return _failure_response(failure.failure, ctx.request_id)
+                return self._failed_try(ctx, first.attempt, failure.failure)
             except BodyTooLarge:
-                att.failed(Failure.BODY_TOO_LARGE)
+                first.attempt.failed(Failure.BODY_TOO_LARGE)
                 raise
+            return await self._answer(ctx, first, head)
+
+    async def _send(self, ctx: RequestContext, one: _Try, read_ahead: bool) -> _Head:
+        """Send one try and wait for its response head; with ``read_ahead``, for a stream also
+        its first body byte (what a streamed try is hedged on)."""
+        rt, request, config, body = self.runtime, ctx.request, ctx.config, ctx.body
+        assert body is not None and rt.upstream is not None
+        url = one.endpoint.url
+        headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
+        timeouts = config.timeouts
+        upstream = await proxy.send(
+            rt.upstream, request, url, headers, body, timeouts.connect, timeouts.per_try
+        )
+        try:
+            streaming = upstream.content_type == "text/event-stream"
+            reported = upstream.headers.get(config.balancer.queue_depth.header)
+            one.attempt.got_headers(upstream.status, streaming, reported)
+            first_chunk = b""
+            if read_ahead and streaming and upstream.status < 300:
+                try:
+                    first_chunk = await upstream.readany()
+                except UpstreamError as exc:  # nothing relayed yet: still a clean failure
+                    raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
+                one.attempt.got_first_body_byte()
+        except BaseException:
+            upstream.close()
+            raise
+        return _Head(upstream, first_chunk)
+
+    def _failed_try(
+        self, ctx: RequestContext, att: Attempt, failure: Failure
+    ) -> web.StreamResponse:
+        """A try that got no response: retried (RetryableTry) or answered from the table."""
+        att.failed(failure)
+        if self._may_retry(ctx, failure):
+            raise RetryableTry() from None
+        return _failure_response(failure, ctx.request_id)
+
+    async def _answer(self, ctx: RequestContext, one: _Try, head: _Head) -> web.StreamResponse:
+        """A try with a response head: retried if its status says so, else relayed."""
+        upstream = head.upstream
+        try:
+            if self._may_retry(ctx, upstream.status):
+                raise RetryableTry()
+            return await self._relay(ctx, upstream, one.attempt, one.endpoint, head.first_chunk)
+        finally:
+            upstream.release()
+
+    # -- hedging -------------------------------------------------------------------------------
+
+    async def _hedged(self, ctx: RequestContext, first: _Try, delay_s: float) -> web.StreamResponse:
+        """Race the try against one hedge sent after ``delay_s`` without an answer; relay the
+        first good answer. Every other try is cancelled at once: its upstream connection is
+        closed (the backend sees the disconnect) and its in-flight count drops."""
+        tries = [first]
+        self._launch(ctx, first)
+        try:
+            winner = await self._race(ctx, tries, delay_s)
+        except BaseException:  # the client left or the route timed out while racing
+            for one in tries:
+                _cancel(one, Failure.CLIENT_GONE)
+            raise
+        ctx.backend = winner.endpoint.name
+        with contextlib.ExitStack() as stack:
+            stack.push(winner.attempt)  # begun at launch; ends (recorded once) on the way out
+            assert winner.task is not None
             try:
-                streaming = upstream.content_type == "text/event-stream"
-                reported = upstream.headers.get(config.balancer.queue_depth.header)
-                att.got_headers(upstream.status, streaming, reported)
-                if self._may_retry(ctx, upstream.status):
-                    raise RetryableTry()
-                return await self._relay(ctx, upstream, att, endpoint)
-            finally:
-                upstream.release()
+                head = winner.task.result()
+            except UpstreamFailure as failure:
+                return self._failed_try(ctx, winner.attempt, failure.failure)
+            except BodyTooLarge:
+                winner.attempt.failed(Failure.BODY_TOO_LARGE)
+                raise
+            return await self._answer(ctx, winner, head)
+
+    def _launch(self, ctx: RequestContext, one: _Try) -> None:
+        one.attempt.begin()
+        one.task = asyncio.create_task(self._send(ctx, one, read_ahead=True))
+
+    async def _race(self, ctx: RequestContext, tries: list[_Try], delay_s: float) -> _Try:
+        """The try that answers first (a failure while another try is still out does not
+        count: that one may still answer); at most one hedge, after ``delay_s``."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        metrics, route = self.runtime.metrics, exchange.route.name
+        in_flight = {one.task: one for one in tries if one.task is not None}
+        timeout_s: float | None = delay_s
+        while True:
+            done, _ = await asyncio.wait(
+                in_flight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # no answer within the delay: hedge once, then wait for either
+                timeout_s = None
+                endpoint = exchange.hedge(self.runtime.clock())
+                if endpoint is not None:
+                    hedge = _Try(endpoint, exchange.start_try(endpoint), is_hedge=True)
+                    self._launch(ctx, hedge)
+                    assert hedge.task is not None
+                    tries.append(hedge)
+                    in_flight[hedge.task] = hedge
+                    metrics.hedges.labels(route, "sent").inc()
+                continue
+            for task in done:
+                one = in_flight.pop(task)
+                if in_flight and self._answered_badly(ctx, one):
+                    tries.remove(one)
+                    continue
+                for loser in in_flight.values():
+                    _cancel(loser, Failure.HEDGE_LOST)
+                    tries.remove(loser)
+                    metrics.hedges.labels(route, "cancelled").inc()
+                if one.is_hedge:
+                    metrics.hedges.labels(route, "won").inc()
+                return one
+
+    def _answered_badly(self, ctx: RequestContext, one: _Try) -> bool:
+        """Did this finished try fail (no response, or a status ``retry_on`` names)? If so
+        its outcome is recorded now and the other try in flight is waited for."""
+        assert one.task is not None
+        exc = one.task.exception()
+        if exc is None:
+            status = one.task.result().upstream.status
+            if status < 500 or status not in ctx.config.retries.retry_on:
+                return False
+            one.task.result().upstream.close()
+        elif isinstance(exc, UpstreamFailure):
+            one.attempt.failed(exc.failure)
+        else:
+            return False  # BodyTooLarge and the like are the request's: answer them
+        one.attempt.end()
+        return True
 
     def _may_retry(self, ctx: RequestContext, what: Failure | int) -> bool:
         """The core's retry verdict for this try, counted in the metrics."""
@@ -248,6 +363,7 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
+        first_chunk: bytes = b"",
     ) -> web.StreamResponse:
         """Stream the upstream response to the client chunk by chunk, as it arrives."""
         request, config = ctx.request, ctx.config
@@ -267,7 +383,9 @@ class ProxyHandler:
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, upstream, att, endpoint)
+            if first_chunk:
+                await response.write(first_chunk)
+            await self._stream_body(ctx, response, upstream, att, endpoint)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
@@ -275,21 +393,30 @@ class ProxyHandler:
 
     async def _stream_body(
         self,
-        request: web.BaseRequest,
+        ctx: RequestContext,
         response: web.StreamResponse,
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
     ) -> None:
-        """Relay body chunks as they arrive; an upstream break cuts the client off too."""
+        """Relay body chunks as they arrive. An upstream break after the first byte ends an
+        event stream with an OpenAI-shaped error event and a clean end (the client's SDK
+        raises on it; a cut chunked encoding looks like a network fault); any other response
+        is cut off, so it is never mistaken for a whole one."""
         while True:
             try:
                 chunk = await upstream.readany()
             except UpstreamError as exc:
                 att.failed(Failure.BROKEN_RESPONSE)
+                ctx.failure = Failure.BROKEN_RESPONSE
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
-                _abort(request)
-                return
+                if upstream.content_type != "text/event-stream":
+                    self.runtime.metrics.broken_streams.labels(ctx.route_name, "cut").inc()
+                    _abort(ctx.request)
+                    return
+                self.runtime.metrics.broken_streams.labels(ctx.route_name, "error_event").inc()
+                await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
+                break
             if not chunk:
                 break
             await response.write(chunk)
@@ -317,10 +444,65 @@ class ProxyHandler:
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": ctx.tries,
+                        "error": ctx.failure.value if ctx.failure is not None else None,
                     },
                     separators=(",", ":"),
                 )
             )
+
+
+@dataclass(eq=False)
+class _Try:
+    """One try in flight: its backend, its Attempt and (when raced) the task sending it."""
+
+    endpoint: Endpoint
+    attempt: Attempt
+    is_hedge: bool = False
+    task: asyncio.Task[_Head] | None = None
+
+
+@dataclass
+class _Head:
+    """A try's response head, with a stream's first body chunk when it was read ahead."""
+
+    upstream: UpstreamResponse
+    first_chunk: bytes = b""
+
+
+def _cancel(one: _Try, failure: Failure) -> None:
+    """Abandon a try at once: its connection closes (the send task's cancellation fails the
+    exchange, or an answer that arrived meanwhile is closed) and its Attempt ends now."""
+    task = one.task
+    if task is not None:
+        task.add_done_callback(_close_answer)
+        task.cancel()
+    one.attempt.failed(failure)
+    one.attempt.end()
+
+
+def _close_answer(task: asyncio.Task[_Head]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().upstream.close()
+
+
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+
+
+def wants_stream(body: bytes | None) -> bool:
+    """Does this (JSON) body ask for a streamed answer? A byte search, not a parse: it picks
+    which hedge delay applies (time to head, or to first token), so a rare false match inside
+    a prompt only costs the other delay."""
+    return body is not None and _STREAM_TRUE.search(body) is not None
+
+
+def sse_error_event(failure: Failure) -> bytes:
+    """An event-stream error event in the OpenAI error shape (the openai client raises an
+    APIError on it), then the stream's end marker."""
+    rule = consequence(failure)
+    error = {"error": {"message": rule.message, "type": rule.error_type, "code": rule.status}}
+    return b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 def _back_off_first(

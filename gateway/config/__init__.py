@@ -185,4 +185,6 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
         problems.append(Problem("balancer.queue_depth.fresh", "must not exceed queue_depth.stale"))
     if config.retries.backoff_base > config.retries.backoff_max:
         problems.append(Problem("retries.backoff_base", "exceeds retries.backoff_max"))
+    if config.hedging.min_delay > config.hedging.max_delay:
+        problems.append(Problem("hedging.min_delay", "exceeds hedging.max_delay"))
     return problems

@@ -275,6 +275,22 @@ class RetriesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HedgingConfig:
+    """Hedged requests (``gateway.hedging``): for idempotent and inference requests."""
+
+    enabled: bool = True
+    delay: float | None = field(
+        None,
+        parse=parse_duration,
+        doc="fixed hedge delay; unset: the group's recent p95 time to head (streams: to the "
+        "first body byte), within min_delay..max_delay",
+    )
+    min_delay: float = _duration(0.005, non_negative)
+    max_delay: float = _duration(2.0, positive)
+    budget_percent: float = field(5.0, check=in_range(0, 100))
+
+
+@dataclasses.dataclass(frozen=True)
 class RouteMatch:
     path_prefix: str = "/"
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -333,6 +349,7 @@ class GatewayConfig:
     circuit_breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
     health_check: HealthCheckConfig = dataclasses.field(default_factory=HealthCheckConfig)
     retries: RetriesConfig = dataclasses.field(default_factory=RetriesConfig)
+    hedging: HedgingConfig = dataclasses.field(default_factory=HedgingConfig)
     routes: tuple[RouteConfig, ...] = ()
     headers: HeadersConfig = dataclasses.field(default_factory=HeadersConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
