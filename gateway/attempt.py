@@ -39,6 +39,7 @@ class Attempt:
 
     __slots__ = (
         "_clock",
+        "_ended",
         "_latency_sink",
         "_metrics",
         "_on_done",
@@ -61,6 +62,7 @@ class Attempt:
         latency_sink: LatencySink | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._ended = False
         self._latency_sink = latency_sink
         self._clock = clock
         self._metrics = metrics
@@ -125,7 +127,11 @@ class Attempt:
         self.end()
 
     def end(self) -> None:
-        """The try is over: record everything, exactly once."""
+        """The try is over: record everything, exactly once (a second call does nothing, so a
+        try can be ended early, e.g. a broken stream before it is resumed elsewhere)."""
+        if self._ended:
+            return
+        self._ended = True
         now = self._clock()
         if self.failure is None and self.status is None:
             self.failure = Failure.RESET  # an unexpected error before headers: no answer

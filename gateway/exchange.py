@@ -199,6 +199,15 @@ class Exchange:
             return RetryVerdict.BUDGET_EXHAUSTED
         return RetryVerdict.RETRY
 
+    def may_resume(self, replayable: bool, now: float) -> bool:
+        """May a stream that broke after its first byte be continued on another backend?
+        Only a request safe to send again, within retries.attempts and the retry budget."""
+        if not (self.resendable and replayable):
+            return False
+        if self.tries >= self.runtime.config.retries.attempts:
+            return False
+        return self.runtime.retry_budget.try_spend(now)
+
     def backoff_s(self, rng: random.Random) -> float:
         """The jittered exponential back-off before the next try (tenacity's "full jitter"
         ``wait_random_exponential``, drawn from ``rng``)."""

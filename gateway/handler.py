@@ -33,6 +33,7 @@ from gateway.failures import Failure, consequence
 from gateway.headers import header_bytes, request_id_from
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_info import NO_INFO, RequestInfo
+from gateway.resume import Transcript, continuation_body, without_opening_role
 from gateway.routing import model_of
 from gateway.runtime import Runtime
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -171,10 +172,14 @@ class ProxyHandler:
                 raise
             return await self._answer(ctx, first, head)
 
-    async def _send(self, ctx: RequestContext, one: _Try, read_ahead: bool) -> _Head:
-        """Send one try and wait for its response head; with ``read_ahead``, for a stream also
-        its first body byte (what a streamed try is hedged on)."""
-        rt, request, config, body = self.runtime, ctx.request, ctx.config, ctx.body
+    async def _send(
+        self, ctx: RequestContext, one: _Try, read_ahead: bool, body: RequestBody | None = None
+    ) -> _Head:
+        """Send one try (``body``, else the client's) and wait for its response head; with
+        ``read_ahead``, for a stream also its first body byte (what a streamed try is hedged
+        on)."""
+        rt, request, config = self.runtime, ctx.request, ctx.config
+        body = body if body is not None else ctx.body
         assert body is not None and rt.upstream is not None
         url = one.endpoint.url
         headers = proxy.upstream_headers(request, ctx.request_id, config.headers.request_id, url)
@@ -383,9 +388,10 @@ class ProxyHandler:
         try:
             await response.prepare(request)
             ctx.response_started = True
-            if first_chunk:
-                await response.write(first_chunk)
-            await self._stream_body(ctx, response, upstream, att, endpoint)
+            transcript = None
+            if upstream.content_type == "text/event-stream" and self._resumable(ctx):
+                transcript = Transcript(ctx.config.retries.buffer_limit)
+            await self._stream_body(ctx, response, upstream, att, endpoint, first_chunk, transcript)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
@@ -398,29 +404,114 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
+        first_chunk: bytes = b"",
+        transcript: Transcript | None = None,
+        continuation: bool = False,
     ) -> None:
-        """Relay body chunks as they arrive. An upstream break after the first byte ends an
-        event stream with an OpenAI-shaped error event and a clean end (the client's SDK
-        raises on it; a cut chunked encoding looks like a network fault); any other response
-        is cut off, so it is never mistaken for a whole one."""
+        """Relay body chunks as they arrive (an event stream whole events at a time, when it
+        could be resumed). An upstream break after the first byte resumes an event stream on
+        another backend where it can (``gateway.resume``), else ends it with an OpenAI-shaped
+        error event and a clean end (the client's SDK raises on it; a cut chunked encoding
+        looks like a network fault); any other response is cut off, so it is never mistaken
+        for a whole one."""
+        chunk = first_chunk
         while True:
+            if chunk:
+                out = chunk if transcript is None else transcript.feed(chunk)
+                if continuation and out:
+                    out, continuation = without_opening_role(out), False
+                if out:
+                    await response.write(out)
             try:
                 chunk = await upstream.readany()
             except UpstreamError as exc:
                 att.failed(Failure.BROKEN_RESPONSE)
-                ctx.failure = Failure.BROKEN_RESPONSE
+                att.end()  # the dead try leaves the in-flight count now, not after the resume
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
-                if upstream.content_type != "text/event-stream":
-                    self.runtime.metrics.broken_streams.labels(ctx.route_name, "cut").inc()
-                    _abort(ctx.request)
-                    return
-                self.runtime.metrics.broken_streams.labels(ctx.route_name, "error_event").inc()
-                await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
-                break
+                await self._after_break(ctx, response, upstream, transcript)
+                return
             if not chunk:
                 break
-            await response.write(chunk)
+        if transcript is not None:
+            await response.write(transcript.flush())
         await response.write_eof()
+
+    async def _after_break(
+        self,
+        ctx: RequestContext,
+        response: web.StreamResponse,
+        upstream: UpstreamResponse,
+        transcript: Transcript | None,
+    ) -> None:
+        """A response broke after its first byte: resume it, end it with an error event, or
+        (not an event stream) cut the client off."""
+        metrics, route = self.runtime.metrics, ctx.route_name
+        if upstream.content_type != "text/event-stream":
+            ctx.failure = Failure.BROKEN_RESPONSE
+            metrics.broken_streams.labels(route, "cut").inc()
+            _abort(ctx.request)
+            return
+        if transcript is not None and await self._resume(ctx, response, transcript):
+            return
+        ctx.failure = Failure.BROKEN_RESPONSE
+        metrics.broken_streams.labels(route, "error_event").inc()
+        await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
+        await response.write_eof()
+
+    def _resumable(self, ctx: RequestContext) -> bool:
+        exchange, body = ctx.exchange, ctx.body
+        assert exchange is not None and body is not None
+        return exchange.resendable and body.buffered is not None
+
+    async def _resume(
+        self, ctx: RequestContext, response: web.StreamResponse, transcript: Transcript
+    ) -> bool:
+        """Continue a broken event stream on another backend and splice it into the client's
+        (True), or say it cannot be continued (False: nothing more was written)."""
+        exchange, body = ctx.exchange, ctx.body
+        assert exchange is not None and body is not None and body.buffered is not None
+        text, tokens, finished = transcript.streamed()
+        if finished:  # it broke after the answer was complete: end it as it would have
+            await response.write(transcript.flush())
+            await response.write_eof()
+            self.runtime.metrics.broken_streams.labels(ctx.route_name, "finished").inc()
+            return True
+        continued = continuation_body(body.buffered, text, tokens)
+        if transcript.overflowed or continued is None:
+            return False
+        if not exchange.may_resume(True, self.runtime.clock()):
+            return False
+        self.runtime.metrics.retries.labels(ctx.route_name, Failure.BROKEN_RESPONSE.value).inc()
+        try:
+            endpoint = await self._acquire(exchange)
+        except Shed:
+            return False
+        one = _Try(endpoint, exchange.start_try(endpoint))
+        with one.attempt:
+            try:
+                head = await self._send(
+                    ctx, one, False, RequestBody.of_bytes(ctx.request, continued)
+                )
+            except UpstreamFailure as failure:
+                one.attempt.failed(failure.failure)
+                return False
+            upstream = head.upstream
+            try:
+                if upstream.status != 200 or upstream.content_type != "text/event-stream":
+                    return False
+                ctx.backend = endpoint.name
+                self.runtime.metrics.broken_streams.labels(ctx.route_name, "resumed").inc()
+                try:
+                    await self._stream_body(
+                        ctx, response, upstream, one.attempt, endpoint, b"", transcript, True
+                    )
+                except ConnectionError:  # the client left during the continuation
+                    one.attempt.failed(Failure.CLIENT_GONE)
+                    upstream.close()
+                    raise
+                return True
+            finally:
+                upstream.release()
 
     def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
         request, config = ctx.request, ctx.config

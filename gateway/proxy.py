@@ -60,6 +60,14 @@ class RequestBody:
         self.consumed = False
         self._streamed = 0  # bytes streamed so far, held to max_body
 
+    @classmethod
+    def of_bytes(cls, request: web.BaseRequest, data: bytes) -> RequestBody:
+        """A body the gateway wrote itself (a stream's continuation), sent in place of the
+        client's."""
+        body = cls(request, len(data))
+        body.buffered = data
+        return body
+
     async def buffer_if_small(self, buffer_limit: int) -> None:
         length = self._request.content_length
         if not self._request.body_exists:

@@ -35,6 +35,7 @@ class Backend:
     break_after: int | None = None  # close the connection after this many chunks
     stall_first_chunk: bool = False  # a stream's head goes out, its first chunk never
     started: int = 0
+    continuations: int = 0
     disconnects: int = 0
     url: str = ""
     runner: web.AppRunner | None = field(default=None, repr=False)
@@ -47,23 +48,42 @@ class Backend:
                 await asyncio.Event().wait()
             if not body.get("stream"):
                 return web.json_response({"backend": self.name, "choices": [{"text": "ok"}]})
-            return await self._stream(request)
+            return await self._stream(request, body)
         except (asyncio.CancelledError, ConnectionError):
             self.disconnects += 1
             raise
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, body: dict) -> web.StreamResponse:
+        """Streams tokens t0 .. t{stream_chunks - 1}, continuing after those already in the
+        prompt (completions) or the final assistant message (chat, continue_final_message),
+        at most max_tokens of them: the continuation a real server does, in miniature."""
+        chat = "messages" in body
+        if chat:
+            last = body["messages"][-1]
+            done_text = last["content"] if body.get("continue_final_message") else ""
+        else:
+            done_text = body["prompt"].removeprefix("x")
+        self.continuations += bool(done_text)
+        start = len(done_text.split())
+        end = min(self.stream_chunks, start + body.get("max_tokens", self.stream_chunks))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if self.stall_first_chunk:
             await asyncio.Event().wait()
-        for i in range(self.stream_chunks):
-            if self.break_after is not None and i == self.break_after:
+        if chat:
+            opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+            await response.write(b"data: " + json.dumps(opening).encode() + b"\n\n")
+        for sent, i in enumerate(range(start, end)):
+            if self.break_after is not None and sent == self.break_after:
                 assert request.transport is not None
                 request.transport.abort()  # a dying pod: no terminating chunk
                 return response
-            chunk = {"choices": [{"index": 0, "text": f"t{i} "}]}
-            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            token = f"t{i} "
+            choice = {"index": 0, "delta": {"content": token}} if chat else {"text": token}
+            event = b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+            half = len(event) // 2  # events split across writes: the seam must stay whole
+            await response.write(event[:half])
+            await response.write(event[half:])
             if self.chunk_every_s:
                 await asyncio.sleep(self.chunk_every_s)
         await response.write(b"data: [DONE]\n\n")
@@ -191,3 +211,48 @@ async def test_a_stream_broken_mid_way_ends_with_an_error_event_and_a_clean_end(
             "tailgate_broken_streams_total", {"route": "default", "result": "error_event"}
         )
         assert broken == 1
+
+
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+def streamed_text(sse: str) -> str:
+    """The text of a completions or chat event stream, as a client would assemble it."""
+    text = []
+    for event in sse.strip().split("\n\n"):
+        data = event.removeprefix("data: ")
+        if data == "[DONE]":
+            continue
+        choice = json.loads(data)["choices"][0]
+        text.append(choice.get("text") or choice.get("delta", {}).get("content") or "")
+    return "".join(text)
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str) -> None:
+    dying, healthy = (
+        Backend("dying", stream_chunks=6, break_after=2),
+        Backend("healthy", stream_chunks=6),
+    )
+    payload: dict = {"max_tokens": 6, "stream": True}
+    if kind == "chat":
+        payload["messages"] = [{"role": "user", "content": "x"}]
+    else:
+        payload["prompt"] = "x"
+    async with (
+        backends_and_gateway([dying, healthy], ROUTE_CONFIG) as (_, gw),
+        aiohttp.ClientSession() as client,
+    ):
+        texts = []
+        for _ in range(2):  # round robin: at least one of them starts on the dying backend
+            async with client.post(f"{base(gw)}{PATHS[kind]}", json=payload) as resp:
+                assert resp.status == 200
+                raw = await resp.text()
+                assert raw.endswith("data: [DONE]\n\n") and "error" not in raw
+                assert raw.count('"role"') <= 1  # one opening event, not one per backend
+                texts.append(streamed_text(raw))
+        assert texts == ["t0 t1 t2 t3 t4 t5 "] * 2  # the same text as an unbroken stream
+        assert dying.started >= 1 and healthy.continuations == dying.started
+        metrics = gw.runtime.metrics.registry
+        labels = {"route": "default", "result": "resumed"}
+        assert metrics.get_sample_value("tailgate_broken_streams_total", labels) == dying.started
