@@ -43,6 +43,8 @@ class RowResult:
     behind_schedule: bool = False
     closed: wrk.WrkResult | None = None
     note: str = ""
+    backend_per_request: float | None = None  # backend requests per client request (retries,
+    # hedges): 1.05 means 5% extra load on the backends
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,9 @@ def _open_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:
         for f in s.faults
     ]
     spy = pair.profiler()
+    served_before = _served(pair.backends)
     rec: Recording = _run_async(run_open_loop(target, arrivals, settings.duration_s, pick, events))
+    served = _served(pair.backends) - served_before
     if spy is not None:
         spy.proc.wait(30)
     return RowResult(
@@ -216,7 +220,23 @@ def _open_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:
         ranked_latency_s=all_requests_latencies(rec.latency_s, rec.ok),
         lag_p99_s=rec.lag_p99_s(),
         behind_schedule=rec.behind_schedule(),
+        backend_per_request=served / len(arrivals) if arrivals and served >= 0 else None,
     )
+
+
+def _served(backends: Sequence[Backend]) -> int:
+    """Requests the fake pods have taken so far (each counted once it leaves, cancelled too);
+    -1 when a pod does not say (the static upstream)."""
+    total = 0
+    for backend in backends:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{backend.port}/_stats", timeout=2.0
+            ) as resp:
+                total += int(json.loads(resp.read())["served"])
+        except (OSError, ValueError, KeyError):
+            return -1
+    return total
 
 
 def _closed_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:

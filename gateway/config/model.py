@@ -211,6 +211,16 @@ class HealthCheckConfig:
     timeout: float = _duration(1.0, positive)
     unhealthy_threshold: int = field(3, check=positive)
     healthy_threshold: int = field(2, check=positive)
+    generation_interval: float | None = field(
+        None,
+        parse=parse_duration,
+        doc="also send a one-token completion this often (off when unset): vLLM's /health "
+        "answers 200 while its engine is wedged; a failed generation fails every check until "
+        "the next one passes",
+    )
+    generation_path: str = "/v1/completions"
+    generation_model: str | None = field(None, doc="the model field of the one-token request")
+    generation_timeout: float = _duration(10.0, positive)
 
 
 def _retry_on(value: object) -> tuple[str | int, ...]:
