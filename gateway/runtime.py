@@ -73,6 +73,7 @@ def hedge_settings(config: GatewayConfig) -> HedgeSettings:
     return HedgeSettings(
         enabled=h.enabled,
         delay_s=h.delay,
+        quantile=h.quantile,
         min_delay_s=h.min_delay,
         max_delay_s=h.max_delay,
         budget_percent=h.budget_percent,

@@ -295,6 +295,9 @@ class HedgingConfig:
         doc="fixed hedge delay; unset: the group's recent p95 time to head (streams: to the "
         "first body byte), within min_delay..max_delay",
     )
+    quantile: float = field(
+        0.95, check=in_range(0.5, 1), doc="which latency quantile the learned delay is"
+    )
     min_delay: float = _duration(0.005, non_negative)
     max_delay: float = _duration(2.0, positive)
     budget_percent: float = field(5.0, check=in_range(0, 100))
