@@ -200,7 +200,13 @@ def backend_load_note(results: Sequence[RowResult]) -> str:
     rows = [r for r in results if r.backend_per_request is not None and r.peer != "direct"]
     if not rows:
         return ""
-    parts = [f"{r.scenario}/{r.peer} {r.backend_per_request:.3f}" for r in rows]
+    parts = []
+    for r in rows:
+        hedged = ""
+        if r.hedges:
+            hedged = " (hedges " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.hedges.items()))
+            hedged += ")"
+        parts.append(f"{r.scenario}/{r.peer} {r.backend_per_request:.3f}{hedged}")
     return (
         "Backend requests per client request (1.050 = 5% extra from retries and hedges): "
         + ", ".join(parts)
