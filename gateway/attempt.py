@@ -32,6 +32,7 @@ class OutcomeSink(Protocol):
 
 
 LatencySink = Callable[[str, bool, float], None]  # (group, streaming, latency_s)
+_OUTPACED = frozenset({Failure.HEDGE_LOST, Failure.OUTRUN})  # cancelled: the other try won
 
 
 class Attempt:
@@ -168,7 +169,7 @@ class Attempt:
         to its hedge had no answer for longer than the group's p95: the time it waited is a
         lower bound of its latency, which keeps a hanging backend from looking idle and fast.
         """
-        if self.failure is Failure.HEDGE_LOST and self.first_byte_at is None:
+        if self.failure in _OUTPACED and self.first_byte_at is None:
             return now - self.started_at
         if outcome is Outcome.CANCELLED:
             return None

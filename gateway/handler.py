@@ -282,7 +282,8 @@ class ProxyHandler:
                     tries.remove(one)
                     continue
                 for loser in in_flight.values():
-                    _cancel(loser, Failure.HEDGE_LOST)
+                    outrun = one.is_hedge and not loser.is_hedge
+                    _cancel(loser, Failure.OUTRUN if outrun else Failure.HEDGE_LOST)
                     tries.remove(loser)
                     metrics.hedges.labels(route, "cancelled").inc()
                 if one.is_hedge:

@@ -278,7 +278,7 @@ class Simulation:
         hedge.is_hedge = True
         self._enter_pod(hedge)
 
-    def _cancel(self, loser: _Try) -> None:
+    def _cancel(self, loser: _Try, failure: Failure) -> None:
         """The other try answered first: the gateway closes this one and the pod frees it."""
         was = loser.state
         loser.state = _DONE
@@ -287,7 +287,7 @@ class Simulation:
             pod.queued -= 1
         else:
             self._release(pod)
-        loser.attempt.failed(Failure.HEDGE_LOST)
+        loser.attempt.failed(failure)
         loser.attempt.end()
 
     def _enter_pod(self, attempt: _Try) -> None:
@@ -368,7 +368,8 @@ class Simulation:
                 attempt.attempt.end()
                 return
             for loser in request.live:
-                self._cancel(loser)
+                outrun = attempt.is_hedge and not loser.is_hedge
+                self._cancel(loser, Failure.OUTRUN if outrun else Failure.HEDGE_LOST)
             self._hedges_won += attempt.is_hedge
             request.live.clear()
             attempt.attempt.end()
