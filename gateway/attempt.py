@@ -4,6 +4,8 @@ An :class:`Attempt` wraps one try at one endpoint as a context manager: entering
 request in flight; leaving — by success, error or cancellation — records everything exactly
 once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
 outlier detector), and the metrics. No code path can forget to record, or record twice.
+The time to the response head (for a stream, to its first body byte) also teaches the hedge
+delay of the backend's group (``gateway.hedging``).
 What a failure means for health comes from the one table in ``gateway.failures``.
 
 The fleet simulator, which has no ``with`` block spanning virtual time, calls :meth:`begin` and
@@ -21,6 +23,7 @@ from gateway.failures import Failure, consequence, status_outcome
 from gateway.health.outcome import Outcome
 from gateway.health.transition import Transition
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import TrySpan, try_outcome
 
 
 class OutcomeSink(Protocol):
@@ -29,11 +32,17 @@ class OutcomeSink(Protocol):
     def __call__(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None: ...
 
 
+LatencySink = Callable[[str, bool, float], None]  # (group, streaming, latency_s)
+_OUTPACED = frozenset({Failure.HEDGE_LOST, Failure.OUTRUN})  # cancelled: the other try won
+
+
 class Attempt:
     """One try at ``endpoint``; see the module docstring."""
 
     __slots__ = (
         "_clock",
+        "_ended",
+        "_latency_sink",
         "_metrics",
         "_on_done",
         "_sink",
@@ -41,6 +50,7 @@ class Attempt:
         "endpoint",
         "failure",
         "first_byte_at",
+        "span",
         "started_at",
         "status",
         "streaming",
@@ -53,8 +63,11 @@ class Attempt:
         metrics: GatewayMetrics,
         sink: OutcomeSink,
         on_done: Callable[[Endpoint], None],
+        latency_sink: LatencySink | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._ended = False
+        self._latency_sink = latency_sink
         self._clock = clock
         self._metrics = metrics
         self._sink = sink
@@ -64,6 +77,7 @@ class Attempt:
         self.status: int | None = None
         self.failure: Failure | None = None
         self.streaming = False
+        self.span: TrySpan | None = None  # tracing: this try's span, ended with it
         self.client_s = 0.0  # time spent waiting for the client's body: not the backend's
 
     def __enter__(self) -> Attempt:
@@ -84,6 +98,8 @@ class Attempt:
         self.endpoint.signals.headers_received(self.started_at)
         ttfb = max(now - self.started_at - self.client_s, 0.0)
         self._metrics.time_to_first_byte_for(self.endpoint.name).observe(ttfb)
+        if not streaming and self._latency_sink is not None:
+            self._latency_sink(self.endpoint.group, False, ttfb)
         if reported_depth is not None:
             try:
                 depth = float(reported_depth)
@@ -91,6 +107,11 @@ class Attempt:
                 return
             if depth >= 0:  # NaN fails this too; signals also drop infinities
                 self.endpoint.signals.report_queue_depth(depth, now)
+
+    def got_first_body_byte(self) -> None:
+        """A stream's first body byte arrived: what a streamed try's hedge delay is made of."""
+        if self._latency_sink is not None:
+            self._latency_sink(self.endpoint.group, True, self._clock() - self.started_at)
 
     def failed(self, failure: Failure) -> None:
         """The try ended badly: the backend's fault or the client's, as the table says.
@@ -117,7 +138,11 @@ class Attempt:
         self.end()
 
     def end(self) -> None:
-        """The try is over: record everything, exactly once."""
+        """The try is over: record everything, exactly once (a second call does nothing, so a
+        try can be ended early, e.g. a broken stream before it is resumed elsewhere)."""
+        if self._ended:
+            return
+        self._ended = True
         now = self._clock()
         if self.failure is None and self.status is None:
             self.failure = Failure.RESET  # an unexpected error before headers: no answer
@@ -144,14 +169,20 @@ class Attempt:
         if self.failure is not None and not cancelled:
             self._metrics.upstream_failures_for(name, self.failure.value).inc()
         self._sink(self.endpoint, outcome, now)  # transitions reach metrics via the listener
+        if self.span is not None:
+            self.span.ended(try_outcome(self))
         self._on_done(self.endpoint)
 
     def _latency(self, now: float, outcome: Outcome) -> float | None:
         """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
 
         A failed try teaches latency only if it took long (a timeout is evidence of slowness);
-        a fast connect-refused is not a fast backend, so it gives no sample.
+        a fast connect-refused is not a fast backend, so it gives no sample. A try that lost
+        to its hedge had no answer for longer than the group's p95: the time it waited is a
+        lower bound of its latency, which keeps a hanging backend from looking idle and fast.
         """
+        if self.failure in _OUTPACED and self.first_byte_at is None:
+            return now - self.started_at
         if outcome is Outcome.CANCELLED:
             return None
         start = self.started_at + self.client_s

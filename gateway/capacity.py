@@ -153,6 +153,15 @@ class Capacity(Generic[T]):
                 return picked  # type narrowing: neither NoPick member, so a backend
         return self._enqueue(ticket, now)
 
+    def pick_now(self, ticket: Ticket[T], now: float) -> T | None:
+        """A backend with room for an extra try of ``ticket`` right now, or None; never queues
+        and never jumps a queue (a hedge must not take a slot a waiting request needs)."""
+        queue = self._queues.get(ticket.group)
+        if queue is not None and len(queue) > 0:
+            return None
+        picked = self._pick(ticket, now)
+        return None if isinstance(picked, NoPick) else picked
+
     def release(self, group: str, now: float) -> list[tuple[Ticket[T], T | Failure]]:
         """A try of ``group`` ended: hand freed slots to waiting tickets, in queue order.
 

@@ -1,6 +1,7 @@
 """The request-path core: one client request's decisions, pure (clock readings and RNG passed in).
 
     route -> group -> admit (capacity) -> pick (policy) -> try -> outcome -> retry or answer
+                                                            `-> no answer yet: hedge
 
 :func:`open_exchange` routes a request and funds the retry budget; :class:`Exchange` then says
 what to do at each step. It performs no I/O and never awaits: the aiohttp handler
@@ -67,6 +68,7 @@ def open_exchange(
     route = runtime.router.match(path, headers, request.model)
     group = route.pick_group(runtime.rng)
     runtime.retry_budget.record_request(now)
+    runtime.hedging.record_request(now)
     resendable = method in IDEMPOTENT or _resend_allowed(runtime, route, method, path)
     return Exchange(runtime, route, group, resendable, request, now)
 
@@ -132,7 +134,44 @@ class Exchange:
         self.tried.append(endpoint.name)
         self.tries += 1
         rt = self.runtime
-        return Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed)
+        return Attempt(
+            endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed, rt.hedging.observe
+        )
+
+    def hedge_delay_s(self, streaming: bool, replayable: bool) -> float | None:
+        """How long the try just started may wait for an answer before a hedge follows it;
+        None: this request is not hedged (not safe to send twice, body not replayable, no
+        try left, hedging off, or no delay learned yet)."""
+        if not (self.resendable and replayable):
+            return None
+        if self.tries >= self.runtime.config.retries.attempts:
+            return None  # the hedge is a try too: retries.attempts bounds both
+        return self.runtime.hedging.delay_s(self.group, streaming)
+
+    def hedge(self, now: float) -> Endpoint | None:
+        """The backend for a hedge of the try in flight, or None: the group is saturated (a
+        queue, or no backend with room), the hedge budget is spent, or only a backend already
+        tried has room (a hedge to the same backend cannot beat a stall)."""
+        rt = self.runtime
+        if not rt.hedging.has_budget(now) or rt.capacity.queued(self.group):
+            return None
+        picked = rt.capacity.pick_now(self.ticket, now)
+        if picked is None:
+            return None
+        if picked.name in self.tried:
+            self._hand_back(picked)
+            return None
+        rt.hedging.spend(now)
+        return picked
+
+    def _hand_back(self, endpoint: Endpoint) -> None:
+        """Return a picked backend's reserved slot and circuit permit unused."""
+        endpoint.reserved -= 1
+        rt = self.runtime
+        attempt = Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed)
+        attempt.begin()
+        attempt.failed(Failure.HEDGE_LOST)
+        attempt.end()
 
     def retry(self, what: Failure | int, replayable: bool, now: float) -> RetryVerdict:
         """May the try that ended with ``what`` (a failure, or an upstream status with no byte
@@ -159,6 +198,15 @@ class Exchange:
         if not self.runtime.retry_budget.try_spend(now):
             return RetryVerdict.BUDGET_EXHAUSTED
         return RetryVerdict.RETRY
+
+    def may_resume(self, replayable: bool, now: float) -> bool:
+        """May a stream that broke after its first byte be continued on another backend?
+        Only a request safe to send again, within retries.attempts and the retry budget."""
+        if not (self.resendable and replayable):
+            return False
+        if self.tries >= self.runtime.config.retries.attempts:
+            return False
+        return self.runtime.retry_budget.try_spend(now)
 
     def backoff_s(self, rng: random.Random) -> float:
         """The jittered exponential back-off before the next try (tenacity's "full jitter"

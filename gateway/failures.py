@@ -29,6 +29,8 @@ class Failure(enum.Enum):
     BROKEN_RESPONSE = "broken-response"  # the backend broke off after the first response byte
     ROUTE_TIMEOUT = "route-timeout"  # timeouts.total ran out for the whole request
     CLIENT_GONE = "client-gone"  # the client closed its connection
+    HEDGE_LOST = "hedge-lost"  # a hedge whose original try answered first: cancelled
+    OUTRUN = "outrun"  # a try whose hedge, sent later, answered first: cancelled, and slow
     CLIENT_BODY = "client-body"  # the client's body broke off mid-upload
     CLIENT_BODY_TIMEOUT = "client-body-timeout"  # the client's body stopped arriving
     BODY_TOO_LARGE = "body-too-large"  # the client's body went over limits.max_body
@@ -81,6 +83,14 @@ CONSEQUENCES: dict[Failure, Consequence] = {
     Failure.ROUTE_TIMEOUT: Consequence(
         False, True, Outcome.CANCELLED, False, 504, "upstream_timeout", "route timeout exceeded"
     ),
+    Failure.HEDGE_LOST: Consequence(
+        False, True, Outcome.CANCELLED, False, 499, "hedge_lost", "another try answered first"
+    ),
+    # Outrun by a try that started a hedge delay later: evidence against this backend (a hang
+    # or a pause shows as outrun tries long before a per-try timeout would), so it counts as a
+    # gateway failure towards ejection. A healthy backend is outrun only in its far tail, and
+    # five times in a row (consecutive_gateway_failure) only if that tail is no longer rare.
+    Failure.OUTRUN: _backend(False, True, 499, "hedge_lost", "a hedge answered first"),
     Failure.CLIENT_GONE: _client(499, "client_closed_request", "the client went away"),
     Failure.CLIENT_BODY: _client(400, "bad_request", "request body broke off"),
     Failure.CLIENT_BODY_TIMEOUT: _client(

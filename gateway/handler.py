@@ -11,11 +11,12 @@ module only performs what it decides, around aiohttp and the pooled upstream cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -36,11 +37,12 @@ from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_info import NO_INFO, RequestInfo
+from gateway.resume import Transcript, continuation_body, without_opening_role
 from gateway.routing import find_model
 from gateway.runtime import Runtime
 from gateway.tenants import Admitted, Refusal
 from gateway.token_metrics import record_answer
-from gateway.tracing import RequestTrace, TrySpan
+from gateway.tracing import RequestTrace
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 access_log = logging.getLogger("tailgate.access")
@@ -78,6 +80,7 @@ class RequestContext:
     cache: Lookup | None = None  # None: the cache is off for this request's route
     admitted: Admitted | None = None  # tenants: tenant, class, token charge
     answer: AnswerReport | None = None  # what the relayed answer showed (tokens)
+    failure: Failure | None = None  # what broke a response already under way
 
     @property
     def route_name(self) -> str:
@@ -240,63 +243,178 @@ class ProxyHandler:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _try_once(self, ctx: RequestContext) -> web.StreamResponse:
-        """One try: admit, send, and relay or raise RetryableTry."""
-        rt, request, config = self.runtime, ctx.request, ctx.config
+        """One try (and its hedge, when the core says so): admit, send, and relay or raise
+        RetryableTry."""
         body, exchange = ctx.body, ctx.exchange
-        assert body is not None and exchange is not None and rt.upstream is not None
+        assert body is not None and exchange is not None
         endpoint = await self._acquire(exchange)
         ctx.backend = endpoint.name
+        first = self._start_try(ctx, endpoint)
+        delay_s = exchange.hedge_delay_s(wants_stream(body.buffered), body.buffered is not None)
+        if delay_s is not None:
+            return await self._hedged(ctx, first, delay_s)
+        with first.attempt:
+            try:
+                head = await self._send(ctx, first, read_ahead=False)
+            except UpstreamFailure as failure:
+                return self._failed_try(ctx, first.attempt, failure.failure)
+            except BodyTooLarge:
+                first.attempt.failed(Failure.BODY_TOO_LARGE)
+                raise
+            return await self._answer(ctx, first, head)
+
+    async def _send(
+        self, ctx: RequestContext, one: _Try, read_ahead: bool, body: RequestBody | None = None
+    ) -> _Head:
+        """Send one try (``body``, else the client's) and wait for its response head; with
+        ``read_ahead``, for a stream also its first body byte (what a streamed try is hedged
+        on)."""
+        rt, request, config = self.runtime, ctx.request, ctx.config
+        body = body if body is not None else ctx.body
+        assert body is not None and rt.upstream is not None
+        url = one.endpoint.url
         headers = proxy.upstream_headers(
-            request,
-            ctx.request_id,
-            config.headers.request_id,
-            endpoint.url,
-            config.headers.trusted_proxies,
+            request, ctx.request_id, config.headers.request_id, url, config.headers.trusted_proxies
         )
         # tenants: the client's key stays here unless configured; a backend's own key replaces it
         auth = rt.tenant_gate.upstream_authorization(
-            request.headers.get("Authorization"), endpoint.name
+            request.headers.get("Authorization"), one.endpoint.name
         )
         headers.popall("Authorization", None)
         if auth is not None:
             headers["Authorization"] = auth
-        with (
-            exchange.start_try(endpoint) as att,
-            _try_span(ctx.trace, endpoint.name, exchange.tries, att) as span,  # tracing
-        ):
-            if span is not None:  # tracing: this try's own span id goes upstream
-                span.stamp(headers)
+        if one.attempt.span is not None:  # tracing: this try's own span id goes upstream
+            one.attempt.span.stamp(headers)
+        timeouts = config.timeouts
+        try:
+            upstream = await proxy.send(
+                rt.upstream, request, url, headers, body, timeouts.connect, timeouts.per_try
+            )
+        finally:  # the time spent waiting for the client's body is the client's
+            one.attempt.client_waited(body.take_client_wait_s())
+        try:
+            streaming = upstream.content_type == "text/event-stream"
+            reported = upstream.headers.get(config.balancer.queue_depth.header)
+            one.attempt.got_headers(upstream.status, streaming, reported)
+            first_chunk = b""
+            if read_ahead and streaming and upstream.status < 300:
+                try:
+                    first_chunk = await upstream.readany()
+                except UpstreamError as exc:  # nothing relayed yet: still a clean failure
+                    raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
+                one.attempt.got_first_body_byte()
+        except BaseException:
+            upstream.close()
+            raise
+        return _Head(upstream, first_chunk)
+
+    def _failed_try(
+        self, ctx: RequestContext, att: Attempt, failure: Failure
+    ) -> web.StreamResponse:
+        """A try that got no response: retried (RetryableTry) or answered from the table."""
+        att.failed(failure)
+        if consequence(failure).client_fault:  # a slow or broken body: not the backend's
+            return self._client_failure(ctx, failure)
+        if self._may_retry(ctx, failure):
+            raise RetryableTry() from None
+        return _failure_response(failure, ctx.request_id)
+
+    async def _answer(self, ctx: RequestContext, one: _Try, head: _Head) -> web.StreamResponse:
+        """A try with a response head: retried if its status says so, else relayed."""
+        upstream = head.upstream
+        try:
+            if self._may_retry(ctx, upstream.status):
+                raise RetryableTry()
+            return await self._relay(ctx, upstream, one.attempt, one.endpoint, head.first_chunk)
+        finally:
+            upstream.release()
+
+    # -- hedging -------------------------------------------------------------------------------
+
+    async def _hedged(self, ctx: RequestContext, first: _Try, delay_s: float) -> web.StreamResponse:
+        """Race the try against one hedge sent after ``delay_s`` without an answer; relay the
+        first good answer. Every other try is cancelled at once: its upstream connection is
+        closed (the backend sees the disconnect) and its in-flight count drops."""
+        tries = [first]
+        self._launch(ctx, first)
+        try:
+            winner = await self._race(ctx, tries, delay_s)
+        except BaseException:  # the client left or the route timed out while racing
+            for one in tries:
+                _cancel(one, Failure.CLIENT_GONE)
+            raise
+        ctx.backend = winner.endpoint.name
+        with contextlib.ExitStack() as stack:
+            stack.push(winner.attempt)  # begun at launch; ends (recorded once) on the way out
+            assert winner.task is not None
             try:
-                upstream = await proxy.send(
-                    rt.upstream,
-                    request,
-                    endpoint.url,
-                    headers,
-                    body,
-                    config.timeouts.connect,
-                    config.timeouts.per_try,
-                )
+                head = winner.task.result()
             except UpstreamFailure as failure:
-                att.client_waited(body.take_client_wait_s())
-                att.failed(failure.failure)
-                if consequence(failure.failure).client_fault:  # slow or broken body
-                    return self._client_failure(ctx, failure.failure)
-                if self._may_retry(ctx, failure.failure):
-                    raise RetryableTry() from None
-                return _failure_response(failure.failure, ctx.request_id)
+                return self._failed_try(ctx, winner.attempt, failure.failure)
             except BodyTooLarge:
-                att.failed(Failure.BODY_TOO_LARGE)
+                winner.attempt.failed(Failure.BODY_TOO_LARGE)
                 raise
-            att.client_waited(body.take_client_wait_s())  # the client's upload time is its own
-            try:
-                streaming = upstream.content_type == "text/event-stream"
-                reported = upstream.headers.get(config.balancer.queue_depth.header)
-                att.got_headers(upstream.status, streaming, reported)
-                if self._may_retry(ctx, upstream.status):
-                    raise RetryableTry()
-                return await self._relay(ctx, upstream, att, endpoint)
-            finally:
-                upstream.release()
+            return await self._answer(ctx, winner, head)
+
+    def _launch(self, ctx: RequestContext, one: _Try) -> None:
+        one.attempt.begin()
+        one.task = asyncio.create_task(self._send(ctx, one, read_ahead=True))
+
+    async def _race(self, ctx: RequestContext, tries: list[_Try], delay_s: float) -> _Try:
+        """The try that answers first (a failure while another try is still out does not
+        count: that one may still answer); at most one hedge, after ``delay_s``."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        metrics, route = self.runtime.metrics, exchange.route.name
+        in_flight = {one.task: one for one in tries if one.task is not None}
+        timeout_s: float | None = delay_s
+        while True:
+            done, _ = await asyncio.wait(
+                in_flight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # no answer within the delay: hedge once, then wait for either
+                timeout_s = None
+                endpoint = exchange.hedge(self.runtime.clock())
+                if endpoint is not None:
+                    hedge = self._start_try(ctx, endpoint, is_hedge=True)
+                    self._launch(ctx, hedge)
+                    assert hedge.task is not None
+                    tries.append(hedge)
+                    in_flight[hedge.task] = hedge
+                    metrics.hedges.labels(route, "sent").inc()
+                    if ctx.trace is not None:  # tracing
+                        ctx.trace.event("hedge", {"backend": endpoint.name})
+                continue
+            for task in done:
+                one = in_flight.pop(task)
+                if in_flight and self._answered_badly(ctx, one):
+                    tries.remove(one)
+                    continue
+                for loser in in_flight.values():
+                    outrun = one.is_hedge and not loser.is_hedge
+                    _cancel(loser, Failure.OUTRUN if outrun else Failure.HEDGE_LOST)
+                    tries.remove(loser)
+                    metrics.hedges.labels(route, "cancelled").inc()
+                if one.is_hedge:
+                    metrics.hedges.labels(route, "won").inc()
+                return one
+
+    def _answered_badly(self, ctx: RequestContext, one: _Try) -> bool:
+        """Did this finished try fail (no response, or a status ``retry_on`` names)? If so
+        its outcome is recorded now and the other try in flight is waited for."""
+        assert one.task is not None
+        exc = one.task.exception()
+        if exc is None:
+            status = one.task.result().upstream.status
+            if status < 500 or status not in ctx.config.retries.retry_on:
+                return False
+            one.task.result().upstream.close()
+        elif isinstance(exc, UpstreamFailure):
+            one.attempt.failed(exc.failure)
+        else:
+            return False  # BodyTooLarge and the like are the request's: answer them
+        one.attempt.end()
+        return True
 
     def _may_retry(self, ctx: RequestContext, what: Failure | int) -> bool:
         """The core's retry verdict for this try, counted in the metrics."""
@@ -362,6 +480,7 @@ class ProxyHandler:
         upstream: UpstreamResponse,
         att: Attempt,
         endpoint: Endpoint,
+        first_chunk: bytes = b"",
     ) -> web.StreamResponse:
         """Stream the upstream response to the client chunk by chunk, as it arrives."""
         request, config = ctx.request, ctx.config
@@ -379,52 +498,141 @@ class ProxyHandler:
         if self.runtime.draining:
             response.force_close()
         observer = _answer_observer(ctx, upstream)  # tokens
-        source: ChunkSource = upstream
+        source: ChunkSource = _Prepended(first_chunk, upstream) if first_chunk else upstream
         if ctx.cache is not None:  # cache hook (2 of 2): the verdict, and the answer recorded
             response.headers[CACHE_HEADER] = ctx.cache.verdict
-            source = ctx.cache.capture(upstream.status, upstream.headers, upstream)
+            source = ctx.cache.capture(upstream.status, upstream.headers, source)
+        streaming = upstream.content_type == "text/event-stream"
         try:
             await response.prepare(request)
             ctx.response_started = True
-            await self._stream_body(request, response, source, att, endpoint, observer)
+            transcript = None
+            if streaming and self._resumable(ctx):
+                transcript = Transcript(ctx.config.retries.buffer_limit)
+            relay = _Relay(response, observer, transcript)
+            await self._stream_body(ctx, relay, source, streaming, att, endpoint)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
         finally:
             if observer is not None:  # tokens: what the relayed answer showed
                 report = ctx.answer = observer.finish(self.runtime.clock())  # (and tenants)
-                broken = att.failure is not None  # the upstream broke off mid-answer
+                broken = ctx.failure is not None  # the stream broke and was not resumed
                 record_answer(self.runtime.metrics, endpoint.name, report, config.slo, broken)
         return response
 
     async def _stream_body(
         self,
-        request: web.BaseRequest,
-        response: web.StreamResponse,
+        ctx: RequestContext,
+        relay: _Relay,
         upstream: ChunkSource,
+        streaming: bool,
         att: Attempt,
         endpoint: Endpoint,
-        observer: AnswerObserver | None,
+        continuation: bool = False,
     ) -> None:
-        """Relay body chunks as they arrive; an upstream break cuts the client off too.
-
-        The observer (tokens) reads each chunk only after it went out to the client."""
-        clock = self.runtime.clock
+        """Relay body chunks as they arrive (an event stream whole events at a time, when it
+        could be resumed). An upstream break after the first byte resumes an event stream on
+        another backend where it can (``gateway.resume``), else ends it with an OpenAI-shaped
+        error event and a clean end (the client's SDK raises on it; a cut chunked encoding
+        looks like a network fault); any other response is cut off, so it is never mistaken
+        for a whole one."""
         while True:
             try:
                 chunk = await upstream.readany()
             except UpstreamError as exc:
                 att.failed(Failure.BROKEN_RESPONSE)
+                att.end()  # the dead try leaves the in-flight count now, not after the resume
                 log.warning("upstream %s broke off mid-response: %s", endpoint.name, exc)
-                _abort(request)
+                await self._after_break(ctx, relay, streaming)
                 return
             if not chunk:
                 break
-            arrived_at = clock() if observer is not None else 0.0
-            await response.write(chunk)
-            if observer is not None:
-                observer.feed(chunk, arrived_at)
+            if relay.transcript is not None:
+                chunk = relay.transcript.feed(chunk)
+            if continuation and chunk:
+                chunk, continuation = without_opening_role(chunk), False
+            await relay.write(chunk, self.runtime.clock)
+        if relay.transcript is not None:
+            await relay.write(relay.transcript.flush(), self.runtime.clock)
+        await relay.response.write_eof()
+
+    async def _after_break(self, ctx: RequestContext, relay: _Relay, streaming: bool) -> None:
+        """A response broke after its first byte: resume it, end it with an error event, or
+        (not an event stream) cut the client off."""
+        metrics, route = self.runtime.metrics, ctx.route_name
+        response, transcript = relay.response, relay.transcript
+        if not streaming:
+            ctx.failure = Failure.BROKEN_RESPONSE
+            metrics.broken_streams.labels(route, "cut").inc()
+            _abort(ctx.request)
+            return
+        if transcript is not None and await self._resume(ctx, relay, transcript):
+            return
+        ctx.failure = Failure.BROKEN_RESPONSE
+        metrics.broken_streams.labels(route, "error_event").inc()
+        await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
         await response.write_eof()
+
+    def _resumable(self, ctx: RequestContext) -> bool:
+        exchange, body = ctx.exchange, ctx.body
+        assert exchange is not None and body is not None
+        return exchange.resendable and body.buffered is not None
+
+    async def _resume(self, ctx: RequestContext, relay: _Relay, transcript: Transcript) -> bool:
+        """Continue a broken event stream on another backend and splice it into the client's
+        (True), or say it cannot be continued (False: nothing more was written)."""
+        exchange, body = ctx.exchange, ctx.body
+        assert exchange is not None and body is not None and body.buffered is not None
+        text, tokens, finished = transcript.streamed()
+        if finished:  # it broke after the answer was complete: end it as it would have
+            await relay.write(transcript.flush(), self.runtime.clock)
+            await relay.response.write_eof()
+            self.runtime.metrics.broken_streams.labels(ctx.route_name, "finished").inc()
+            return True
+        continued = continuation_body(body.buffered, text, tokens)
+        if transcript.overflowed or continued is None:
+            return False
+        if not exchange.may_resume(True, self.runtime.clock()):
+            return False
+        self.runtime.metrics.retries.labels(ctx.route_name, Failure.BROKEN_RESPONSE.value).inc()
+        try:
+            endpoint = await self._acquire(exchange)
+        except Shed:
+            return False
+        one = self._start_try(ctx, endpoint)
+        with one.attempt:
+            try:
+                head = await self._send(
+                    ctx, one, False, RequestBody.of_bytes(ctx.request, continued)
+                )
+            except UpstreamFailure as failure:
+                one.attempt.failed(failure.failure)
+                return False
+            upstream = head.upstream
+            try:
+                if upstream.status != 200 or upstream.content_type != "text/event-stream":
+                    return False
+                ctx.backend = endpoint.name
+                self.runtime.metrics.broken_streams.labels(ctx.route_name, "resumed").inc()
+                try:
+                    await self._stream_body(ctx, relay, upstream, True, one.attempt, endpoint, True)
+                except ConnectionError:  # the client left during the continuation
+                    one.attempt.failed(Failure.CLIENT_GONE)
+                    upstream.close()
+                    raise
+                return True
+            finally:
+                upstream.release()
+
+    def _start_try(self, ctx: RequestContext, endpoint: Endpoint, is_hedge: bool = False) -> _Try:
+        """A try at ``endpoint`` as the core starts it, with its span when tracing."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        attempt = exchange.start_try(endpoint)
+        if ctx.trace is not None:  # tracing: ended with the try's outcome (Attempt.end)
+            attempt.span = ctx.trace.start_try(endpoint.name, exchange.tries, attempt)
+        return _Try(endpoint, attempt, is_hedge=is_hedge)
 
     def _client_failure(self, ctx: RequestContext, failure: Failure) -> web.Response:
         """The answer to a body the client broke off or stopped sending; the connection closes
@@ -461,11 +669,101 @@ class ProxyHandler:
                         "latency_ms": round(elapsed * 1000, 3),
                         "tries": ctx.tries,
                         "trace_id": trace_id,
+                        "error": ctx.failure.value if ctx.failure is not None else None,
                         **({"model_undecided": ctx.model_undecided} if ctx.model_undecided else {}),
                     },
                     separators=(",", ":"),
                 )
             )
+
+
+@dataclass(eq=False)
+class _Try:
+    """One try in flight: its backend, its Attempt and (when raced) the task sending it."""
+
+    endpoint: Endpoint
+    attempt: Attempt
+    is_hedge: bool = False
+    task: asyncio.Task[_Head] | None = None
+
+
+@dataclass
+class _Head:
+    """A try's response head, with a stream's first body chunk when it was read ahead."""
+
+    upstream: UpstreamResponse
+    first_chunk: bytes = b""
+
+
+class _Prepended:
+    """A response body whose first chunk was read ahead (to decide a hedge race): that chunk,
+    then the rest as it arrives."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: bytes, rest: ChunkSource) -> None:
+        self._first = first
+        self._rest = rest
+
+    async def readany(self) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            return first
+        return await self._rest.readany()
+
+
+@dataclass
+class _Relay:
+    """Where a relayed body goes: the client's response, the token observer that reads each
+    chunk after it went out, and the transcript a broken stream is resumed from."""
+
+    response: web.StreamResponse
+    observer: AnswerObserver | None
+    transcript: Transcript | None
+
+    async def write(self, chunk: bytes, clock: Callable[[], float]) -> None:
+        if not chunk:
+            return
+        arrived_at = clock() if self.observer is not None else 0.0
+        await self.response.write(chunk)
+        if self.observer is not None:
+            self.observer.feed(chunk, arrived_at)
+
+
+def _cancel(one: _Try, failure: Failure) -> None:
+    """Abandon a try at once: its connection closes (the send task's cancellation fails the
+    exchange, or an answer that arrived meanwhile is closed) and its Attempt ends now."""
+    task = one.task
+    if task is not None:
+        task.add_done_callback(_close_answer)
+        task.cancel()
+    one.attempt.failed(failure)
+    one.attempt.end()
+
+
+def _close_answer(task: asyncio.Task[_Head]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().upstream.close()
+
+
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+
+
+def wants_stream(body: bytes | None) -> bool:
+    """Does this (JSON) body ask for a streamed answer? A byte search, not a parse: it picks
+    which hedge delay applies (time to head, or to first token), so a rare false match inside
+    a prompt only costs the other delay."""
+    return body is not None and _STREAM_TRUE.search(body) is not None
+
+
+def sse_error_event(failure: Failure) -> bytes:
+    """An event-stream error event in the OpenAI error shape (the openai client raises an
+    APIError on it), then the stream's end marker."""
+    rule = consequence(failure)
+    error = {"error": {"message": rule.message, "type": rule.error_type, "code": rule.status}}
+    return b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 def _back_off_first(
@@ -499,13 +797,6 @@ def _answer_observer(ctx: RequestContext, upstream: UpstreamResponse) -> AnswerO
     body = ctx.body.buffered if ctx.body is not None else None
     streamed = content_type == "text/event-stream"
     return AnswerObserver(streamed, ctx.started_at, ctx.model, body)
-
-
-def _try_span(
-    trace: RequestTrace | None, backend: str, number: int, att: Attempt
-) -> AbstractContextManager[TrySpan | None]:
-    """Tracing: the try's span, ended with the try's outcome (nothing when tracing is off)."""
-    return nullcontext() if trace is None else trace.start_try(backend, number, att)
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -209,6 +209,20 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self.hedges = Counter(
+            "tailgate_hedges",
+            "Hedged tries: sent, won (answered first), and tries cancelled because the other "
+            "answered first.",
+            ["route", "event"],
+            registry=r,
+        )
+        self.broken_streams = Counter(
+            "tailgate_broken_streams",
+            "Responses whose upstream broke off after the first byte, by what became of them: "
+            "resumed on another backend, or ended with an error event.",
+            ["route", "result"],
+            registry=r,
+        )
         self.shed = Counter(
             "tailgate_shed_requests",
             "Requests answered 503 by the gateway without trying a backend, by reason.",

@@ -1,5 +1,8 @@
 """Per-backend polling in the background: active health checks and queue-depth scraping.
 
+A health check may also send a one-token completion (``health_check.generation_interval``):
+an inference server's health endpoint can answer 200 while its engine is wedged.
+
 One task per backend and concern, started and stopped as the fleet changes. Health checks
 feed the endpoint's :class:`~gateway.health.active.ActiveCheckState`; scrapes parse the
 backend's Prometheus ``/metrics`` (prometheus-client's parser) and sum the configured metric
@@ -80,12 +83,21 @@ class Prober:
         if state is None:
             return
         delay = state.first_delay_s(rt.rng)
+        generated = True  # the last one-token generation's result, until the next one
+        generation_due_at = rt.clock()
         while True:
             await asyncio.sleep(delay)
             settings = rt.active_settings
             if settings is None:
                 return
             passed = await self._check(endpoint, settings.path, settings.timeout_s)
+            hc = rt.config.health_check
+            if hc.generation_interval is None:
+                generated = True
+            elif rt.clock() >= generation_due_at:
+                generation_due_at = rt.clock() + hc.generation_interval
+                generated = await self._generate(endpoint)
+            passed = passed and generated
             rt.metrics.health_checks.labels(endpoint.name, "pass" if passed else "fail").inc()
             state.record(passed, rt.clock())
             delay = state.next_delay_s(rt.rng)
@@ -99,6 +111,24 @@ class Prober:
                 async with session.get(endpoint.url.with_path(path), allow_redirects=False) as resp:
                     await resp.read()
                     return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _generate(self, endpoint: Endpoint) -> bool:
+        """A one-token completion: passes only if the engine really generates."""
+        session = self.runtime.session
+        hc = self.runtime.config.health_check
+        if session is None:
+            return False
+        request: dict[str, object] = {"prompt": "Hi", "max_tokens": 1, "temperature": 0}
+        if hc.generation_model is not None:
+            request["model"] = hc.generation_model
+        url = endpoint.url.with_path(hc.generation_path)
+        try:
+            async with asyncio.timeout(hc.generation_timeout):
+                async with session.post(url, json=request, allow_redirects=False) as resp:
+                    await resp.read()
+                    return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 

@@ -92,6 +92,14 @@ class RequestBody:
         waited, self._client_wait_s = self._client_wait_s, 0.0
         return waited
 
+    @classmethod
+    def of_bytes(cls, request: web.BaseRequest, data: bytes) -> RequestBody:
+        """A body the gateway wrote itself (a stream's continuation), sent in place of the
+        client's."""
+        body = cls(request, len(data))
+        body.buffered = data
+        return body
+
     async def buffer_if_small(self, buffer_limit: int) -> None:
         """Read the body up front if its declared length is at most ``buffer_limit``.
 

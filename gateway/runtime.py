@@ -35,6 +35,7 @@ from gateway.health.outcome import Outcome
 from gateway.health.outlier import OutlierDetector
 from gateway.health.settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
 from gateway.health.transition import CheckState, CircuitState, Transition
+from gateway.hedging import HedgeSettings, Hedging
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pending_queue import FairQueue, FairShare
@@ -70,6 +71,18 @@ def balancer_settings(config: GatewayConfig) -> BalancerSettings:
         beta=b.beta,
         selection=b.selection,
         default_latency_s=b.default_latency,
+    )
+
+
+def hedge_settings(config: GatewayConfig) -> HedgeSettings:
+    h = config.hedging
+    return HedgeSettings(
+        enabled=h.enabled,
+        delay_s=h.delay,
+        quantile=h.quantile,
+        min_delay_s=h.min_delay,
+        max_delay_s=h.max_delay,
+        budget_percent=h.budget_percent,
     )
 
 
@@ -128,6 +141,7 @@ class Runtime:
     """Everything a request needs, built from one validated config."""
 
     retry_budget: RetryBudget
+    hedging: Hedging
     capacity: Capacity[Endpoint]
     cache: ResponseCache
 
@@ -170,6 +184,9 @@ class Runtime:
         )
         if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
             self.retry_budget = RetryBudget(budget)
+        hedge = hedge_settings(config)
+        if getattr(self, "hedging", None) is None or self.hedging.settings != hedge:
+            self.hedging = Hedging(hedge)
         if getattr(self, "capacity", None) is None:
             self.capacity = Capacity(
                 config.limits, self._pick, lambda limit: FairQueue(limit, self.fair_share)

@@ -72,6 +72,8 @@ def render(results: list[RowResult], trouble: list[str], plot_ref: str, cmd: str
         "",
         report.lag_note(results),
         "",
+        report.backend_load_note(results),
+        "",
         "Closed loop (wrk):",
         "",
         report.closed_table(results),

@@ -195,6 +195,25 @@ def _overhead_lines(results: Sequence[RowResult]) -> list[str]:
     return lines
 
 
+def backend_load_note(results: Sequence[RowResult]) -> str:
+    """Backend requests per client request in the trouble scenarios (retries and hedges)."""
+    rows = [r for r in results if r.backend_per_request is not None and r.peer != "direct"]
+    if not rows:
+        return ""
+    parts = []
+    for r in rows:
+        hedged = ""
+        if r.hedges:
+            hedged = " (hedges " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.hedges.items()))
+            hedged += ")"
+        parts.append(f"{r.scenario}/{r.peer} {r.backend_per_request:.3f}{hedged}")
+    return (
+        "Backend requests per client request (1.050 = 5% extra from retries and hedges): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
 def lag_note(results: Sequence[RowResult]) -> str:
     open_rows = [r for r in results if r.summary is not None]
     if not open_rows:

@@ -43,6 +43,9 @@ class RowResult:
     behind_schedule: bool = False
     closed: wrk.WrkResult | None = None
     note: str = ""
+    backend_per_request: float | None = None  # backend requests per client request (retries,
+    # hedges): 1.05 means 5% extra load on the backends
+    hedges: dict[str, float] = field(default_factory=dict)  # tailgate: sent, won, cancelled
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class PairRun:
         self.peer = peer
         self.settings = settings
         self.children: list[procs.Child] = []
+        self.admin_port = 0  # a tailgate peer's admin listener, once started
         self.backends: list[Backend] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix="tailgate-bench-"))
         self.log_dir = settings.log_dir / scenario.name / peer.label.replace(" ", "_")
@@ -165,6 +169,7 @@ class PairRun:
         child = self._start("peer", cmd, self.settings.proxy_cpus)
         child.wait_http(f"http://127.0.0.1:{listen}/health")
         self.peer_child = child
+        self.admin_port = admin
         return [f"http://127.0.0.1:{listen}"]
 
     def profiler(self) -> procs.Child | None:
@@ -206,7 +211,10 @@ def _open_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:
         for f in s.faults
     ]
     spy = pair.profiler()
+    served_before = _served(pair.backends)
     rec: Recording = _run_async(run_open_loop(target, arrivals, settings.duration_s, pick, events))
+    served = _served(pair.backends) - served_before
+    hedges = _tailgate_hedges(pair.admin_port) if pair.peer.kind == "tailgate" else {}
     if spy is not None:
         spy.proc.wait(30)
     return RowResult(
@@ -216,7 +224,42 @@ def _open_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:
         ranked_latency_s=all_requests_latencies(rec.latency_s, rec.ok),
         lag_p99_s=rec.lag_p99_s(),
         behind_schedule=rec.behind_schedule(),
+        backend_per_request=served / len(arrivals) if arrivals and served >= 0 else None,
+        hedges=hedges,
     )
+
+
+def _tailgate_hedges(admin_port: int) -> dict[str, float]:
+    """tailgate's hedge counters (warm-up included), from its admin /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2.0) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tailgate_hedges_total":
+                event = sample.labels["event"]
+                counts[event] = counts.get(event, 0.0) + sample.value
+    return counts
+
+
+def _served(backends: Sequence[Backend]) -> int:
+    """Requests the fake pods have taken so far (each counted once it leaves, cancelled too);
+    -1 when a pod does not say (the static upstream)."""
+    total = 0
+    for backend in backends:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{backend.port}/_stats", timeout=2.0
+            ) as resp:
+                total += int(json.loads(resp.read())["served"])
+        except (OSError, ValueError, KeyError):
+            return -1
+    return total
 
 
 def _closed_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:

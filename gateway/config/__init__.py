@@ -194,6 +194,8 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
                 "OTLP export needs the OpenTelemetry SDK: pip install 'tailgate[otel]'",
             )
         )
+    if config.hedging.min_delay > config.hedging.max_delay:
+        problems.append(Problem("hedging.min_delay", "exceeds hedging.max_delay"))
     return problems
 
 

@@ -311,6 +311,16 @@ class HealthCheckConfig:
     timeout: float = _duration(1.0, positive)
     unhealthy_threshold: int = field(3, check=positive)
     healthy_threshold: int = field(2, check=positive)
+    generation_interval: float | None = field(
+        None,
+        parse=parse_duration,
+        doc="also send a one-token completion this often (off when unset): vLLM's /health "
+        "answers 200 while its engine is wedged; a failed generation fails every check until "
+        "the next one passes",
+    )
+    generation_path: str = "/v1/completions"
+    generation_model: str | None = field(None, doc="the model field of the one-token request")
+    generation_timeout: float = _duration(10.0, positive)
 
 
 def _retry_on(value: object) -> tuple[str | int, ...]:
@@ -372,6 +382,25 @@ class RetriesConfig:
     retry_non_idempotent: bool = field(
         False, doc="resend every non-idempotent request, not only those to safe_paths"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class HedgingConfig:
+    """Hedged requests (``gateway.hedging``): for idempotent and inference requests."""
+
+    enabled: bool = True
+    delay: float | None = field(
+        None,
+        parse=parse_duration,
+        doc="fixed hedge delay; unset: the group's recent p95 time to head (streams: to the "
+        "first body byte), within min_delay..max_delay",
+    )
+    quantile: float = field(
+        0.95, check=in_range(0.5, 1), doc="which latency quantile the learned delay is"
+    )
+    min_delay: float = _duration(0.005, non_negative)
+    max_delay: float = _duration(2.0, positive)
+    budget_percent: float = field(5.0, check=in_range(0, 100))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,6 +558,7 @@ class GatewayConfig:
     circuit_breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
     health_check: HealthCheckConfig = dataclasses.field(default_factory=HealthCheckConfig)
     retries: RetriesConfig = dataclasses.field(default_factory=RetriesConfig)
+    hedging: HedgingConfig = dataclasses.field(default_factory=HedgingConfig)
     routes: tuple[RouteConfig, ...] = ()
     headers: HeadersConfig = dataclasses.field(default_factory=HeadersConfig)
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)

@@ -32,8 +32,8 @@ POLICY_REFRESH_S = 0.25  # gateway.maintenance.POLICY_REFRESH_S
 HERDING_SAMPLES = 2000
 
 _QUEUED, _RUNNING, _DONE = 0, 1, 2
-(_COMPLETE, _RETRY, _GRANT, _QUEUE_DEADLINE) = range(4)
-(_TICK, _SWEEP, _PROBE, _SCRAPE, _DELIVER, _FAULT) = range(4, 10)
+(_COMPLETE, _RETRY, _GRANT, _QUEUE_DEADLINE, _HEDGE) = range(5)
+(_TICK, _SWEEP, _PROBE, _SCRAPE, _DELIVER, _FAULT) = range(5, 11)
 _INF = math.inf
 
 
@@ -79,7 +79,7 @@ class RunResult:
 
 
 class Request:
-    __slots__ = ("arrival_s", "exchange", "replica", "size")
+    __slots__ = ("arrival_s", "exchange", "live", "replica", "size")
 
     def __init__(
         self, arrival_s: float, size: float, replica: GatewayReplica, exchange: Exchange
@@ -88,10 +88,11 @@ class Request:
         self.size = size
         self.replica = replica
         self.exchange = exchange  # the gateway's own core for this request
+        self.live: list[_Try] = []  # tries in flight: two while a hedge races its try
 
 
 class _Try:
-    __slots__ = ("attempt", "deadline_s", "pod", "request", "state")
+    __slots__ = ("attempt", "deadline_s", "is_hedge", "pod", "request", "state")
 
     def __init__(self, request: Request, attempt: Attempt, pod: Pod) -> None:
         self.request = request
@@ -99,6 +100,7 @@ class _Try:
         self.pod = pod
         self.state = _QUEUED
         self.deadline_s = _INF
+        self.is_hedge = False
 
 
 class Simulation:
@@ -143,6 +145,8 @@ class Simulation:
         self._latencies: list[float] = []
         self._failed = 0
         self._tries = [0] * len(self.pods)
+        self._hedges = 0
+        self._hedges_won = 0
         self._herding_sum = 0.0
         self._herding_n = 0
         self._last_finish = 0.0
@@ -196,6 +200,8 @@ class Simulation:
                     self._granted(*payload)  # type: ignore[misc]
                 elif kind == _QUEUE_DEADLINE:
                     self._queue_deadline(payload)  # type: ignore[arg-type]
+                elif kind == _HEDGE:
+                    self._hedge(payload)  # type: ignore[arg-type]
                 else:
                     self._upkeep(kind, payload)
         return RunResult(
@@ -211,6 +217,7 @@ class Simulation:
             duration_s=self._last_finish,
             events=events - 1,
             wall_s=time.perf_counter() - started,
+            extra={"hedges": self._hedges, "hedges_won": self._hedges_won},
         )
 
     def _push(self, when: float, kind: int, payload: object) -> None:
@@ -244,10 +251,47 @@ class Simulation:
         if isinstance(granted, Failure):
             self._finish(request, ok=False)  # shed: 503 from the gateway itself
             return
+        attempt = self._begin_try(request, granted)
+        delay_s = request.exchange.hedge_delay_s(False, True)
+        if delay_s is not None:  # the gateway's own rule: hedge if no answer by then
+            self._push(self.now + delay_s, _HEDGE, attempt)
+        self._enter_pod(attempt)
+
+    def _begin_try(self, request: Request, granted: Endpoint) -> _Try:
         pod = self._pod_of[granted.name]
         self._tries[pod.index] += 1
         attempt = _Try(request, request.exchange.start_try(granted), pod)
         attempt.attempt.begin()
+        request.live.append(attempt)
+        return attempt
+
+    def _hedge(self, first: _Try) -> None:
+        """The hedge delay passed: the core says whether (and where) a hedge goes."""
+        request = first.request
+        if first.state == _DONE or len(request.live) != 1:
+            return  # answered, or already hedged
+        granted = request.exchange.hedge(self.now)
+        if granted is None:
+            return
+        self._hedges += 1
+        hedge = self._begin_try(request, granted)
+        hedge.is_hedge = True
+        self._enter_pod(hedge)
+
+    def _cancel(self, loser: _Try, failure: Failure) -> None:
+        """The other try answered first: the gateway closes this one and the pod frees it."""
+        was = loser.state
+        loser.state = _DONE
+        pod = loser.pod
+        if was == _QUEUED:
+            pod.queued -= 1
+        else:
+            self._release(pod)
+        loser.attempt.failed(failure)
+        loser.attempt.end()
+
+    def _enter_pod(self, attempt: _Try) -> None:
+        pod = attempt.pod
         if pod.faulty and pod.spec.down:
             attempt.attempt.failed(Failure.CONNECT)
             self._end_try(attempt, Failure.CONNECT, ok=False)
@@ -318,6 +362,19 @@ class Simulation:
         The simulated requests are inference POSTs with a buffered (replayable) body."""
         request = attempt.request
         exchange = request.exchange
+        request.live.remove(attempt)
+        if request.live:  # a hedge race: a failure waits for the other try, a success wins
+            if not ok:
+                attempt.attempt.end()
+                return
+            for loser in request.live:
+                outrun = attempt.is_hedge and not loser.is_hedge
+                self._cancel(loser, Failure.OUTRUN if outrun else Failure.HEDGE_LOST)
+            self._hedges_won += attempt.is_hedge
+            request.live.clear()
+            attempt.attempt.end()
+            self._finish(request, ok)
+            return
         retry = not ok and exchange.retry(what, True, self.now) is RetryVerdict.RETRY
         attempt.attempt.end()
         if retry:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
 from loadtests.peers import PEERS, Backend, Budget, command, render
 
 BACKENDS = [Backend("a", 18001), Backend("b", 18002)]
@@ -19,7 +19,8 @@ def test_tailgate_config_is_valid_and_carries_the_budget() -> None:
     assert config.listen.port == 18080
     assert [b.url for b in config.backends] == ["http://127.0.0.1:18001", "http://127.0.0.1:18002"]
     assert config.timeouts.per_try == 1.5 and config.timeouts.total == 4.0
-    assert config.retries.attempts == 2 and config.retries.retry_non_idempotent
+    assert config.retries.attempts == 2 and not config.retries.retry_non_idempotent  # as shipped
+    assert config.hedging == GatewayConfig().hedging
     assert config.logging.access_log is False
     assert config.balancer.policy == "weighted_score"
 

@@ -73,6 +73,7 @@ def test_hung_pod_times_out_then_is_taken_out_by_probes() -> None:
     no_timeout_retry = dataclasses.replace(
         SHORT_TIMEOUT,
         retries=dataclasses.replace(SHORT_TIMEOUT.retries, retry_on=("connect-failure", 500)),
+        hedging=dataclasses.replace(SHORT_TIMEOUT.hedging, enabled=False),
     )
     result = simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=no_timeout_retry)
     assert result.failed == result.tries_per_pod[0] > 0
@@ -80,6 +81,18 @@ def test_hung_pod_times_out_then_is_taken_out_by_probes() -> None:
     assert max(result.latencies_s) < 0.5  # no success waited on the hung pod
     # With the default retry_on a timed-out try is resent elsewhere: nobody sees the hang fail.
     assert simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=SHORT_TIMEOUT).failed == 0
+
+
+def test_hedges_rescue_tries_stuck_on_a_hung_pod_within_their_budget() -> None:
+    scenario = build_scenario("hanging_pod", 4, 0.5)
+    no_timeout_retry = dataclasses.replace(
+        SHORT_TIMEOUT,
+        retries=dataclasses.replace(SHORT_TIMEOUT.retries, retry_on=("connect-failure", 500)),
+    )
+    result = simulate(scenario, ALL_POLICIES[2], 1, 4000, seed=1, gateway=no_timeout_retry)
+    assert result.extra["hedges_won"] > 0
+    assert result.failed < result.tries_per_pod[0]  # some stuck tries lost to their hedge
+    assert result.extra["hedges"] <= 0.05 * 4000 + 10  # budget: 5% plus the 1/s floor
 
 
 def test_oracle_never_worse_than_a_policy_on_the_same_arrivals() -> None:
