@@ -78,12 +78,17 @@ class PodState:
         return self.rng.lognormvariate(lognormal_mu(base, self.sigma), self.sigma)
 
     def pause_left(self) -> float:
-        f = self.faults
-        if f.pause_every_s <= 0 or f.pause_for_s <= 0:
-            return 0.0
-        period = f.pause_every_s + f.pause_for_s
-        phase = (time.monotonic() - self.started) % period
-        return 0.0 if phase < f.pause_every_s else period - phase
+        return pause_left(self.faults, time.monotonic() - self.started)
+
+
+def pause_left(faults: Faults, elapsed_s: float) -> float:
+    """Seconds left of the current pause ``elapsed_s`` after start (0 when not paused):
+    the pod works ``pause_every_s``, then stalls ``pause_for_s``, over and over."""
+    if faults.pause_every_s <= 0 or faults.pause_for_s <= 0:
+        return 0.0
+    period = faults.pause_every_s + faults.pause_for_s
+    phase = elapsed_s % period
+    return 0.0 if phase < faults.pause_every_s else period - phase
 
 
 STATE = web.AppKey("state", PodState)

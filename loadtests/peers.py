@@ -3,17 +3,25 @@
 Every peer gets the same allowance (:class:`Budget`): the same connect, per-try and total
 timeouts, one retry on another backend, the same ejection thresholds and health checks. Only
 the balancing policy and each product's own spelling of those settings differ.
+
+A tailgate peer may carry ``overrides``: YAML merged into its rendered config (mappings
+merge key by key, anything else replaces), so a run can compare a policy with extra settings
+without a template of its own.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
+
+import yaml
 
 TEMPLATES = Path(__file__).with_name("peers")
 
@@ -46,9 +54,10 @@ class Peer:
     """One row of the report: a product, its policy, and how many workers it runs."""
 
     label: str
-    kind: str  # direct | tailgate | envoy | nginx | haproxy
+    kind: str  # direct | tailgate | envoy | nginx | haproxy | sglang
     policy: str = ""
     workers: int = 1
+    overrides: str = ""  # tailgate only: YAML merged into the rendered config
 
     @property
     def is_proxy(self) -> bool:
@@ -97,6 +106,8 @@ def _backend_block(kind: str, backends: Sequence[Backend], budget: Budget) -> st
         lines = [f"        server 127.0.0.1:{b.port} {fails};" for b in backends]
     elif kind == "haproxy":
         lines = [f"    server {b.name} 127.0.0.1:{b.port} check" for b in backends]
+    elif kind == "sglang":
+        return " ".join(f"http://127.0.0.1:{b.port}" for b in backends)
     else:
         raise ValueError(f"no config for peer kind {kind!r}")
     return "\n".join(lines)
@@ -130,8 +141,28 @@ def render(
         "check_fall": budget.check_fall,
         "check_rise": budget.check_rise,
         "retry_budget_percent": budget.retry_budget_percent,
+        # whole seconds, for the peers that take nothing finer (SGLang's router)
+        "total_whole": max(math.ceil(budget.total_s), 1),
+        "ejection_whole": max(math.ceil(budget.ejection_s), 1),
+        "check_interval_whole": max(math.ceil(budget.check_interval_s), 1),
     }
-    return render_template(template_name(peer.kind), values)
+    text = render_template(template_name(peer.kind), values)
+    if peer.overrides:
+        if peer.kind != "tailgate":
+            raise ValueError(f"overrides apply to tailgate peers only, not {peer.kind!r}")
+        merged = merge(yaml.safe_load(text), yaml.safe_load(peer.overrides) or {})
+        text = yaml.safe_dump(merged, sort_keys=False)
+    return text
+
+
+def merge(base: Any, extra: Any) -> Any:
+    """``extra`` laid over ``base``: mappings merge key by key, anything else replaces."""
+    if not (isinstance(base, dict) and isinstance(extra, dict)):
+        return extra
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(base.get(key), value)
+    return out
 
 
 def render_template(name: str, values: dict[str, object]) -> str:
@@ -145,6 +176,7 @@ def template_name(kind: str) -> str:
         "envoy": "envoy.yaml.tmpl",
         "nginx": "nginx.conf.tmpl",
         "haproxy": "haproxy.cfg.tmpl",
+        "sglang": "sglang-router.args.tmpl",
     }[kind]
 
 
@@ -174,8 +206,17 @@ def command(peer: Peer, config_path: Path, run_dir: Path) -> list[str] | None:
     if peer.kind == "haproxy":
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         return [haproxy, "-db", "-f", str(config_path)] if Path(haproxy).exists() else None
+    if peer.kind == "sglang":
+        beside = Path(sys.executable).with_name("sglang-router")
+        router = str(beside) if beside.exists() else shutil.which("sglang-router")
+        if router is None:
+            return None
+        lines = config_path.read_text().splitlines()
+        args = [a for line in lines if not line.startswith("#") for a in shlex.split(line)]
+        return [router, "launch", *args]
     raise ValueError(f"peer kind {peer.kind!r} runs no process")
 
 
 def config_suffix(kind: str) -> str:
-    return {"tailgate": ".yaml", "envoy": ".yaml", "nginx": ".conf", "haproxy": ".cfg"}[kind]
+    suffixes = {"tailgate": ".yaml", "envoy": ".yaml", "nginx": ".conf", "haproxy": ".cfg"}
+    return suffixes.get(kind, ".args")

@@ -18,7 +18,12 @@ def nines(q: float) -> float:
     return -math.log10(1 - q)
 
 
-def plot(results: Sequence[RowResult], path: Path, title: str = "") -> Path | None:
+def plot(
+    results: Sequence[RowResult],
+    path: Path,
+    title: str = "",
+    ylabel: str = "latency (ms, log)",
+) -> Path | None:
     """Write the PNG; None (and no file) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -52,7 +57,7 @@ def plot(results: Sequence[RowResult], path: Path, title: str = "") -> Path | No
         ax.axhline(ceiling_ms, color="grey", linewidth=0.6)
         ax.text(0.05, ceiling_ms * 1.03, "failed", color="grey", fontsize=8)
         ax.set_title(name)
-        ax.set_ylabel("latency (ms, log)")
+        ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(scenarios) :]:
         ax.axis("off")
