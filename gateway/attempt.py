@@ -2,9 +2,10 @@
 
 An :class:`Attempt` wraps one try at one endpoint as a context manager: entering counts the
 request in flight; leaving — by success, error or cancellation — records everything exactly
-once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
-outlier detector), and the metrics. No code path can forget to record, or record twice.
-What a failure means for health comes from the one table in ``gateway.failures``.
+once: the latency sample, the in-flight decrement, the work it carried (LLM tokens), the
+health outcome (circuit breaker and outlier detector), and the metrics. No code path can
+forget to record, or record twice. What a failure means for health comes from the one table
+in ``gateway.failures``.
 
 The fleet simulator, which has no ``with`` block spanning virtual time, calls :meth:`begin` and
 :meth:`end` itself: the context manager is only those two calls.
@@ -37,9 +38,13 @@ class Attempt:
         "_metrics",
         "_on_done",
         "_sink",
+        "_tokens_ahead",
+        "decode_tokens",
         "endpoint",
         "failure",
+        "first_body_at",
         "first_byte_at",
+        "prefill_tokens",
         "started_at",
         "status",
         "streaming",
@@ -52,7 +57,11 @@ class Attempt:
         metrics: GatewayMetrics,
         sink: OutcomeSink,
         on_done: Callable[[Endpoint], None],
+        prefill_tokens: int = 0,
+        decode_tokens: int = 0,
     ) -> None:
+        """``prefill_tokens`` (the prompt tokens not expected cached there) and
+        ``decode_tokens`` (the output expected) are the work this try puts on ``endpoint``."""
         self.endpoint = endpoint
         self._clock = clock
         self._metrics = metrics
@@ -63,6 +72,10 @@ class Attempt:
         self.status: int | None = None
         self.failure: Failure | None = None
         self.streaming = False
+        self.first_body_at: float | None = None  # a stream's first event
+        self.prefill_tokens = prefill_tokens
+        self.decode_tokens = decode_tokens
+        self._tokens_ahead = 0
 
     def __enter__(self) -> Attempt:
         self.begin()
@@ -71,15 +84,21 @@ class Attempt:
     def begin(self) -> None:
         """The try starts: it counts in flight from now."""
         self.started_at = self._clock()
-        self.endpoint.signals.request_started(self.started_at)
+        signals = self.endpoint.signals
+        signals.request_started(self.started_at)
+        self._tokens_ahead = signals.work.started(self.prefill_tokens, self.decode_tokens)
 
     def got_headers(self, status: int, streaming: bool, reported_depth: str | None) -> None:
-        """Response headers arrived: time to first byte, and any queue depth reported."""
+        """Response headers arrived: time to first byte, and any queue depth reported.
+
+        A stream keeps counting as waiting until its first event (:meth:`got_first_event`):
+        inference servers send a stream's head before prefill, so it is no answer yet."""
         now = self._clock()
         self.first_byte_at = now
         self.status = status
         self.streaming = streaming
-        self.endpoint.signals.headers_received(self.started_at)
+        if not streaming:
+            self.endpoint.signals.headers_received(self.started_at)
         self._metrics.time_to_first_byte_for(self.endpoint.name).observe(now - self.started_at)
         if reported_depth is not None:
             try:
@@ -88,6 +107,23 @@ class Attempt:
                 return
             if depth >= 0:  # NaN fails this too; signals also drop infinities
                 self.endpoint.signals.report_queue_depth(depth, now)
+
+    def got_first_event(self) -> None:
+        """A stream's first body byte arrived: its time to first token, and its prefill done."""
+        if self.first_body_at is not None or not self.streaming:
+            return
+        now = self._clock()
+        self.first_body_at = now
+        signals = self.endpoint.signals
+        signals.headers_received(self.started_at)
+        signals.work.first_token(self.prefill_tokens, now - self.started_at, self._tokens_ahead)
+
+    @property
+    def _answer_began(self) -> bool:
+        """Has the backend begun its answer (headers, or a stream's first event)?"""
+        if self.streaming:
+            return self.first_body_at is not None
+        return self.first_byte_at is not None
 
     def failed(self, failure: Failure) -> None:
         """The try ended badly: the backend's fault or the client's, as the table says.
@@ -123,13 +159,16 @@ class Attempt:
         latency = self._latency(now, outcome)
         failed = outcome.is_failure
         duration = None if latency is None else now - self.started_at
-        self.endpoint.signals.request_finished(
+        began = self._answer_began
+        signals = self.endpoint.signals
+        signals.work.finished(0 if began else self.prefill_tokens, self.decode_tokens)
+        signals.request_finished(
             latency,
             now,
             failed=failed,
             duration_s=duration,
             started_at=self.started_at,
-            headers_seen=self.first_byte_at is not None,
+            headers_seen=began,
         )
         name = self.endpoint.name
         if latency is not None:
@@ -140,15 +179,18 @@ class Attempt:
         self._on_done(self.endpoint)
 
     def _latency(self, now: float, outcome: Outcome) -> float | None:
-        """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
+        """The sample the balancer learns from: time to the first event for streams (time to
+        first token), the whole exchange otherwise.
 
         A failed try teaches latency only if it took long (a timeout is evidence of slowness);
-        a fast connect-refused is not a fast backend, so it gives no sample.
+        a fast connect-refused is not a fast backend, so it gives no sample. A stream whose
+        head came but no event is as slow as it has been so far.
         """
         if outcome is Outcome.CANCELLED:
             return None
         if self.first_byte_at is None:
             return now - self.started_at if self.failure is Failure.TIMEOUT else None
         if self.streaming:
-            return self.first_byte_at - self.started_at
+            end = self.first_body_at if self.first_body_at is not None else now
+            return end - self.started_at
         return now - self.started_at

@@ -101,7 +101,10 @@ class Exchange:
         self.tried.append(endpoint.name)
         self.tries += 1
         rt = self.runtime
-        return Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed)
+        prefill, decode = rt.work_sent(self.group, endpoint, self.request)
+        return Attempt(
+            endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed, prefill, decode
+        )
 
     def retry(self, what: Failure | int, replayable: bool, now: float) -> RetryVerdict:
         """May the try that ended with ``what`` (a failure, or an upstream status with no byte

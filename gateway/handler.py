@@ -30,8 +30,7 @@ from gateway.exchange import Exchange, RetryVerdict, open_exchange
 from gateway.failures import Failure, consequence
 from gateway.headers import header_bytes, request_id_from
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
-from gateway.request_info import NO_INFO, RequestInfo
-from gateway.routing import model_of
+from gateway.request_parse import parse_request
 from gateway.runtime import Runtime
 from gateway.upstream import UpstreamError, UpstreamResponse
 
@@ -105,8 +104,9 @@ class ProxyHandler:
             await body.buffer_if_small(config.retries.buffer_limit)
         except (aiohttp.ClientPayloadError, ConnectionError):
             return _failure_response(Failure.CLIENT_BODY, rid)
-        model = model_of(body.buffered) if rt.router.needs_model else None
-        info = RequestInfo(model=model) if model is not None else NO_INFO
+        info = parse_request(
+            body.buffered, request.headers, config.balancer.prefix.session_header, rt.wants_blocks
+        )
         ctx.exchange = exchange = open_exchange(
             rt, request.method, request.path, request.headers, info, rt.clock()
         )
@@ -281,7 +281,9 @@ class ProxyHandler:
         att: Attempt,
         endpoint: Endpoint,
     ) -> None:
-        """Relay body chunks as they arrive; an upstream break cuts the client off too."""
+        """Relay body chunks as they arrive; an upstream break cuts the client off too. A
+        stream's first chunk is its time to first token (see Attempt.got_first_event)."""
+        awaiting_first_event = att.streaming
         while True:
             try:
                 chunk = await upstream.readany()
@@ -292,6 +294,9 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
+            if awaiting_first_event:
+                att.got_first_event()
+                awaiting_first_event = False
             await response.write(chunk)
         await response.write_eof()
 

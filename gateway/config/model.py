@@ -16,7 +16,9 @@ from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
 
-Policy = Literal["weighted_score", "round_robin", "random", "least_request", "peak_ewma"]
+Policy = Literal[
+    "weighted_score", "round_robin", "random", "least_request", "peak_ewma", "prefix_aware"
+]
 Selection = Literal["best", "p2c"]
 
 
@@ -132,6 +134,22 @@ class QueueDepthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrefixConfig:
+    """prefix_aware's affinity settings (see the README's "The prefix-aware score")."""
+
+    capacity_blocks: int = field(
+        4096, check=positive, doc="prompt blocks (~64 tokens each) remembered per backend"
+    )
+    load_bound: float = field(
+        0.25,
+        check=non_negative,
+        doc="affinity never sends to a backend above (1 + this) x mean load",
+    )
+    session_header: str | None = field(None, doc="request header whose value is the session key")
+    session_affinity: bool = field(False, doc="the same session key prefers the same backend")
+
+
+@dataclasses.dataclass(frozen=True)
 class BalancerConfig:
     policy: Policy = "weighted_score"
     alpha: float = field(0.6, check=non_negative)
@@ -142,6 +160,7 @@ class BalancerConfig:
     slow_start_min_weight: float = field(0.1, check=in_range(0.01, 1.0))
     latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     queue_depth: QueueDepthConfig = dataclasses.field(default_factory=QueueDepthConfig)
+    prefix: PrefixConfig = dataclasses.field(default_factory=PrefixConfig)
 
     def __post_init__(self) -> None:
         if self.alpha == 0 and self.beta == 0:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gateway.load.work import WorkLedger
+
 # A failed request counts as this many times the latency estimate (see request_finished).
 FAILURE_PENALTY = 2.0
 
@@ -74,6 +76,7 @@ class EndpointSignals:
         "in_flight",
         "samples",
         "settings",
+        "work",
     )
 
     def __init__(self, settings: SignalSettings, now: float) -> None:
@@ -90,6 +93,7 @@ class EndpointSignals:
         self._waiting_since_sum = 0.0  # the sum of their start times
         self._waiting_epoch = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
+        self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
 
     # -- the observe path -------------------------------------------------------------------
 
@@ -99,7 +103,10 @@ class EndpointSignals:
         self._waiting_since_sum += now
 
     def headers_received(self, started_at: float) -> None:
-        """The response to a request started at `started_at` has begun: it no longer waits."""
+        """The response to a request started at `started_at` has begun: it no longer waits.
+
+        For a stream that is its first body byte (its first event), not its head: vLLM and
+        SGLang send the head at once, before prefill, so the head says nothing of the wait."""
         self._stop_waiting(started_at)
 
     def _stop_waiting(self, started_at: float | None) -> None:
@@ -113,7 +120,8 @@ class EndpointSignals:
         )
 
     def waiting_age_s(self, now: float) -> float:
-        """Mean age of the requests still waiting for response headers (0 when none).
+        """Mean age of the requests still waiting for their answer to begin (0 when none): the
+        response headers, or a stream's first event.
 
         A backend that hangs or stalls gives no latency samples until its requests time out;
         the age of what it holds is evidence long before that.
@@ -183,6 +191,7 @@ class EndpointSignals:
         self._sampled_at = now
         self._reported_depth = None
         self._ramp_started_at = now
+        self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
         self._waiting_since_sum = 0.0
         self._waiting_epoch = now
