@@ -5,7 +5,7 @@ token on each backend, from what is queued there and how much of its prompt is c
 
     ttft_term  = max(predicted_ttft_i, waiting_age_i) / median_latency
     predicted_ttft_i = s_per_token_i * (prefill_queued_i + others_i + uncached_i)
-    uncached_i = prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK    (never below 0)
+    uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
     queue_term = as weighted_score: (queue_depth_i / effective_weight_i) / max(1, median)
 
   * ``s_per_token_i`` is the backend's measured seconds of TTFT per prefill token queued
@@ -14,6 +14,8 @@ token on each backend, from what is queued there and how much of its prompt is c
     there that have no first token yet; ``others_i`` the requests the backend reports beyond
     ours, at the mean prefill this gateway sends. The unit stays latency: the term is 1 for a
     typical answer of the fleet, so alpha and beta keep weighted_score's exchange rates.
+  * ``uncached_i`` never falls below one block: a fully cached prompt still has its partial
+    last block and a first decode step to run, which a slower backend runs slower.
   * ``cached_blocks_i`` comes from the prefix index (``gateway.affinity``): the blocks this
     gateway sent to backend i recently, matched as a chained prefix.
   * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
@@ -164,7 +166,7 @@ class PrefixAware(WeightedScore):
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
         signals = candidate.signals
         work = signals.work
-        uncached = max(0.0, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
+        uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
         others = max(0.0, signals.queue_depth(now) - signals.in_flight) * self._mean_prefill
         s_per_token = work.s_per_token if work.s_per_token is not None else self._s_per_token
         predicted_s = s_per_token * (work.prefill_tokens + others + uncached)
