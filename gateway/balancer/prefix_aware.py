@@ -6,7 +6,8 @@ token on each backend, from what is queued there and how much of its prompt is c
     ttft_term  = max(predicted_ttft_i, waiting_age_i) / median_latency
     predicted_ttft_i = s_per_token_i * (prefill_queued_i + others_i + uncached_i)
     uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
-    queue_term = as weighted_score: (queue_depth_i / effective_weight_i) / max(1, median)
+    queue_term = kv_i * (queue_depth_i / effective_weight_i) / max(1, median)
+    kv_i       = 1 + 4 * max(0, kv_usage_i - 0.9) / 0.1       (KV cache nearly full: load)
 
   * ``s_per_token_i`` is the backend's measured seconds of TTFT per prefill token queued
     (``gateway.load.work``; the fleet median stands in before it is measured, so a 3x slower
@@ -18,6 +19,9 @@ token on each backend, from what is queued there and how much of its prompt is c
     last block and a first decode step to run, which a slower backend runs slower.
   * ``cached_blocks_i`` comes from the prefix index (``gateway.affinity``): the blocks this
     gateway sent to backend i recently, matched as a chained prefix.
+  * ``kv_i``: a backend whose reported KV cache is nearly full (vLLM ``kv_cache_usage_perc``,
+    SGLang ``token_usage``, scraped through ``gateway.load_reports``) preempts or queues new
+    work, so above 90% usage each of its requests counts as up to 5.
   * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
     slow as soon as its requests are older than its usual answers.
 
@@ -59,6 +63,8 @@ RING_STEPS = 8  # successors a home over its bound may hand over to, before givi
 # the default latency per token: a 1,000-token prompt takes one default latency.
 PRIOR_TOKENS_PER_DEFAULT_LATENCY = 1000.0
 MEAN_PREFILL_SMOOTHING = 0.05
+KV_PRESSURE_FROM = 0.9  # KV usage share above which the cache counts as pressure
+KV_PRESSURE_WEIGHT = 4.0  # at 100% usage one request weighs 1 + this
 
 
 class PrefixAware(WeightedScore):
@@ -173,7 +179,8 @@ class PrefixAware(WeightedScore):
         latency_s = max(predicted_s, signals.waiting_age_s(now))
         fleet = self._fleet
         load = signals.queue_depth(now) / effective_weight(candidate, now)
-        queue_term = load / max(1.0, fleet.queue_per_weight)
+        pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
+        queue_term = (1.0 + KV_PRESSURE_WEIGHT * pressure) * load / max(1.0, fleet.queue_per_weight)
         return self.alpha * latency_s / fleet.latency_s + self.beta * queue_term
 
     # -- helpers --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
+from gateway.load_reports import PROFILES
 
 Policy = Literal[
     "weighted_score", "round_robin", "random", "least_request", "peak_ewma", "prefix_aware"
@@ -123,14 +124,18 @@ class QueueDepthConfig:
     scrape_interval: float = _duration(0.0, non_negative, "0 turns /metrics scraping off")
     scrape_path: str = "/metrics"
     scrape_timeout: float = _duration(1.0, positive)
-    metrics: tuple[str, ...] = (
-        "tailgate_backend_queue_depth",
-        "tailgate_backend_running_requests",
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        "tgi_queue_size",
-        "nv_inference_pending_request_count",
+    profiles: tuple[str, ...] = field(
+        ("vllm", "sglang", "tgi", "triton", "tailgate"),
+        doc="load-report profiles whose waiting/running/KV metrics a scrape reads",
     )
+    metrics: tuple[str, ...] = field((), doc="extra metric names summed into the queue depth")
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.profiles if name not in PROFILES]
+        if unknown:
+            raise ValueError(
+                f"balancer.queue_depth.profiles: unknown {unknown}, known: {sorted(PROFILES)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,8 @@ class EndpointSignals:
     __slots__ = (
         "_duration_s",
         "_in_flight_at_report",
+        "_kv_reported_at",
+        "_kv_usage",
         "_latency_s",
         "_ramp_started_at",
         "_reported_at",
@@ -89,6 +91,8 @@ class EndpointSignals:
         self._reported_depth: float | None = None
         self._reported_at = now
         self._in_flight_at_report = 0
+        self._kv_usage: float | None = None  # the backend's KV-cache share in use, 0-1
+        self._kv_reported_at = now
         self._waiting = 0  # requests sent that have no response headers yet
         self._waiting_since_sum = 0.0  # the sum of their start times
         self._waiting_epoch = -math.inf  # requests started before this were forgotten
@@ -182,6 +186,25 @@ class EndpointSignals:
         self._reported_at = now
         self._in_flight_at_report = self.in_flight
 
+    def report_kv_usage(self, usage: float, now: float) -> None:
+        """Record the backend's reported KV-cache usage (a share, clamped to [0, 1])."""
+        if math.isfinite(usage):
+            self._kv_usage = min(1.0, max(0.0, usage))
+            self._kv_reported_at = now
+
+    def kv_usage(self, now: float) -> float:
+        """The last reported KV-cache usage, faded like a queue report (0 when unknown): a
+        backend whose cache is nearly full preempts or queues, so it is load."""
+        if self._kv_usage is None:
+            return 0.0
+        age_s = now - self._kv_reported_at
+        fresh_s, stale_s = self.settings.report_fresh_s, self.settings.report_stale_s
+        if age_s <= fresh_s:
+            return self._kv_usage
+        if stale_s <= fresh_s:
+            return 0.0
+        return self._kv_usage * max(0.0, 1.0 - (age_s - fresh_s) / (stale_s - fresh_s))
+
     def reset_for_recovery(self, now: float) -> None:
         """Forget what was learnt before an ejection: start again from the prior, restart slow
         start. In-flight requests are kept: they still finish and are counted out."""
@@ -190,6 +213,7 @@ class EndpointSignals:
         self.samples = 0
         self._sampled_at = now
         self._reported_depth = None
+        self._kv_usage = None
         self._ramp_started_at = now
         self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
@@ -270,6 +294,7 @@ class EndpointSignals:
             "reported_queue_depth": self._reported_depth,
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),
+            "kv_usage": self._kv_usage,
             "slow_start_factor": self.slow_start_factor(now),
         }
 

@@ -159,3 +159,18 @@ def test_without_a_prompt_it_scores_as_weighted_score() -> None:
     plain.refresh(pods, 0.0)
     for _ in range(20):
         assert p.pick(pods, 0.0, rng_a, RequestInfo()) is plain.pick(pods, 0.0, rng_b)
+
+
+def test_a_nearly_full_kv_cache_counts_as_load() -> None:
+    pods = fleet(2)
+    for pod in pods:
+        pod.signals.request_started(0.0)
+    p = policy()
+    p.refresh(pods, 0.0)
+    request = chat("sys ", "q ")
+    before = p.request_cost(pods[0], request, 0, 0.0)
+    pods[0].signals.report_kv_usage(0.99, 0.0)
+    after = p.request_cost(pods[0], request, 0, 0.0)
+    assert after == pytest.approx(before + BETA * 4.0 * 0.9)  # 1 request now weighs 4.6
+    pods[1].signals.report_kv_usage(0.5, 0.0)  # far from full: no pressure
+    assert p.request_cost(pods[1], request, 0, 0.0) == pytest.approx(before)
