@@ -4,14 +4,14 @@ token on each backend, from what is queued there and how much of its prompt is c
     score = alpha * ttft_term + beta * queue_term                  (lowest wins, ties at random)
 
     ttft_term  = max(predicted_ttft_i, waiting_age_i) / median_latency
-    predicted_ttft_i = s_per_token_i * (prefill_queued_i + others_i + uncached_i)
+    predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
     uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
     queue_term = kv_i * (queue_depth_i / effective_weight_i) / max(1, median)
     kv_i       = 1 + 4 * max(0, kv_usage_i - 0.9) / 0.1       (KV cache nearly full: load)
 
-  * ``s_per_token_i`` is the backend's measured seconds of TTFT per prefill token queued
-    (``gateway.load.work``; the fleet median stands in before it is measured, so a 3x slower
-    pod predicts 3x slower); ``prefill_queued_i`` the uncached prompt tokens this gateway sent
+  * ``base_i + s_per_token_i * tokens`` is the line fitted to the backend's measured TTFTs
+    against the prefill queued ahead of them (``gateway.load.work``; the fleet's median line
+    stands in before it is measured, so a 3x slower pod predicts 3x slower); ``prefill_queued_i`` the uncached prompt tokens this gateway sent
     there that have no first token yet; ``others_i`` the requests the backend reports beyond
     ours, at the mean prefill this gateway sends. The unit stays latency: the term is 1 for a
     typical answer of the fleet, so alpha and beta keep weighted_score's exchange rates.
@@ -85,7 +85,7 @@ class PrefixAware(WeightedScore):
         self.session_affinity = session_affinity
         self._ring = HashRing(())
         self._mean_load = 0.0
-        self._s_per_token = default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY
+        self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
         self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
         self._allowed: dict[str, Candidate] = {}
@@ -102,9 +102,12 @@ class PrefixAware(WeightedScore):
         self.index.retain(names)
         if candidates:
             self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
-        speeds = [s for c in candidates if (s := c.signals.work.s_per_token) is not None]
-        if speeds:
-            self._s_per_token = statistics.median(speeds)
+        lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
+        if lines:
+            self._prior_line = (
+                statistics.median(base for base, _ in lines),
+                statistics.median(slope for _, slope in lines),
+            )
 
     # -- the record path ----------------------------------------------------------------------
 
@@ -174,8 +177,7 @@ class PrefixAware(WeightedScore):
         work = signals.work
         uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
         others = max(0.0, signals.queue_depth(now) - signals.in_flight) * self._mean_prefill
-        s_per_token = work.s_per_token if work.s_per_token is not None else self._s_per_token
-        predicted_s = s_per_token * (work.prefill_tokens + others + uncached)
+        predicted_s = work.predict_s(work.prefill_tokens + others + uncached, self._prior_line)
         latency_s = max(predicted_s, signals.waiting_age_s(now))
         fleet = self._fleet
         load = signals.queue_depth(now) / effective_weight(candidate, now)

@@ -116,8 +116,9 @@ def test_a_slower_backend_predicts_slower_and_is_avoided_even_when_warm() -> Non
     request = chat("sys ", "question ")
     send(p, slow, request)  # slow holds the prompt's cache
     finish(slow)
-    slow.signals.work.s_per_token = 3e-3  # measured: 30x the fast one's per token
-    fast.signals.work.s_per_token = 1e-4
+    for tokens in (64, 2000):  # measured: 30x the fast one's time per token
+        slow.signals.work.first_token(0, ttft_s=3e-3 * tokens, tokens_ahead=tokens)
+        fast.signals.work.first_token(0, ttft_s=1e-4 * tokens, tokens_ahead=tokens)
     p.refresh(pods, 0.0)
     assert p.request_cost(slow, request, len(request.blocks), 0.0) > p.request_cost(
         fast, request, 0, 0.0
