@@ -11,8 +11,9 @@ token on each backend, from what is queued there and how much of its prompt is c
 
   * ``base_i + s_per_token_i * tokens`` is the line fitted to the backend's measured TTFTs
     against the prefill queued ahead of them (``gateway.load.work``; the fleet's median line
-    stands in before it is measured, so a 3x slower pod predicts 3x slower); ``prefill_queued_i`` the uncached prompt tokens this gateway sent
-    there that have no first token yet; ``others_i`` the requests the backend reports beyond
+    stands in before it is measured, so a 3x slower pod predicts 3x slower);
+    ``prefill_queued_i`` the uncached prompt tokens this gateway sent there that have no first
+    token yet; ``others_i`` the requests the backend reports beyond
     ours, at the mean prefill this gateway sends. The unit stays latency: the term is 1 for a
     typical answer of the fleet, so alpha and beta keep weighted_score's exchange rates.
   * ``uncached_i`` never falls below one block: a fully cached prompt still has its partial
