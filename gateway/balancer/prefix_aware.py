@@ -3,8 +3,9 @@ token on each backend, from what is queued there and how much of its prompt is c
 
     score = alpha * ttft_term + beta * queue_term                  (lowest wins, ties at random)
 
-    ttft_term  = max(predicted_ttft_i, waiting_age_i) / median_latency
+    ttft_term  = (max(predicted_ttft_i, waiting_age_i) + stall_i) / median_latency
     predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
+    stall_i    = s_per_token_i * uncached_i * in_flight_i
     uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
     queue_term = kv_i * (queue_depth_i / effective_weight_i) / max(1, median)
     kv_i       = 1 + 4 * max(0, kv_usage_i - 0.9) / 0.1       (KV cache nearly full: load)
@@ -16,6 +17,10 @@ token on each backend, from what is queued there and how much of its prompt is c
     token yet; ``others_i`` the requests the backend reports beyond
     ours, at the mean prefill this gateway sends. The unit stays latency: the term is 1 for a
     typical answer of the fleet, so alpha and beta keep weighted_score's exchange rates.
+  * ``stall_i``: what this request's prefill costs the requests already there. Continuous
+    batching runs prefill in the same steps as their decode, so each of them waits about the
+    prefill time for its next token. Counting only the request's own TTFT would spread a cache
+    miss onto a busy backend to save a few milliseconds and stall a whole batch for it.
   * ``uncached_i`` never falls below one block: a fully cached prompt still has its partial
     last block and a first decode step to run, which a slower backend runs slower.
   * ``cached_blocks_i`` comes from the prefix index (``gateway.affinity``): the blocks this
@@ -178,8 +183,10 @@ class PrefixAware(WeightedScore):
         work = signals.work
         uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
         others = max(0.0, signals.queue_depth(now) - signals.in_flight) * self._mean_prefill
-        predicted_s = work.predict_s(work.prefill_tokens + others + uncached, self._prior_line)
-        latency_s = max(predicted_s, signals.waiting_age_s(now))
+        line = work.line() or self._prior_line
+        predicted_s = line[0] + line[1] * (work.prefill_tokens + others + uncached)
+        stall_s = line[1] * uncached * signals.in_flight
+        latency_s = max(predicted_s, signals.waiting_age_s(now)) + stall_s
         fleet = self._fleet
         load = signals.queue_depth(now) / effective_weight(candidate, now)
         pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
