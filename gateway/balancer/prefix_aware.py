@@ -182,13 +182,14 @@ class PrefixAware(WeightedScore):
         signals = candidate.signals
         work = signals.work
         uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
-        others = max(0.0, signals.queue_depth(now) - signals.in_flight) * self._mean_prefill
+        depth = signals.queue_depth(now)
+        others = max(0.0, depth - signals.in_flight) * self._mean_prefill
         line = work.line() or self._prior_line
         predicted_s = line[0] + line[1] * (work.prefill_tokens + others + uncached)
         stall_s = line[1] * uncached * signals.in_flight
         latency_s = max(predicted_s, signals.waiting_age_s(now)) + stall_s
         fleet = self._fleet
-        load = signals.queue_depth(now) / effective_weight(candidate, now)
+        load = depth / effective_weight(candidate, now)
         pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
         queue_term = (1.0 + KV_PRESSURE_WEIGHT * pressure) * load / max(1.0, fleet.queue_per_weight)
         return self.alpha * latency_s / fleet.latency_s + self.beta * queue_term
