@@ -284,6 +284,7 @@ class EndpointSignals:
     def snapshot(self, now: float, prior_s: float) -> dict[str, float | int | None]:
         """A JSON-able view for /admin/backends; ages in seconds, None where nothing is known."""
         reported = self._reported_depth is not None
+        line = self.work.line()
         return {
             "in_flight": self.in_flight,
             "latency_s": self.latency_s(now, prior_s),
@@ -295,6 +296,10 @@ class EndpointSignals:
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),
             "kv_usage": self._kv_usage,
+            "prefill_tokens_queued": self.work.prefill_tokens,
+            "decode_tokens_queued": self.work.decode_tokens,
+            "ttft_base_s": line[0] if line is not None else None,
+            "ttft_s_per_token": line[1] if line is not None else None,
             "slow_start_factor": self.slow_start_factor(now),
         }
 
