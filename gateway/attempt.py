@@ -2,10 +2,11 @@
 
 An :class:`Attempt` wraps one try at one endpoint as a context manager: entering counts the
 request in flight; leaving — by success, error or cancellation — records everything exactly
-once: the latency sample, the in-flight decrement, the health outcome (circuit breaker and
-outlier detector), and the metrics. No code path can forget to record, or record twice.
-The time to the response head (for a stream, to its first body byte) also teaches the hedge
-delay of the backend's group (``gateway.hedging``).
+once: the latency sample, the in-flight decrement, the work it carried (LLM tokens), the
+health outcome (circuit breaker and outlier detector), the metrics and its trace span. No code
+path can forget to record, or record twice. The time to the response head (for a stream, to
+its first body byte: inference servers send a stream's head before prefill) is the try's
+latency and also teaches the hedge delay of the backend's group (``gateway.hedging``).
 What a failure means for health comes from the one table in ``gateway.failures``.
 
 The fleet simulator, which has no ``with`` block spanning virtual time, calls :meth:`begin` and
@@ -46,10 +47,14 @@ class Attempt:
         "_metrics",
         "_on_done",
         "_sink",
+        "_tokens_ahead",
         "client_s",
+        "decode_tokens",
         "endpoint",
         "failure",
+        "first_body_at",
         "first_byte_at",
+        "prefill_tokens",
         "span",
         "started_at",
         "status",
@@ -64,7 +69,11 @@ class Attempt:
         sink: OutcomeSink,
         on_done: Callable[[Endpoint], None],
         latency_sink: LatencySink | None = None,
+        prefill_tokens: int = 0,
+        decode_tokens: int = 0,
     ) -> None:
+        """``prefill_tokens`` (the prompt tokens not expected cached there) and
+        ``decode_tokens`` (the output expected) are the work this try puts on ``endpoint``."""
         self.endpoint = endpoint
         self._ended = False
         self._latency_sink = latency_sink
@@ -77,6 +86,10 @@ class Attempt:
         self.status: int | None = None
         self.failure: Failure | None = None
         self.streaming = False
+        self.first_body_at: float | None = None  # a stream's first event
+        self.prefill_tokens = prefill_tokens
+        self.decode_tokens = decode_tokens
+        self._tokens_ahead = 0
         self.span: TrySpan | None = None  # tracing: this try's span, ended with it
         self.client_s = 0.0  # time spent waiting for the client's body: not the backend's
 
@@ -87,15 +100,21 @@ class Attempt:
     def begin(self) -> None:
         """The try starts: it counts in flight from now."""
         self.started_at = self._clock()
-        self.endpoint.signals.request_started(self.started_at)
+        signals = self.endpoint.signals
+        signals.request_started(self.started_at)
+        self._tokens_ahead = signals.work.started(self.prefill_tokens, self.decode_tokens)
 
     def got_headers(self, status: int, streaming: bool, reported_depth: str | None) -> None:
-        """Response headers arrived: time to first byte, and any queue depth reported."""
+        """Response headers arrived: time to first byte, and any queue depth reported.
+
+        A stream keeps counting as waiting until its first event (:meth:`got_first_body_byte`):
+        inference servers send a stream's head before prefill, so it is no answer yet."""
         now = self._clock()
         self.first_byte_at = now
         self.status = status
         self.streaming = streaming
-        self.endpoint.signals.headers_received(self.started_at)
+        if not streaming:
+            self.endpoint.signals.headers_received(self.started_at)
         ttfb = max(now - self.started_at - self.client_s, 0.0)
         self._metrics.time_to_first_byte_for(self.endpoint.name).observe(ttfb)
         if not streaming and self._latency_sink is not None:
@@ -109,9 +128,25 @@ class Attempt:
                 self.endpoint.signals.report_queue_depth(depth, now)
 
     def got_first_body_byte(self) -> None:
-        """A stream's first body byte arrived: what a streamed try's hedge delay is made of."""
+        """A stream's first body byte arrived: its time to first token, its prefill done, and
+        what a streamed try's hedge delay is made of."""
+        if self.first_body_at is not None or not self.streaming:
+            return
+        now = self._clock()
+        self.first_body_at = now
+        signals = self.endpoint.signals
+        signals.headers_received(self.started_at)
+        waited_s = max(now - self.started_at - self.client_s, 0.0)
+        signals.work.first_token(self.prefill_tokens, waited_s, self._tokens_ahead)
         if self._latency_sink is not None:
-            self._latency_sink(self.endpoint.group, True, self._clock() - self.started_at)
+            self._latency_sink(self.endpoint.group, True, waited_s)
+
+    @property
+    def _answer_began(self) -> bool:
+        """Has the backend begun its answer (headers, or a stream's first event)?"""
+        if self.streaming:
+            return self.first_body_at is not None
+        return self.first_byte_at is not None
 
     def failed(self, failure: Failure) -> None:
         """The try ended badly: the backend's fault or the client's, as the table says.
@@ -155,13 +190,16 @@ class Attempt:
         latency = self._latency(now, outcome)
         failed = outcome.is_failure
         duration = None if latency is None else now - self.started_at
-        self.endpoint.signals.request_finished(
+        began = self._answer_began
+        signals = self.endpoint.signals
+        signals.work.finished(0 if began else self.prefill_tokens, self.decode_tokens)
+        signals.request_finished(
             latency,
             now,
             failed=failed,
             duration_s=duration,
             started_at=self.started_at,
-            headers_seen=self.first_byte_at is not None,
+            headers_seen=began,
         )
         name = self.endpoint.name
         if latency is not None:
@@ -174,20 +212,23 @@ class Attempt:
         self._on_done(self.endpoint)
 
     def _latency(self, now: float, outcome: Outcome) -> float | None:
-        """The sample the balancer learns from: TTFB for streams, the whole exchange otherwise.
+        """The sample the balancer learns from: time to the first event for streams (time to
+        first token), the whole exchange otherwise.
 
         A failed try teaches latency only if it took long (a timeout is evidence of slowness);
-        a fast connect-refused is not a fast backend, so it gives no sample. A try that lost
-        to its hedge had no answer for longer than the group's p95: the time it waited is a
-        lower bound of its latency, which keeps a hanging backend from looking idle and fast.
+        a fast connect-refused is not a fast backend, so it gives no sample. A stream whose
+        head came but no event is as slow as it has been so far. A try that lost to its hedge
+        had no answer for longer than the group's p95: the time it waited is a lower bound of
+        its latency, which keeps a hanging backend from looking idle and fast.
         """
-        if self.failure in _OUTPACED and self.first_byte_at is None:
-            return now - self.started_at
+        start = self.started_at + self.client_s
+        if self.failure in _OUTPACED and not self._answer_began:
+            return max(now - start, 0.0)
         if outcome is Outcome.CANCELLED:
             return None
-        start = self.started_at + self.client_s
         if self.first_byte_at is None:
             return max(now - start, 0.0) if self.failure is Failure.TIMEOUT else None
         if self.streaming:
-            return max(self.first_byte_at - start, 0.0)
+            end = self.first_body_at if self.first_body_at is not None else now
+            return max(end - start, 0.0)
         return max(now - start, 0.0)

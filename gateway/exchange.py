@@ -134,8 +134,16 @@ class Exchange:
         self.tried.append(endpoint.name)
         self.tries += 1
         rt = self.runtime
+        prefill, decode = rt.work_sent(self.group, endpoint, self.request)
         return Attempt(
-            endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed, rt.hedging.observe
+            endpoint,
+            rt.clock,
+            rt.metrics,
+            rt.record_outcome,
+            rt.capacity_freed,
+            rt.hedging.observe,
+            prefill,
+            decode,
         )
 
     def hedge_delay_s(self, streaming: bool, replayable: bool) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -36,7 +37,7 @@ from gateway.listener import UNSUPPORTED_VERSION
 from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
-from gateway.request_info import NO_INFO, RequestInfo
+from gateway.request_parse import parse_request
 from gateway.resume import Transcript, continuation_body, without_opening_role
 from gateway.routing import find_model
 from gateway.runtime import Runtime
@@ -149,11 +150,16 @@ class ProxyHandler:
                 rt.metrics.model_undecided.labels(lookup.undecided).inc()
             if lookup.undecided == "too_deep":  # no backend parses this either
                 return error_response(400, "bad_request", "request body nests too deep", rid)
-        ctx.model = model  # tokens: the answer's model when the backend names none
-        info = RequestInfo(model=model) if model is not None else NO_INFO
+        # What the body says, parsed once (bounded) for every decision after this one.
+        info = parse_request(
+            body.buffered, request.headers, config.balancer.prefix.session_header, rt.wants_blocks
+        )
+        if model is not None and info.model != model:
+            info = dataclasses.replace(info, model=model)
+        ctx.model = info.model  # tokens: the answer's model when the backend names none
         # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
         gate = rt.tenant_gate
-        admitted = await gate.admit(request.headers, body.buffered, rt.clock())
+        admitted = await gate.admit(request.headers, info, rt.clock())
         if isinstance(admitted, Refusal):
             return error_response(
                 admitted.status,
@@ -532,11 +538,12 @@ class ProxyHandler:
         continuation: bool = False,
     ) -> None:
         """Relay body chunks as they arrive (an event stream whole events at a time, when it
-        could be resumed). An upstream break after the first byte resumes an event stream on
-        another backend where it can (``gateway.resume``), else ends it with an OpenAI-shaped
-        error event and a clean end (the client's SDK raises on it; a cut chunked encoding
-        looks like a network fault); any other response is cut off, so it is never mistaken
-        for a whole one."""
+        could be resumed). A stream's first chunk is its time to first token (see
+        :meth:`Attempt.got_first_body_byte`). An upstream break after the first byte resumes
+        an event stream on another backend where it can (``gateway.resume``), else ends it
+        with an OpenAI-shaped error event and a clean end (the client's SDK raises on it; a
+        cut chunked encoding looks like a network fault); any other response is cut off, so
+        it is never mistaken for a whole one."""
         while True:
             try:
                 chunk = await upstream.readany()
@@ -548,6 +555,7 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
+            att.got_first_body_byte()  # once, for a stream (a no-op after that)
             if relay.transcript is not None:
                 chunk = relay.transcript.feed(chunk)
             if continuation and chunk:

@@ -5,8 +5,9 @@ an inference server's health endpoint can answer 200 while its engine is wedged.
 
 One task per backend and concern, started and stopped as the fleet changes. Health checks
 feed the endpoint's :class:`~gateway.health.active.ActiveCheckState`; scrapes parse the
-backend's Prometheus ``/metrics`` (prometheus-client's parser) and sum the configured metric
-names (vLLM, TGI, Triton, tailgate's backend) into the reported queue depth.
+backend's Prometheus ``/metrics`` through the configured load-report profiles
+(``gateway.load_reports``: vLLM, SGLang, TGI, Triton, tailgate's backend) into the reported
+queue depth and KV-cache usage.
 """
 
 from __future__ import annotations
@@ -14,33 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.endpoint import Endpoint
+from gateway.load_reports import PROFILES, LoadReport, read_report
 from gateway.runtime import Runtime
 
 log = logging.getLogger("tailgate.probes")
-
-
-def queue_depth_from_metrics(text: str, names: tuple[str, ...]) -> float | None:
-    """Sum of the samples of the named metrics (all label sets), or None if none is present.
-
-    Names may be given with or without a ``_total`` suffix, and metric names with a colon
-    (``vllm:num_requests_waiting``) work as exported.
-    """
-    wanted = set(names)
-    total = 0.0
-    found = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            named = sample.name in wanted or (family.name in wanted and sample.name == family.name)
-            if named and math.isfinite(sample.value):
-                total += sample.value
-                found = True
-    return total if found else None
 
 
 class Prober:
@@ -140,13 +122,16 @@ class Prober:
                 return
             jitter = 1.0 + (rt.rng.random() - 0.5) * 0.2
             await asyncio.sleep(cfg.scrape_interval * jitter)
-            depth = await self._scrape(endpoint, cfg.scrape_path, cfg.scrape_timeout, cfg.metrics)
-            if depth is not None:
-                endpoint.signals.report_queue_depth(depth, rt.clock())
+            report = await self._scrape(endpoint, cfg.scrape_path, cfg.scrape_timeout)
+            if report is None:
+                continue
+            now = rt.clock()
+            if report.depth is not None:
+                endpoint.signals.report_queue_depth(report.depth, now)
+            if report.kv_usage is not None:
+                endpoint.signals.report_kv_usage(report.kv_usage, now)
 
-    async def _scrape(
-        self, endpoint: Endpoint, path: str, timeout_s: float, names: tuple[str, ...]
-    ) -> float | None:
+    async def _scrape(self, endpoint: Endpoint, path: str, timeout_s: float) -> LoadReport | None:
         session = self.runtime.session
         if session is None:
             return None
@@ -159,7 +144,8 @@ class Prober:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
         try:
-            return queue_depth_from_metrics(text, names)
+            cfg = self.runtime.config.balancer.queue_depth
+            return read_report(text, (PROFILES[name] for name in cfg.profiles), cfg.metrics)
         except ValueError as exc:
             log.debug("unparseable /metrics from %s: %s", endpoint.name, exc)
             return None

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The output a request without max_tokens is expected to produce: about a median chat answer
+# (ShareGPT's is ~200 tokens); it only weighs load, it never limits anything.
+DEFAULT_OUTPUT_TOKENS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
@@ -21,6 +25,13 @@ class RequestInfo:
     max_tokens: int | None = None  # max_tokens or max_completion_tokens
     stream: bool = False
     session: str | None = None  # a configured session header, or the body's ``user``
+    blocks: tuple[int, ...] = ()  # the prompt's chained block hashes (gateway.affinity.blocks)
+
+    @property
+    def output_tokens(self) -> int:
+        """The output this request may generate, for work-based load: ``max_tokens`` when
+        given, else a typical chat answer (``DEFAULT_OUTPUT_TOKENS``)."""
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
 
 
 NO_INFO = RequestInfo()

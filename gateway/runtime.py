@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.balancer import build_policy
+from gateway.balancer import READS_PROMPT_BLOCKS, build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.settings import BalancerSettings
 from gateway.cache import ResponseCache
@@ -39,6 +39,7 @@ from gateway.hedging import HedgeSettings, Hedging
 from gateway.load.signals import EndpointSignals, SignalSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pending_queue import FairQueue, FairShare
+from gateway.request_info import RequestInfo
 from gateway.retry_budget import RetryBudget, RetryBudgetSettings
 from gateway.routing import Router
 from gateway.selection import select_endpoint
@@ -71,6 +72,9 @@ def balancer_settings(config: GatewayConfig) -> BalancerSettings:
         beta=b.beta,
         selection=b.selection,
         default_latency_s=b.default_latency,
+        prefix_capacity_blocks=b.prefix.capacity_blocks,
+        load_bound=b.prefix.load_bound,
+        session_affinity=b.prefix.session_affinity,
     )
 
 
@@ -175,6 +179,7 @@ class Runtime:
         self.active_settings = active_settings(config)
         self.balancer_settings = balancer_settings(config)
         self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
+        self.wants_blocks = config.balancer.policy in READS_PROMPT_BLOCKS
         self.detector = OutlierDetector(self.outlier_settings)
         self.router = Router(config.routes)
         self.safe_paths = SafePaths(config.retries.safe_paths)
@@ -313,6 +318,18 @@ class Runtime:
         """Land one try's outcome on the endpoint's health (the detector sees the fleet)."""
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
+
+    def work_sent(self, group: str, endpoint: Endpoint, request: RequestInfo) -> tuple[int, int]:
+        """A try of ``request`` goes to ``endpoint``: the (prefill, decode) tokens it puts there.
+
+        A policy with a prefix index learns here what was sent where (its optional ``sent``
+        hook), and says how much of the prompt it expects cached there already.
+        """
+        if request.prompt_tokens <= 0:
+            return 0, 0
+        sent = getattr(self.policy_for(group), "sent", None)
+        cached = sent(endpoint.name, request) if sent is not None else 0
+        return request.prompt_tokens - cached, request.output_tokens
 
     def capacity_freed(self, endpoint: Endpoint) -> None:
         """A try at ``endpoint`` finished: its slot goes to the head of its group's queue."""

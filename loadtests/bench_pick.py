@@ -5,11 +5,14 @@
 Candidates carry realistic signals (latency samples, in-flight requests, reported queue depths,
 mixed weights); each policy is refreshed once, as the gateway's background task would, and
 then timed on picks alone. Printed per pick: the median over repeats of a batch's mean time.
+prefix_aware picks for a 4,000-token chat prompt (hashed once beforehand, as the handler does)
+whose prefix a tenth of the fleet holds to various depths.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import statistics
@@ -19,6 +22,9 @@ from collections.abc import Callable
 
 from gateway.balancer import POLICIES, BalancerSettings, SimpleCandidate, build_policy
 from gateway.balancer.base import Policy
+from gateway.balancer.prefix_aware import PrefixAware
+from gateway.request_info import RequestInfo
+from gateway.request_parse import parse_request
 
 SIZES = (10, 100, 1000)
 # Every registered policy (weighted_score with both selections): a new one is timed too.
@@ -44,6 +50,29 @@ def make_fleet(n: int, rng: random.Random) -> list[SimpleCandidate]:
     return fleet
 
 
+def long_prompt_request() -> RequestInfo:
+    """A chat request of about 4,000 tokens (16,000 bytes): a system prompt and two turns."""
+    words = random.Random(0)
+    text = " ".join(f"w{words.randrange(4096)}" for _ in range(2700))
+    third = len(text) // 3
+    messages = [
+        {"role": "system", "content": text[:third]},
+        {"role": "user", "content": text[third : 2 * third]},
+        {"role": "user", "content": text[2 * third :]},
+    ]
+    body = json.dumps({"model": "m", "messages": messages, "stream": True}).encode()
+    return parse_request(body, {}, with_blocks=True)
+
+
+def seed_index(
+    policy: PrefixAware, fleet: list[SimpleCandidate], request: RequestInfo, rng: random.Random
+) -> None:
+    """A tenth of the fleet holds a prefix of the prompt, from one block to all of it."""
+    blocks = request.blocks
+    for c in rng.sample(fleet, max(1, len(fleet) // 10)):
+        policy.index.record(c.name, blocks[: rng.randint(1, len(blocks))])
+
+
 class Cell:
     """One (policy, fleet size) measurement: a pick closure and its timed batches."""
 
@@ -52,9 +81,13 @@ class Cell:
         policy: Policy = build_policy(
             BalancerSettings(policy=policy_name, selection=selection if selection != "-" else "p2c")
         )
+        request = None
+        if isinstance(policy, PrefixAware):
+            request = long_prompt_request()
+            seed_index(policy, fleet, request, random.Random(n))
         policy.refresh(fleet, NOW)
         pick_rng = random.Random(1)
-        self.pick: Callable[[], object] = lambda: policy.pick(fleet, NOW, pick_rng)
+        self.pick: Callable[[], object] = lambda: policy.pick(fleet, NOW, pick_rng, request)
         self.batch = self._calibrate(target_s)
         self.means_s: list[float] = []
 
@@ -109,7 +142,9 @@ def render(rows: list[tuple[str, str, list[float]]], command: str) -> str:
     lines += [
         "",
         "Expected shape: `p2c` policies (weighted_score p2c, least_request, peak_ewma) score two",
-        "candidates whatever the fleet size, the medians coming from refresh(); weighted_score",
+        "candidates whatever the fleet size, the medians coming from refresh(); prefix_aware adds",
+        "the holders of the prompt's deepest known block (a binary search over the prompt's",
+        "block hashes) and its home on the ring (one bisect); weighted_score",
         "`best` scores every candidate; round_robin and random do a heap or binary-search step",
         "plus one C-level comparison of the candidate tuple (to notice a changed set).",
     ]

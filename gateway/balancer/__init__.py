@@ -14,6 +14,7 @@ from collections.abc import Callable
 from gateway.balancer.base import Candidate, Policy, SimpleCandidate
 from gateway.balancer.least_request import LeastRequest
 from gateway.balancer.peak_ewma import PeakEwma
+from gateway.balancer.prefix_aware import PrefixAware
 from gateway.balancer.random_pick import RandomPick
 from gateway.balancer.round_robin import RoundRobin
 from gateway.balancer.settings import BalancerSettings
@@ -25,7 +26,19 @@ POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
     "random": lambda s: RandomPick(),
     "least_request": lambda s: LeastRequest(),
     "peak_ewma": lambda s: PeakEwma(s.default_latency_s),
+    "prefix_aware": lambda s: PrefixAware(
+        s.alpha,
+        s.beta,
+        s.default_latency_s,
+        s.prefix_capacity_blocks,
+        s.load_bound,
+        s.session_affinity,
+    ),
 }
+
+# Policies that read the prompt's block hashes (RequestInfo.blocks): only for them does the
+# handler hash a prompt.
+READS_PROMPT_BLOCKS = frozenset({"prefix_aware"})
 
 
 def build_policy(settings: BalancerSettings) -> Policy:
@@ -38,6 +51,7 @@ def build_policy(settings: BalancerSettings) -> Policy:
 
 __all__ = [
     "POLICIES",
+    "READS_PROMPT_BLOCKS",
     "BalancerSettings",
     "Candidate",
     "Policy",

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
+from gateway.load_reports import PROFILES
 
 Selection = Literal["best", "p2c"]
 
@@ -139,14 +140,34 @@ class QueueDepthConfig:
     scrape_interval: float = _duration(1.0, non_negative, "0 turns /metrics scraping off")
     scrape_path: str = "/metrics"
     scrape_timeout: float = _duration(1.0, positive)
-    metrics: tuple[str, ...] = (
-        "tailgate_backend_queue_depth",
-        "tailgate_backend_running_requests",
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        "tgi_queue_size",
-        "nv_inference_pending_request_count",
+    profiles: tuple[str, ...] = field(
+        ("vllm", "sglang", "tgi", "triton", "tailgate"),
+        doc="load-report profiles whose waiting/running/KV metrics a scrape reads",
     )
+    metrics: tuple[str, ...] = field((), doc="extra metric names summed into the queue depth")
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.profiles if name not in PROFILES]
+        if unknown:
+            raise ValueError(
+                f"balancer.queue_depth.profiles: unknown {unknown}, known: {sorted(PROFILES)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixConfig:
+    """prefix_aware's affinity settings (see the README's "The prefix-aware score")."""
+
+    capacity_blocks: int = field(
+        4096, check=positive, doc="prompt blocks (~64 tokens each) remembered per backend"
+    )
+    load_bound: float = field(
+        0.25,
+        check=non_negative,
+        doc="affinity never sends to a backend above (1 + this) x mean load",
+    )
+    session_header: str | None = field(None, doc="request header whose value is the session key")
+    session_affinity: bool = field(False, doc="the same session key prefers the same backend")
 
 
 def _policy_name(value: object) -> str:
@@ -169,6 +190,7 @@ class BalancerConfig:
     slow_start_min_weight: float = field(0.1, check=in_range(0.01, 1.0))
     latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     queue_depth: QueueDepthConfig = dataclasses.field(default_factory=QueueDepthConfig)
+    prefix: PrefixConfig = dataclasses.field(default_factory=PrefixConfig)
 
     def __post_init__(self) -> None:
         if self.alpha == 0 and self.beta == 0:

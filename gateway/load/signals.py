@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gateway.load.work import WorkLedger
+
 # A failed request counts as this many times the latency estimate (see request_finished).
 FAILURE_PENALTY = 2.0
 
@@ -63,6 +65,8 @@ class EndpointSignals:
     __slots__ = (
         "_duration_s",
         "_in_flight_at_report",
+        "_kv_reported_at",
+        "_kv_usage",
         "_latency_s",
         "_ramp_started_at",
         "_reported_at",
@@ -74,6 +78,7 @@ class EndpointSignals:
         "in_flight",
         "samples",
         "settings",
+        "work",
     )
 
     def __init__(self, settings: SignalSettings, now: float) -> None:
@@ -86,10 +91,13 @@ class EndpointSignals:
         self._reported_depth: float | None = None
         self._reported_at = now
         self._in_flight_at_report = 0
+        self._kv_usage: float | None = None  # the backend's KV-cache share in use, 0-1
+        self._kv_reported_at = now
         self._waiting = 0  # requests sent that have no response headers yet
         self._waiting_since_sum = 0.0  # the sum of their start times
         self._waiting_epoch = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
+        self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
 
     # -- the observe path -------------------------------------------------------------------
 
@@ -99,7 +107,10 @@ class EndpointSignals:
         self._waiting_since_sum += now
 
     def headers_received(self, started_at: float) -> None:
-        """The response to a request started at `started_at` has begun: it no longer waits."""
+        """The response to a request started at `started_at` has begun: it no longer waits.
+
+        For a stream that is its first body byte (its first event), not its head: vLLM and
+        SGLang send the head at once, before prefill, so the head says nothing of the wait."""
         self._stop_waiting(started_at)
 
     def _stop_waiting(self, started_at: float | None) -> None:
@@ -113,7 +124,8 @@ class EndpointSignals:
         )
 
     def waiting_age_s(self, now: float) -> float:
-        """Mean age of the requests still waiting for response headers (0 when none).
+        """Mean age of the requests still waiting for their answer to begin (0 when none): the
+        response headers, or a stream's first event.
 
         A backend that hangs or stalls gives no latency samples until its requests time out;
         the age of what it holds is evidence long before that.
@@ -174,6 +186,25 @@ class EndpointSignals:
         self._reported_at = now
         self._in_flight_at_report = self.in_flight
 
+    def report_kv_usage(self, usage: float, now: float) -> None:
+        """Record the backend's reported KV-cache usage (a share, clamped to [0, 1])."""
+        if math.isfinite(usage):
+            self._kv_usage = min(1.0, max(0.0, usage))
+            self._kv_reported_at = now
+
+    def kv_usage(self, now: float) -> float:
+        """The last reported KV-cache usage, faded like a queue report (0 when unknown): a
+        backend whose cache is nearly full preempts or queues, so it is load."""
+        if self._kv_usage is None:
+            return 0.0
+        age_s = now - self._kv_reported_at
+        fresh_s, stale_s = self.settings.report_fresh_s, self.settings.report_stale_s
+        if age_s <= fresh_s:
+            return self._kv_usage
+        if stale_s <= fresh_s:
+            return 0.0
+        return self._kv_usage * max(0.0, 1.0 - (age_s - fresh_s) / (stale_s - fresh_s))
+
     def reset_for_recovery(self, now: float) -> None:
         """Forget what was learnt before an ejection: start again from the prior, restart slow
         start. In-flight requests are kept: they still finish and are counted out."""
@@ -182,7 +213,9 @@ class EndpointSignals:
         self.samples = 0
         self._sampled_at = now
         self._reported_depth = None
+        self._kv_usage = None
         self._ramp_started_at = now
+        self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
         self._waiting_since_sum = 0.0
         self._waiting_epoch = now
@@ -251,6 +284,7 @@ class EndpointSignals:
     def snapshot(self, now: float, prior_s: float) -> dict[str, float | int | None]:
         """A JSON-able view for /admin/backends; ages in seconds, None where nothing is known."""
         reported = self._reported_depth is not None
+        line = self.work.line()
         return {
             "in_flight": self.in_flight,
             "latency_s": self.latency_s(now, prior_s),
@@ -261,6 +295,11 @@ class EndpointSignals:
             "reported_queue_depth": self._reported_depth,
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),
+            "kv_usage": self._kv_usage,
+            "prefill_tokens_queued": self.work.prefill_tokens,
+            "decode_tokens_queued": self.work.decode_tokens,
+            "ttft_base_s": line[0] if line is not None else None,
+            "ttft_s_per_token": line[1] if line is not None else None,
             "slow_start_factor": self.slow_start_factor(now),
         }
 

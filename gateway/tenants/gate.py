@@ -15,44 +15,37 @@ from gateway.config.model import GatewayConfig
 from gateway.llm_stream import AnswerReport
 from gateway.metrics import GatewayMetrics
 from gateway.pending_queue import Priority
+from gateway.request_info import RequestInfo
 from gateway.tenants.identity import Tenant, TenantDirectory, Unauthorized
 from gateway.tenants.keys import KeysFile, upstream_authorization
 from gateway.tenants.rate_limit import retry_after_header
 from gateway.tenants.shared_limit import TenantLimiter
-from gateway.tenants.usage import estimate_tokens, parse_body, prompt_tokens, tokens_used
+from gateway.tenants.usage import estimate_tokens, tokens_used
 
 
 class Admitted:
     """One admitted request's tenant, class and token estimate (its capacity ticket carries
     the tenant, class and cost into the pending queue).
 
-    The body is parsed only when something needs the estimate (a token limit, the fair queue
-    under saturation, usage counting at the end), not for every request.
+    The estimate comes from the request's :class:`RequestInfo` (the body parsed once, for
+    every decision): nothing here parses the body again.
     """
 
-    __slots__ = ("_body", "_payload", "charged_tokens", "priority", "tenant")
+    __slots__ = ("charged_tokens", "info", "priority", "tenant")
 
-    def __init__(self, tenant: Tenant, priority: Priority, body: bytes | None) -> None:
+    def __init__(self, tenant: Tenant, priority: Priority, info: RequestInfo) -> None:
         self.tenant = tenant
         self.priority = priority
         self.charged_tokens = 0  # taken from the token bucket at admission
-        self._body = body
-        self._payload: dict[str, object] | bool | None = False  # False: not parsed yet
-
-    def _parsed(self) -> dict[str, object] | None:
-        if self._payload is False:
-            self._payload = parse_body(self._body)
-            self._body = None
-        return self._payload  # type: ignore[return-value]
+        self.info = info
 
     @property
     def estimated_tokens(self) -> int:
-        return estimate_tokens(self._parsed()) or 0
+        return estimate_tokens(self.info) or 0
 
     @property
     def prompt_tokens(self) -> int:
-        payload = self._parsed()
-        return prompt_tokens(payload) if payload else 0
+        return self.info.prompt_tokens
 
     @property
     def cost(self) -> float:
@@ -96,14 +89,14 @@ class TenantGate:
         self.backend_keys = {b.display_name: b.api_key for b in config.backends if b.api_key}
 
     async def admit(
-        self, headers: Mapping[str, str], body: bytes | None, now: float
+        self, headers: Mapping[str, str], info: RequestInfo, now: float
     ) -> Admitted | Refusal:
         found = self.directory.identify(headers)
         if isinstance(found, Unauthorized):
             self.metrics.tenant_refused.labels("-", "unauthorized").inc()
             return Refusal(401, "invalid_request_error", "invalid_api_key", found.message, {})
         tenant = found.tenant
-        ticket = Admitted(tenant, found.priority, body)
+        ticket = Admitted(tenant, found.priority, info)
         if tenant.limits.tokens_per_minute:
             ticket.charged_tokens = ticket.estimated_tokens
         verdict = await self.limiter.admit(tenant.name, tenant.limits, ticket.charged_tokens, now)

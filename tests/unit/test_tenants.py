@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.config import parse_config
 from gateway.config.model import RateLimitConfig
 from gateway.pending_queue import Priority
+from gateway.request_parse import parse_request
 from gateway.tenants.identity import ANONYMOUS, Identified, TenantDirectory, Unauthorized
 from gateway.tenants.keys import KeysFile, bearer_token, key_hash, upstream_authorization
 from gateway.tenants.rate_limit import LocalLimiter, retry_after_header
@@ -119,10 +120,13 @@ def test_request_rate_limit() -> None:
 
 
 def test_estimate_from_the_body() -> None:
+    def estimate(payload: object) -> int | None:
+        return estimate_tokens(parse_request(json.dumps(payload).encode(), {}))
+
     chat = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}
-    assert estimate_tokens(chat) == 150
-    assert estimate_tokens({"prompt": "y" * 40}) == 10 + 256
-    assert estimate_tokens(None) is None
+    assert estimate(chat) == 102 + 50  # "user: " + 400 characters, about 4 a token
+    assert estimate({"prompt": "y" * 40}) == 10 + 256  # no max_tokens: a typical answer
+    assert estimate_tokens(parse_request(b"not json", {})) is None
 
 
 def test_tokens_used_from_the_answer() -> None:

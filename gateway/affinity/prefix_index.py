@@ -1,0 +1,108 @@
+"""The prefix index: which backends recently received each prompt block, bounded per backend.
+
+What a backend holds in its prefix cache is learnt from what this gateway sent it: every try
+records its prompt's block hashes against the backend. Each backend's record is an LRU of at
+most ``capacity_blocks`` hashes (about what its KV cache holds: a cache evicts the least
+recently used blocks too), so memory is bounded by backends x capacity, and a backend that
+leaves, is ejected or restarts is forgotten at once (its cache is gone or cold).
+
+Lookups rely on the chain (see ``gateway.affinity.blocks``): if a backend holds block i of a
+prompt it almost surely holds blocks 0..i-1, because they were sent together and touched
+together. So the matched prefix is found by binary search over the block positions, about
+``log2(len(hashes))`` dict lookups per backend, and the holders of a prompt's deepest known
+block come from one reverse map, without scanning the fleet.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class PrefixIndex:
+    """Block hash -> backends that recently received it; see the module docstring."""
+
+    __slots__ = ("_held", "_holders", "capacity_blocks")
+
+    def __init__(self, capacity_blocks: int) -> None:
+        if capacity_blocks < 1:
+            raise ValueError("capacity_blocks must be >= 1")
+        self.capacity_blocks = capacity_blocks
+        self._held: dict[str, OrderedDict[int, None]] = {}  # per backend, oldest first
+        self._holders: dict[int, set[str]] = {}
+
+    def record(self, backend: str, hashes: Sequence[int]) -> None:
+        """``backend`` received a prompt with these block hashes: it caches them now."""
+        if not hashes:
+            return
+        held = self._held.get(backend)
+        if held is None:
+            held = self._held[backend] = OrderedDict()
+        holders = self._holders
+        for h in hashes:
+            if h in held:
+                held.move_to_end(h)
+            else:
+                held[h] = None
+                owners = holders.get(h)
+                if owners is None:
+                    holders[h] = {backend}
+                else:
+                    owners.add(backend)
+        while len(held) > self.capacity_blocks:
+            old, _ = held.popitem(last=False)
+            self._drop_holder(old, backend)
+
+    def matched_blocks(self, backend: str, hashes: Sequence[int]) -> int:
+        """How many leading blocks of ``hashes`` ``backend`` is expected to hold."""
+        held = self._held.get(backend)
+        if not held or not hashes or hashes[0] not in held:
+            return 0
+        low, high = 1, len(hashes)  # blocks [0, low) are held; find the first not held
+        while low < high:
+            mid = (low + high) // 2
+            if hashes[mid] in held:
+                low = mid + 1
+            else:
+                high = mid
+        return low
+
+    def deepest_holders(self, hashes: Sequence[int]) -> tuple[int, set[str]]:
+        """The number of leading blocks some backend holds, and those backends (0 and an empty
+        set when no backend holds the first block)."""
+        holders = self._holders
+        if not hashes or hashes[0] not in holders:
+            return 0, set()
+        low, high = 1, len(hashes)
+        while low < high:
+            mid = (low + high) // 2
+            if hashes[mid] in holders:
+                low = mid + 1
+            else:
+                high = mid
+        return low, holders[hashes[low - 1]]
+
+    def forget(self, backend: str) -> None:
+        """``backend`` left, was ejected or restarted: its cache is no longer to be counted."""
+        held = self._held.pop(backend, None)
+        if held is None:
+            return
+        for h in held:
+            self._drop_holder(h, backend)
+
+    def retain(self, backends: set[str]) -> None:
+        """Forget every backend not in ``backends`` (after a membership change)."""
+        for backend in [b for b in self._held if b not in backends]:
+            self.forget(backend)
+
+    def blocks_held(self, backend: str) -> int:
+        """How many block hashes are recorded against ``backend``."""
+        held = self._held.get(backend)
+        return len(held) if held is not None else 0
+
+    def _drop_holder(self, h: int, backend: str) -> None:
+        owners = self._holders.get(h)
+        if owners is not None:
+            owners.discard(backend)
+            if not owners:
+                del self._holders[h]

@@ -1,0 +1,225 @@
+"""prefix_aware: weighted_score whose latency term is this request's predicted time to first
+token on each backend, from what is queued there and how much of its prompt is cached there.
+
+    score = alpha * ttft_term + beta * queue_term                  (lowest wins, ties at random)
+
+    ttft_term  = (max(predicted_ttft_i, waiting_age_i) + stall_i) / median_latency
+    predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
+    stall_i    = s_per_token_i * uncached_i * in_flight_i
+    uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
+    queue_term = kv_i * (queue_depth_i / effective_weight_i) / max(1, median)
+    kv_i       = 1 + 4 * max(0, kv_usage_i - 0.9) / 0.1       (KV cache nearly full: load)
+
+  * ``base_i + s_per_token_i * tokens`` is the line fitted to the backend's measured TTFTs
+    against the prefill queued ahead of them (``gateway.load.work``; the fleet's median line
+    stands in before it is measured, so a 3x slower pod predicts 3x slower);
+    ``prefill_queued_i`` the uncached prompt tokens this gateway sent there that have no first
+    token yet; ``others_i`` the requests the backend reports beyond
+    ours, at the mean prefill this gateway sends. The unit stays latency: the term is 1 for a
+    typical answer of the fleet, so alpha and beta keep weighted_score's exchange rates.
+  * ``stall_i``: what this request's prefill costs the requests already there. Continuous
+    batching runs prefill in the same steps as their decode, so each of them waits about the
+    prefill time for its next token. Counting only the request's own TTFT would spread a cache
+    miss onto a busy backend to save a few milliseconds and stall a whole batch for it.
+  * ``uncached_i`` never falls below one block: a fully cached prompt still has its partial
+    last block and a first decode step to run, which a slower backend runs slower.
+  * ``cached_blocks_i`` comes from the prefix index (``gateway.affinity``): the blocks this
+    gateway sent to backend i recently, matched as a chained prefix.
+  * ``kv_i``: a backend whose reported KV cache is nearly full (vLLM ``kv_cache_usage_perc``,
+    SGLang ``token_usage``, scraped through ``gateway.load_reports``) preempts or queues new
+    work, so above 90% usage each of its requests counts as up to 5.
+  * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
+    slow as soon as its requests are older than its usual answers.
+
+Which backends are scored (O(1) per pick, not a scan): two random ones (as p2c), the backends
+that hold the prompt's deepest known block (at most ``MAX_HOLDERS``), and the prefix's *home*:
+its first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring (``gateway.affinity.ring``),
+credited with those blocks. The home is the same on every gateway replica, so G replicas that
+each see 1/G of the traffic still send a shared system prompt to the same cache.
+
+Bounded load: a holder or a home is offered only while its load (requests per unit of
+weight) is at most ``(1 + load_bound) * mean_load + 1`` (the +1 is the request being placed);
+a home above it hands over to its ring successor, as consistent hashing with bounded loads
+does. So affinity never piles a hot prefix onto one backend: at most a (1 + load_bound) share.
+
+Session affinity (``session_affinity``): a request with a session key goes to its session's
+home on the ring, the first one within the load bound, before any score.
+
+A request without prompt blocks (not JSON, no prompt, a tool) is scored as weighted_score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import statistics
+from collections.abc import Sequence
+
+from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex
+from gateway.balancer.base import Candidate, effective_weight, sample_two
+from gateway.balancer.weighted_score import WeightedScore
+from gateway.request_info import RequestInfo
+
+TOKENS_PER_BLOCK = BLOCK_CHARS / CHARS_PER_TOKEN
+HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it lives
+MAX_HOLDERS = 3  # holders of the deepest block scored per pick (any of them holds it all)
+RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
+# The prefill speed assumed before any backend of the fleet has been measured, as a share of
+# the default latency per token: a 1,000-token prompt takes one default latency.
+PRIOR_TOKENS_PER_DEFAULT_LATENCY = 1000.0
+MEAN_PREFILL_SMOOTHING = 0.05
+KV_PRESSURE_FROM = 0.9  # KV usage share above which the cache counts as pressure
+KV_PRESSURE_WEIGHT = 4.0  # at 100% usage one request weighs 1 + this
+
+
+class PrefixAware(WeightedScore):
+    name = "prefix_aware"
+
+    def __init__(
+        self,
+        alpha: float,
+        beta: float,
+        default_latency_s: float,
+        capacity_blocks: int,
+        load_bound: float,
+        session_affinity: bool = False,
+    ) -> None:
+        super().__init__(alpha, beta, "p2c", default_latency_s)
+        self.index = PrefixIndex(capacity_blocks)
+        self.load_bound = load_bound
+        self.session_affinity = session_affinity
+        self._ring = HashRing(())
+        self._mean_load = 0.0
+        self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
+        self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
+        self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
+        self._allowed: dict[str, Candidate] = {}
+
+    # -- off the request path -----------------------------------------------------------------
+
+    def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
+        """The fleet medians, the mean load, the ring; forgets backends that left or were
+        ejected (their caches are gone or will be cold when they return)."""
+        super().refresh(candidates, now)
+        names = {c.name for c in candidates}
+        if names != set(self._ring.members):
+            self._ring = HashRing(sorted(names))
+        self.index.retain(names)
+        if candidates:
+            self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
+        lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
+        if lines:
+            self._prior_line = (
+                statistics.median(base for base, _ in lines),
+                statistics.median(slope for _, slope in lines),
+            )
+
+    # -- the record path ----------------------------------------------------------------------
+
+    def sent(self, backend: str, request: RequestInfo) -> int:
+        """A try of ``request`` goes to ``backend``: returns the prompt tokens expected cached
+        there, and records the prompt's blocks as cached there from now on."""
+        blocks = request.blocks
+        if not blocks:
+            return 0
+        cached = min(
+            request.prompt_tokens,
+            round(self.index.matched_blocks(backend, blocks) * TOKENS_PER_BLOCK),
+        )
+        self.index.record(backend, blocks)
+        uncached = request.prompt_tokens - cached
+        self._mean_prefill += MEAN_PREFILL_SMOOTHING * (uncached - self._mean_prefill)
+        return cached
+
+    # -- the pick -----------------------------------------------------------------------------
+
+    def pick(
+        self,
+        candidates: Sequence[Candidate],
+        now: float,
+        rng: random.Random,
+        request: RequestInfo | None = None,
+    ) -> Candidate:
+        if request is None or len(candidates) == 1:
+            return super().pick(candidates, now, rng, request)
+        allowed = self._allowed_for(candidates)
+        if self.session_affinity and request.session:
+            home = self._home(_key(request.session.encode()), allowed, now)
+            if home is not None:
+                return home
+        blocks = request.blocks
+        if not blocks:
+            return super().pick(candidates, now, rng, request)
+        index = self.index
+        options: dict[str, tuple[Candidate, int]] = {}
+        for i in sample_two(len(candidates), rng):
+            drawn = candidates[i]
+            options[drawn.name] = (drawn, index.matched_blocks(drawn.name, blocks))
+        depth, holders = index.deepest_holders(blocks)
+        for name in itertools.islice(holders, MAX_HOLDERS):
+            holder = allowed.get(name)
+            if holder is not None and self._within_bound(holder, now):
+                options[name] = (holder, depth)
+        home_blocks = min(len(blocks), HOME_BLOCKS)
+        home = self._home(blocks[home_blocks - 1], allowed, now)
+        if home is not None:
+            known = options[home.name][1] if home.name in options else 0
+            options[home.name] = (home, max(known, home_blocks))
+        best: Candidate | None = None
+        best_cost = 0.0
+        for option, cached_blocks in options.values():
+            cost = self.request_cost(option, request, cached_blocks, now)
+            if best is None or cost < best_cost or (cost == best_cost and rng.random() < 0.5):
+                best, best_cost = option, cost
+        assert best is not None
+        return best
+
+    def request_cost(
+        self, candidate: Candidate, request: RequestInfo, cached_blocks: int, now: float
+    ) -> float:
+        """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
+        signals = candidate.signals
+        work = signals.work
+        uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
+        depth = signals.queue_depth(now)
+        others = max(0.0, depth - signals.in_flight) * self._mean_prefill
+        line = work.line() or self._prior_line
+        predicted_s = line[0] + line[1] * (work.prefill_tokens + others + uncached)
+        stall_s = line[1] * uncached * signals.in_flight
+        latency_s = max(predicted_s, signals.waiting_age_s(now)) + stall_s
+        fleet = self._fleet
+        load = depth / effective_weight(candidate, now)
+        pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
+        queue_term = (1.0 + KV_PRESSURE_WEIGHT * pressure) * load / max(1.0, fleet.queue_per_weight)
+        return self.alpha * latency_s / fleet.latency_s + self.beta * queue_term
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _allowed_for(self, candidates: Sequence[Candidate]) -> dict[str, Candidate]:
+        """Name -> candidate for this pick's candidates; rebuilt only when the list object
+        changes (the fleet hands the same cached list until membership or health changes)."""
+        if candidates is not self._allowed_of:
+            self._allowed = {c.name: c for c in candidates}
+            self._allowed_of = candidates
+        return self._allowed
+
+    def _home(self, key: int, allowed: dict[str, Candidate], now: float) -> Candidate | None:
+        """The first backend from ``key``'s place on the ring that may take it within the
+        load bound (None when the first ``RING_STEPS`` may not)."""
+        for name in itertools.islice(self._ring.walk(key), RING_STEPS):
+            c = allowed.get(name)
+            if c is not None and self._within_bound(c, now):
+                return c
+        return None
+
+    def _within_bound(self, candidate: Candidate, now: float) -> bool:
+        return self._load(candidate, now) <= (1.0 + self.load_bound) * self._mean_load + 1.0
+
+    @staticmethod
+    def _load(candidate: Candidate, now: float) -> float:
+        return candidate.signals.queue_depth(now) / effective_weight(candidate, now)
+
+
+def _key(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")

@@ -1,0 +1,114 @@
+"""Inference-aware routing through a real gateway: stream latency from the first event, and a
+conversation's turns kept where its prefix is cached (prefix_aware)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+
+from tests.helpers import base, running_gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+
+EVENTS = (b'data: {"choices": [{"text": "t"}]}\n\n', b"data: [DONE]\n\n")
+
+
+def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[None]]:
+    """A backend that sends a stream's head at once and its first event late, as vLLM and
+    SGLang do (the head goes out before prefill). Raw HTTP/1.1: aiohttp's own server would
+    hold the head back until the first body write."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                await asyncio.sleep(first_event_after_s)  # the prefill this backend takes
+                for event in EVENTS:
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return serve
+
+
+@asynccontextmanager
+async def backends(*delays_s: float) -> AsyncIterator[list[str]]:
+    servers = []
+    try:
+        for delay_s in delays_s:
+            servers.append(await asyncio.start_server(eager_head_server(delay_s), "127.0.0.1", 0))
+        yield [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+def gateway_config(urls: list[str], names: list[str], extra: str = "") -> str:
+    """The gateway in front of ``urls`` as backends ``names``, saying who answered."""
+    lines = ["listen: {host: 127.0.0.1, port: 0}", "admin: {host: 127.0.0.1, port: 0}"]
+    lines.append("backends:")
+    lines += [f"  - {{url: '{u}', name: {n}}}" for u, n in zip(urls, names, strict=True)]
+    lines += ["headers: {expose_backend: true}", "logging: {access_log: false}"]
+    return "\n".join(lines) + "\n" + extra
+
+
+async def chat(client: aiohttp.ClientSession, url: str, messages: list[dict[str, str]]) -> str:
+    body = {"model": "m", "stream": True, "messages": messages}
+    async with client.post(f"{url}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        await resp.read()
+        return resp.headers["X-Tailgate-Backend"]
+
+
+async def test_a_stream_whose_first_event_is_late_is_avoided() -> None:
+    """Both backends answer the head at once; the slow one's first event comes 30x later.
+    Timed by the head, the two look alike and share the traffic; timed by the first event,
+    the slow one is learnt from its first answers and left alone."""
+    hello = [{"role": "user", "content": "hi"}]
+    async with backends(0.3, 0.01) as urls:
+        async with running_gateway(gateway_config(urls, ["slow", "fast"])) as gw:
+            async with aiohttp.ClientSession() as client:
+                # four at once: the queue term spreads them, so both backends are measured
+                warm = await asyncio.gather(*(chat(client, base(gw), hello) for _ in range(4)))
+                assert set(warm) == {"slow", "fast"}
+                got = Counter([await chat(client, base(gw), hello) for _ in range(20)])
+    assert got["slow"] <= 3 and got["fast"] >= 17
+
+
+async def test_prefix_aware_keeps_a_conversation_where_its_prefix_is_cached() -> None:
+    extra = "balancer: {policy: prefix_aware}\n"
+    system = {"role": "system", "content": "You are a careful assistant. " * 60}
+    async with backends(0.01, 0.01, 0.01, 0.01) as urls:
+        async with running_gateway(gateway_config(urls, ["a", "b", "c", "d"], extra)) as gw:
+            async with aiohttp.ClientSession() as client:
+                homes = []
+                for conversation in range(4):
+                    messages = [system, {"role": "user", "content": f"topic {conversation} " * 80}]
+                    first = await chat(client, base(gw), messages)
+                    for turn in range(3):
+                        messages = [*messages, {"role": "assistant", "content": "ok " * 40}]
+                        messages.append({"role": "user", "content": f"turn {turn} " * 40})
+                        assert await chat(client, base(gw), messages) == first
+                    homes.append(first)
+    assert len(homes) == 4

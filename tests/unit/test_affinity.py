@@ -1,0 +1,69 @@
+"""The prefix index (bounded, forgets departed backends) and the consistent-hash ring."""
+
+from collections import Counter
+
+from gateway.affinity import HashRing, PrefixIndex
+
+
+def chain(tag: int, n: int) -> tuple[int, ...]:
+    return tuple(tag * 1000 + i for i in range(n))
+
+
+def test_matched_blocks_is_the_longest_held_prefix() -> None:
+    index = PrefixIndex(capacity_blocks=100)
+    index.record("a", chain(1, 5))
+    assert index.matched_blocks("a", chain(1, 8)) == 5
+    assert index.matched_blocks("a", chain(1, 3)) == 3
+    assert index.matched_blocks("a", chain(2, 5)) == 0
+    assert index.matched_blocks("b", chain(1, 5)) == 0
+
+
+def test_deepest_holders_names_who_holds_the_most() -> None:
+    index = PrefixIndex(capacity_blocks=100)
+    index.record("a", chain(1, 3))
+    index.record("b", chain(1, 6))
+    assert index.deepest_holders(chain(1, 10)) == (6, {"b"})
+    assert index.deepest_holders(chain(1, 2)) == (2, {"a", "b"})
+    assert index.deepest_holders(chain(9, 4)) == (0, set())
+
+
+def test_each_backend_keeps_at_most_capacity_blocks_least_recent_out() -> None:
+    index = PrefixIndex(capacity_blocks=4)
+    index.record("a", chain(1, 3))
+    index.record("a", chain(2, 2))
+    index.record("a", chain(2, 2))  # touched again: recent
+    assert index.blocks_held("a") == 4
+    assert index.matched_blocks("a", chain(1, 3)) == 0  # its first block was the oldest
+    assert index.matched_blocks("a", chain(2, 2)) == 2
+    assert index.deepest_holders(chain(1, 1)) == (0, set())  # reverse map evicted too
+
+
+def test_forget_and_retain_drop_a_backend_everywhere() -> None:
+    index = PrefixIndex(capacity_blocks=10)
+    index.record("a", chain(1, 3))
+    index.record("b", chain(1, 3))
+    index.forget("a")
+    assert index.matched_blocks("a", chain(1, 3)) == 0
+    assert index.deepest_holders(chain(1, 3)) == (3, {"b"})
+    index.retain({"c"})
+    assert index.deepest_holders(chain(1, 3)) == (0, set()) and index.blocks_held("b") == 0
+
+
+def test_ring_is_deterministic_and_walks_each_backend_once() -> None:
+    names = [f"pod-{i}" for i in range(8)]
+    ring = HashRing(names)
+    again = HashRing(list(reversed(names)))
+    for key in (0, 12345, 2**64 - 1, 2**63):
+        walk = list(ring.walk(key))
+        assert sorted(walk) == sorted(names)
+        assert walk == list(again.walk(key))
+
+
+def test_ring_spreads_homes_and_moves_few_when_a_backend_leaves() -> None:
+    names = [f"pod-{i}" for i in range(8)]
+    ring, smaller = HashRing(names), HashRing(names[1:])
+    keys = [k * 0x9E3779B97F4A7C15 % 2**64 for k in range(4000)]
+    homes = [next(ring.walk(k)) for k in keys]
+    assert max(Counter(homes).values()) < 2 * 4000 / 8
+    moved = sum(1 for k, h in zip(keys, homes, strict=True) if next(smaller.walk(k)) != h)
+    assert moved == homes.count("pod-0")  # only the departed backend's prefixes move

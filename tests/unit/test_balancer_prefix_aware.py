@@ -1,0 +1,177 @@
+"""prefix_aware: predicted time to first token from queued work and the cached prefix, with a
+bounded-load guard on affinity, homes on a ring, and weighted_score for requests without a
+prompt."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from gateway.affinity import BLOCK_CHARS
+from gateway.balancer.base import SimpleCandidate
+from gateway.balancer.prefix_aware import HOME_BLOCKS, TOKENS_PER_BLOCK, PrefixAware
+from gateway.balancer.weighted_score import WeightedScore
+from gateway.request_info import RequestInfo
+from gateway.request_parse import parse_request
+
+ALPHA, BETA, DEFAULT_S = 0.6, 0.4, 0.1
+
+
+def policy(load_bound: float = 0.25, session_affinity: bool = False) -> PrefixAware:
+    return PrefixAware(ALPHA, BETA, DEFAULT_S, 10_000, load_bound, session_affinity)
+
+
+def fleet(n: int) -> list[SimpleCandidate]:
+    return [SimpleCandidate.new(f"pod-{i}", now=0.0) for i in range(n)]
+
+
+def chat(system: str, *turns: str) -> RequestInfo:
+    messages = [{"role": "system", "content": system * (8 * BLOCK_CHARS // len(system))}]
+    messages += [{"role": "user", "content": t * (2 * BLOCK_CHARS // len(t))} for t in turns]
+    return parse_request(json.dumps({"messages": messages}).encode(), {}, with_blocks=True)
+
+
+def send(p: PrefixAware, c: SimpleCandidate, request: RequestInfo, now: float = 0.0) -> None:
+    """What the gateway does for a try: record it, and count its work in flight."""
+    cached = p.sent(c.name, request)
+    c.signals.request_started(now)
+    c.signals.work.started(request.prompt_tokens - cached, request.output_tokens)
+
+
+def finish(c: SimpleCandidate) -> None:
+    c.signals.request_finished(0.05, 0.0)
+    c.signals.work.prefill_tokens = c.signals.work.decode_tokens = 0
+
+
+def test_the_next_turn_goes_where_the_conversation_is_cached() -> None:
+    pods = fleet(8)
+    p = policy()
+    p.refresh(pods, 0.0)
+    rng = random.Random(1)
+    first = chat("sys-a ", "hello ")
+    holder = p.pick(pods, 0.0, rng, first)
+    send(p, holder, first)
+    finish(holder)
+    p.refresh(pods, 0.0)
+    follow_up = chat("sys-a ", "hello ", "more ")
+    assert all(p.pick(pods, 0.0, rng, follow_up) is holder for _ in range(50))
+
+
+def test_cost_counts_only_the_uncached_prompt() -> None:
+    pods = fleet(2)
+    p = policy()
+    p.refresh(pods, 0.0)
+    request = chat("sys ", "q ")
+    cold = p.request_cost(pods[0], request, 0, 0.0)
+    warm = p.request_cost(pods[0], request, len(request.blocks), 0.0)
+    s_per_token = DEFAULT_S / 1000
+    uncached = request.prompt_tokens - len(request.blocks) * TOKENS_PER_BLOCK
+    assert warm == pytest.approx(ALPHA * s_per_token * max(TOKENS_PER_BLOCK, uncached) / DEFAULT_S)
+    assert cold == pytest.approx(ALPHA * s_per_token * request.prompt_tokens / DEFAULT_S)
+
+
+def test_bounded_load_guard_keeps_affinity_off_an_overloaded_holder() -> None:
+    pods = fleet(4)
+    p = policy(load_bound=0.25)
+    request = chat("hot ", "x ")
+    send(p, pods[0], request)
+    for _ in range(9):  # pods[0] holds the prompt and 10 requests; the others 2 each
+        pods[0].signals.request_started(0.0)
+    for pod in pods[1:]:
+        pod.signals.request_started(0.0)
+        pod.signals.request_started(0.0)
+    p.refresh(pods, 0.0)  # mean load 4: the bound is 1.25 * 4 + 1 = 6
+    rng = random.Random(3)
+    got = Counter(p.pick(pods, 0.0, rng, request).name for _ in range(300))
+    # only p2c's random draws can reach pods[0] now, and its queue term loses them
+    assert got["pod-0"] < 300 // 4
+    assert not p._within_bound(pods[0], 0.0) and p._within_bound(pods[1], 0.0)
+
+
+def test_home_is_the_same_for_every_replica_and_moves_on_when_full() -> None:
+    request = chat("shared ", "first visit ")
+    homes = set()
+    for seed in range(8):  # eight replicas, nothing learnt, each its own RNG and fleet view
+        pods = fleet(16)
+        p = policy()
+        p.refresh(pods, 0.0)
+        homes.add(p.pick(pods, 0.0, random.Random(seed), request).name)
+    assert len(homes) == 1
+    pods = fleet(16)
+    p = policy()
+    p.refresh(pods, 0.0)
+    home = next(c for c in pods if c.name in homes)
+    for _ in range(5):
+        home.signals.request_started(0.0)
+    p.refresh(pods, 0.0)
+    successor = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert successor is not None and successor is not home
+
+
+def test_a_slower_backend_predicts_slower_and_is_avoided_even_when_warm() -> None:
+    pods = fleet(2)
+    slow, fast = pods
+    p = policy()
+    request = chat("sys ", "question ")
+    send(p, slow, request)  # slow holds the prompt's cache
+    finish(slow)
+    for tokens in (64, 2000):  # measured: 30x the fast one's time per token
+        slow.signals.work.first_token(0, ttft_s=3e-3 * tokens, tokens_ahead=tokens)
+        fast.signals.work.first_token(0, ttft_s=1e-4 * tokens, tokens_ahead=tokens)
+    p.refresh(pods, 0.0)
+    assert p.request_cost(slow, request, len(request.blocks), 0.0) > p.request_cost(
+        fast, request, 0, 0.0
+    )
+    assert p.pick(pods, 0.0, random.Random(0), request) is fast
+
+
+def test_refresh_forgets_backends_that_left_or_were_ejected() -> None:
+    pods = fleet(3)
+    p = policy()
+    request = chat("sys ", "q ")
+    send(p, pods[0], request)
+    p.refresh(pods[1:], 0.0)  # pods[0] is no longer a candidate
+    assert p.index.blocks_held("pod-0") == 0
+    assert p.index.deepest_holders(request.blocks) == (0, set())
+
+
+def test_session_affinity_sends_a_session_to_one_backend_within_the_bound() -> None:
+    pods = fleet(8)
+    p = policy(session_affinity=True)
+    p.refresh(pods, 0.0)
+    rng = random.Random(0)
+    request = RequestInfo(session="user-42")
+    picked = {p.pick(pods, 0.0, rng, request).name for _ in range(50)}
+    assert len(picked) == 1
+    others = Counter(p.pick(pods, 0.0, rng, RequestInfo(session=f"u{i}")).name for i in range(400))
+    assert len(others) == 8  # sessions spread over the fleet
+
+
+def test_without_a_prompt_it_scores_as_weighted_score() -> None:
+    pods = fleet(3)
+    for i, pod in enumerate(pods):
+        pod.signals.request_started(0.0)
+        pod.signals.request_finished(0.1 * (i + 1), 0.0)
+    p = policy()
+    p.refresh(pods, 0.0)
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    plain = WeightedScore(ALPHA, BETA, "p2c", DEFAULT_S)
+    plain.refresh(pods, 0.0)
+    for _ in range(20):
+        assert p.pick(pods, 0.0, rng_a, RequestInfo()) is plain.pick(pods, 0.0, rng_b)
+
+
+def test_a_nearly_full_kv_cache_counts_as_load() -> None:
+    pods = fleet(2)
+    for pod in pods:
+        pod.signals.request_started(0.0)
+    p = policy()
+    p.refresh(pods, 0.0)
+    request = chat("sys ", "q ")
+    before = p.request_cost(pods[0], request, 0, 0.0)
+    pods[0].signals.report_kv_usage(0.99, 0.0)
+    after = p.request_cost(pods[0], request, 0, 0.0)
+    assert after == pytest.approx(before + BETA * 4.0 * 0.9)  # 1 request now weighs 4.6
+    pods[1].signals.report_kv_usage(0.5, 0.0)  # far from full: no pressure
+    assert p.request_cost(pods[1], request, 0, 0.0) == pytest.approx(before)
