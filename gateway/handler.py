@@ -220,13 +220,19 @@ class ProxyHandler:
 
     def _backends_report_pressure(self, group: str) -> bool:
         """Tenants: does every candidate report more queued than a sheddable request may meet
-        (``admission.sheddable_queue_depth``)?"""
-        threshold = self.runtime.config.admission.sheddable_queue_depth
-        if threshold <= 0:
+        (``admission.sheddable_queue_depth``), or its KV cache nearly full
+        (``admission.sheddable_kv_usage``: such a backend queues or preempts new work)?"""
+        admission = self.runtime.config.admission
+        depth, kv = admission.sheddable_queue_depth, admission.sheddable_kv_usage
+        if depth <= 0 and kv <= 0:
             return False
         now = self.runtime.clock()
         candidates, _ = self.runtime.fleet.candidates(group, now)
-        return bool(candidates) and all(e.signals.queue_depth(now) > threshold for e in candidates)
+        return bool(candidates) and all(
+            (depth > 0 and e.signals.queue_depth(now) > depth)
+            or (kv > 0 and e.signals.kv_usage(now) >= kv)
+            for e in candidates
+        )
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         exchange = ctx.exchange

@@ -292,6 +292,11 @@ class AdmissionConfig:
     sheddable_queue_depth: float = field(
         0.0, check=non_negative, doc="> 0: shed sheddable when every backend reports more queued"
     )
+    sheddable_kv_usage: float = field(
+        0.95,
+        check=in_range(0, 1),
+        doc="shed sheddable when every backend reports its KV cache this full (0 = off)",
+    )
     shared_limits: SharedLimitsConfig = dataclasses.field(default_factory=SharedLimitsConfig)
 
 

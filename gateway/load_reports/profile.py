@@ -35,31 +35,53 @@ class LoadReport:
 def read_report(
     text: str, profiles: Iterable[LoadProfile], extra_depth: tuple[str, ...] = ()
 ) -> LoadReport:
-    """Sum the waiting and running samples (all label sets) of every profile, plus the
-    ``extra_depth`` metric names; the highest KV usage reported (one engine per scrape, but a
-    multi-engine server reports one sample per engine and the fullest one limits it).
+    """The load one scrape reports, read through the first of ``profiles`` whose names it
+    holds: the waiting and running samples summed (all label sets), plus the ``extra_depth``
+    metric names; the highest KV usage reported (a multi-engine server reports one sample per
+    engine and the fullest one limits it).
 
-    Names may be given with or without a ``_total`` suffix. Raises ValueError on text
-    prometheus-client cannot parse.
+    One profile only: a server may export another's names beside its own (tailgate's backend
+    exports ``tailgate_backend_*`` and vLLM's ``vllm:*`` for the same requests), and summing
+    both would count every request twice. Names may be given with or without a ``_total``
+    suffix. Raises ValueError on text prometheus-client cannot parse.
     """
-    depth_names: set[str] = set(extra_depth)
-    kv_names: set[str] = set()
-    for profile in profiles:
-        depth_names.update(profile.waiting, profile.running)
-        kv_names.update(profile.kv_usage)
-    depth = 0.0
-    depth_found = False
-    kv: float | None = None
+    ordered = list(profiles)
+    depth_of: dict[str, int] = {}  # metric name -> index of the first profile naming it
+    kv_of: dict[str, int] = {}
+    for index, profile in enumerate(ordered):
+        for name in (*profile.waiting, *profile.running):
+            depth_of.setdefault(name, index)
+        for name in profile.kv_usage:
+            kv_of.setdefault(name, index)
+    extra = set(extra_depth)
+    depths: dict[int, float] = {}
+    kvs: dict[int, float] = {}
+    extra_depth_sum: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not math.isfinite(sample.value):
                 continue
-            if _named(sample.name, family.name, depth_names):
-                depth += sample.value
-                depth_found = True
-            elif _named(sample.name, family.name, kv_names):
-                kv = sample.value if kv is None else max(kv, sample.value)
-    return LoadReport(depth if depth_found else None, None if kv is None else min(1.0, kv))
+            index = _profile_of(sample.name, family.name, depth_of)
+            if index is not None:
+                depths[index] = depths.get(index, 0.0) + sample.value
+            elif (index := _profile_of(sample.name, family.name, kv_of)) is not None:
+                kvs[index] = max(kvs.get(index, sample.value), sample.value)
+            if _named(sample.name, family.name, extra):
+                extra_depth_sum = (extra_depth_sum or 0.0) + sample.value
+    found = sorted(set(depths) | set(kvs))
+    chosen = found[0] if found else None
+    depth = depths.get(chosen) if chosen is not None else None
+    if extra_depth_sum is not None:
+        depth = (depth or 0.0) + extra_depth_sum
+    kv = kvs.get(chosen) if chosen is not None else None
+    return LoadReport(depth, None if kv is None else min(1.0, kv))
+
+
+def _profile_of(sample: str, family: str, names: dict[str, int]) -> int | None:
+    index = names.get(sample)
+    if index is None and sample == family:
+        index = names.get(family)
+    return index
 
 
 def _named(sample: str, family: str, wanted: set[str]) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 
 from gateway.tenants.keys import key_hash
 from tests.helpers import admin, base, gateway_yaml, running_gateway, start_pod, wait_until
@@ -248,3 +249,43 @@ async def test_header_tenants_without_keys_and_admin_view() -> None:
         assert snapshot["api_keys"] is False and snapshot["queued"] == {}
     finally:
         await pod.runner.cleanup()
+
+
+async def test_sheddable_is_refused_while_every_backend_reports_a_full_kv_cache() -> None:
+    kv_usage = {"value": 0.2}
+
+    async def metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        text = (
+            f"# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc {kv_usage['value']}\n"
+        )
+        return aiohttp.web.Response(text=text)
+
+    async def complete(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"choices": [{"text": "ok"}]})
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", complete)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    extra = "health_check: {enabled: false}\nbalancer: {queue_depth: {scrape_interval: 50ms}}\n"
+    try:
+        async with running_gateway(gateway_yaml([url], extra)) as gw, aiohttp.ClientSession() as s:
+            (endpoint,) = gw.runtime.fleet.endpoints.values()
+
+            async def status(priority: str) -> int:
+                headers = {"X-Priority": priority}
+                async with s.post(f"{base(gw)}/v1/completions", json={}, headers=headers) as r:
+                    return r.status
+
+            await wait_until(lambda: endpoint.signals.kv_usage(gw.runtime.clock()) > 0.1)
+            assert await status("sheddable") == 200  # a cache with room takes anyone
+            kv_usage["value"] = 0.99
+            await wait_until(lambda: endpoint.signals.kv_usage(gw.runtime.clock()) > 0.95)
+            assert await status("sheddable") == 503  # nearly full: sheddable goes first
+            assert await status("standard") == 200
+            assert await status("critical") == 200
+    finally:
+        await runner.cleanup()

@@ -45,3 +45,14 @@ def test_only_the_listed_profiles_and_extra_names_count() -> None:
 def test_an_unknown_profile_is_a_config_error_naming_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="tensorrt"):
         parse_config("balancer: {queue_depth: {profiles: [vllm, tensorrt]}}\n")
+
+
+def test_a_server_exporting_two_profiles_names_is_counted_once() -> None:
+    """tailgate's backend exports its own families and vLLM's for the same requests."""
+    both = VLLM_TEXT + (
+        "# TYPE tailgate_backend_queue_depth gauge\ntailgate_backend_queue_depth 3\n"
+        "# TYPE tailgate_backend_running_requests gauge\ntailgate_backend_running_requests 5\n"
+    )
+    report = read_report(both, list(PROFILES.values()))
+    assert report.depth == 8.0  # vLLM's names, listed first; not 16
+    assert read_report(both, [PROFILES["tailgate"], PROFILES["vllm"]]).depth == 8.0
