@@ -61,11 +61,11 @@ def read_report(
         for sample in family.samples:
             if not math.isfinite(sample.value):
                 continue
-            index = _profile_of(sample.name, family.name, depth_of)
-            if index is not None:
-                depths[index] = depths.get(index, 0.0) + sample.value
-            elif (index := _profile_of(sample.name, family.name, kv_of)) is not None:
-                kvs[index] = max(kvs.get(index, sample.value), sample.value)
+            at = _profile_of(sample.name, family.name, depth_of)
+            if at is not None:
+                depths[at] = depths.get(at, 0.0) + sample.value
+            elif (kv_at := _profile_of(sample.name, family.name, kv_of)) is not None:
+                kvs[kv_at] = max(kvs.get(kv_at, sample.value), sample.value)
             if _named(sample.name, family.name, extra):
                 extra_depth_sum = (extra_depth_sum or 0.0) + sample.value
     found = sorted(set(depths) | set(kvs))
