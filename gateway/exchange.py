@@ -23,6 +23,7 @@ from gateway.attempt import Attempt
 from gateway.capacity import Ticket
 from gateway.endpoint import Endpoint
 from gateway.failures import Failure, consequence
+from gateway.health.outcome import Outcome
 from gateway.request_info import RequestInfo
 from gateway.routing import Route
 
@@ -173,13 +174,13 @@ class Exchange:
         return picked
 
     def _hand_back(self, endpoint: Endpoint) -> None:
-        """Return a picked backend's reserved slot and circuit permit unused."""
+        """Return a picked backend's reserved slot and circuit permit unused: no try was sent,
+        so nothing is recorded (no latency sample, no try counted), only the permit handed back
+        (a cancelled outcome) and the slot offered to the queue."""
         endpoint.reserved -= 1
         rt = self.runtime
-        attempt = Attempt(endpoint, rt.clock, rt.metrics, rt.record_outcome, rt.capacity_freed)
-        attempt.begin()
-        attempt.failed(Failure.HEDGE_LOST)
-        attempt.end()
+        rt.record_outcome(endpoint, Outcome.CANCELLED, rt.clock())
+        rt.capacity_freed(endpoint)
 
     def retry(self, what: Failure | int, replayable: bool, now: float) -> RetryVerdict:
         """May the try that ended with ``what`` (a failure, or an upstream status with no byte

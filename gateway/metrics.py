@@ -98,7 +98,7 @@ class GatewayMetrics:
         )
         self.upstream_latency = Histogram(
             "inference_latency_seconds",
-            "One upstream try: time to first byte for streams, whole exchange otherwise.",
+            "One upstream try: time to the first event for streams, the whole exchange otherwise.",
             ["backend"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -112,8 +112,15 @@ def test_no_hedge_to_a_backend_already_tried_and_its_slot_is_handed_back() -> No
     )
     exchange = tried_once(rt)
     (only,) = rt.fleet.endpoints.values()
+
+    def tries_recorded() -> float | None:
+        labels = {"backend": only.name}
+        return rt.metrics.registry.get_sample_value("inference_latency_seconds_count", labels)
+
+    before = tries_recorded()
     assert exchange.hedge(0.0) is None
     assert only.reserved == 0 and only.signals.in_flight == 1  # just the first try
+    assert tries_recorded() == before  # no try was sent, so none is recorded: no sample
 
 
 def test_a_spent_hedge_budget_refuses() -> None:
