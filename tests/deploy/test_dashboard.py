@@ -32,6 +32,7 @@ REQUIRED = {
     "tailgate_tokens_total",
     "tailgate_slo_requests_total",
     "tailgate_cache_requests_total",  # the response cache's hit rate
+    "vllm:prefix_cache_hits_total",  # the backends' prefix-cache hit rate (affinity)
 }
 
 
