@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backend import paged_attention
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -212,7 +214,8 @@ class PassInputs:
     step: Step
     cos: Tensor  # [batch, seq, 1, head_dim]: the same for every head
     sin: Tensor
-    mask: Tensor
+    # None when attention reads the cache in place (paged_attention), which needs no mask.
+    mask: Tensor | None
     ops: Pointwise
 
 
@@ -275,8 +278,14 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x).view(b, t, heads + 2 * kv_heads, hd)
         qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
         q, k = qk.split((heads, kv_heads), dim=2)
-        self.cache.write(inputs.step, k, qkv[:, :, heads + kv_heads :])
-        keys, values = self.cache.read(inputs.step)
+        cache, step = self.cache, inputs.step
+        cache.write(step, k, qkv[:, :, heads + kv_heads :])
+        if inputs.mask is None:
+            y = paged_attention.paged_decode_attention(
+                q, cache.k, cache.v, step.block_table, step.input_pos, cache.block_size
+            )
+            return self.o_proj(y)
+        keys, values = cache.read(step)
         # Grouped-query attention without expanding K/V: the query heads of one KV head become
         # extra query rows, so any SDPA kernel (flash, memory-efficient) runs it as plain MHA.
         group = heads // kv_heads
@@ -337,6 +346,8 @@ class Transformer(nn.Module):
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.ops = Pointwise()
+        # Decode steps attend through paged_attention's kernel (set by setup_cache where it runs).
+        self.paged_decode = False
 
     def setup_cache(self, num_blocks: int, block_size: int, max_seq_len: int) -> None:
         """Allocate the paged KV cache and the rotary tables on the weights' device and dtype."""
@@ -346,6 +357,10 @@ class Transformer(nn.Module):
             attn = layer.self_attn
             attn.cache = PagedKVCache(num_blocks, block_size, attn.n_kv_heads, attn.head_dim, **kw)
         self.block_size = block_size
+        hd = self.config.head_dim
+        self.paged_decode = (
+            weight.is_cuda and paged_attention.AVAILABLE and hd & (hd - 1) == 0  # Triton: 2^n
+        )
         cos, sin = rope_tables(self.config, max_seq_len, weight.device)
         self.cos, self.sin = cos.to(weight.dtype), sin.to(weight.dtype)
 
@@ -353,11 +368,13 @@ class Transformer(nn.Module):
         """Logits ``[batch, seq, vocab]`` (``seq`` is 1 when ``step.last_only``)."""
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
         attn = self.layers[0].self_attn
+        in_place = self.paged_decode and step.tokens.shape[1] == 1
+        group = attn.n_heads // attn.n_kv_heads
         inputs = PassInputs(
             step=step,
             cos=self.cos[step.input_pos][:, :, None],
             sin=self.sin[step.input_pos][:, :, None],
-            mask=attention_mask(step, attn.n_heads // attn.n_kv_heads, self.block_size),
+            mask=None if in_place else attention_mask(step, group, self.block_size),
             ops=self.ops,
         )
         x, residual = self.embed_tokens(step.tokens), None
