@@ -11,7 +11,9 @@ Keys and values live in a paged cache: fixed-size blocks of ``block_size`` posit
 all sequences. A :class:`Step` says where each input token's K/V goes (``write_slots``) and
 which blocks each row attends over (``block_table``), so one code path serves a prefill chunk
 (one row, many tokens, possibly after a cached prefix) and a batched decode (many rows, one
-token each), and attention reads only the blocks a row holds, not the whole cache.
+token each), and attention reads only the blocks a row holds, not the whole cache. On a GPU a
+decode step takes a shortcut through :mod:`backend.paged_attention`: one kernel per layer for
+RoPE, the KV write and attention over the blocks in place; the general path is its reference.
 """
 
 from __future__ import annotations
@@ -214,9 +216,10 @@ class PassInputs:
     step: Step
     cos: Tensor  # [batch, seq, 1, head_dim]: the same for every head
     sin: Tensor
-    # None when attention reads the cache in place (paged_attention), which needs no mask.
+    # None on decode steps through paged_attention, which reads the cache in place.
     mask: Tensor | None
     ops: Pointwise
+    rope_tables: tuple[Tensor, Tensor]  # cos, sin of every position: what that kernel reads
 
 
 class PagedKVCache(nn.Module):
@@ -276,15 +279,16 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         heads, kv_heads, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(b, t, heads + 2 * kv_heads, hd)
-        qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
-        q, k = qk.split((heads, kv_heads), dim=2)
         cache, step = self.cache, inputs.step
-        cache.write(step, k, qkv[:, :, heads + kv_heads :])
-        if inputs.mask is None:
-            y = paged_attention.paged_decode_attention(
-                q, cache.k, cache.v, step.block_table, step.input_pos, cache.block_size
+        if inputs.mask is None:  # decode: RoPE, the KV write and attention in one kernel
+            cos, sin = inputs.rope_tables
+            y = paged_attention.decode_attention(
+                qkv, cos, sin, cache.k, cache.v, step, cache.block_size
             )
             return self.o_proj(y)
+        qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
+        q, k = qk.split((heads, kv_heads), dim=2)
+        cache.write(step, k, qkv[:, :, heads + kv_heads :])
         keys, values = cache.read(step)
         # Grouped-query attention without expanding K/V: the query heads of one KV head become
         # extra query rows, so any SDPA kernel (flash, memory-efficient) runs it as plain MHA.
@@ -346,7 +350,7 @@ class Transformer(nn.Module):
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.ops = Pointwise()
-        # Decode steps attend through paged_attention's kernel (set by setup_cache where it runs).
+        # Decode steps attend through paged_attention's kernel (setup_cache: where it runs).
         self.paged_decode = False
 
     def setup_cache(self, num_blocks: int, block_size: int, max_seq_len: int) -> None:
@@ -376,6 +380,7 @@ class Transformer(nn.Module):
             sin=self.sin[step.input_pos][:, :, None],
             mask=None if in_place else attention_mask(step, group, self.block_size),
             ops=self.ops,
+            rope_tables=(self.cos, self.sin),
         )
         x, residual = self.embed_tokens(step.tokens), None
         for layer in self.layers:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.model import Step
+from backend.model import Pointwise, Step
 from backend.runner import ModelRunner
 from backend.sampling import SamplingParams, sample
 
@@ -113,14 +113,15 @@ def graph_parity(runner: ModelRunner, seqs: list[int], new_tokens: int) -> dict[
         s: random_prompt(vocab, length, seed=100 + s)
         for s, length in zip(seqs, PARITY_PROMPT_LENS, strict=False)
     }
-    # The reference is the general path: eager, K/V gathered for SDPA, not the in-place kernel
-    # the graphs captured (rank 0's choice; at TP > 1 the workers keep theirs).
-    runner.use_graphs, in_place = False, runner.model.paged_decode
-    runner.model.paged_decode = False
+    # The reference is the general path: eager, plain torch pointwise ops, K/V gathered for
+    # SDPA; not the kernels the graphs captured (rank 0's choice: at TP > 1 workers keep theirs).
+    model = runner.model
+    runner.use_graphs, in_place, ops = False, model.paged_decode, model.ops
+    model.paged_decode, model.ops = False, Pointwise()
     try:
         eager, eager_logits = greedy(runner, prompts, new_tokens)
     finally:
-        runner.model.paged_decode = in_place
+        model.paged_decode, model.ops = in_place, ops
     runner.use_graphs = True
     graph, graph_logits = greedy(runner, prompts, new_tokens, forced=eager)
     differing = sum(a != b for s in seqs for a, b in zip(eager[s], graph[s], strict=True))
