@@ -350,6 +350,8 @@ class Transformer(nn.Module):
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.ops = Pointwise()
+        # For one-token-per-row steps instead of ``ops`` (backend.fused_pointwise says why).
+        self.decode_ops: Pointwise | None = None
         # Decode steps attend through paged_attention's kernel (setup_cache: where it runs).
         self.paged_decode = False
 
@@ -372,14 +374,16 @@ class Transformer(nn.Module):
         """Logits ``[batch, seq, vocab]`` (``seq`` is 1 when ``step.last_only``)."""
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
         attn = self.layers[0].self_attn
-        in_place = self.paged_decode and step.tokens.shape[1] == 1
+        decode = step.tokens.shape[1] == 1
+        in_place = self.paged_decode and decode
+        ops = self.decode_ops if decode and self.decode_ops is not None else self.ops
         group = attn.n_heads // attn.n_kv_heads
         inputs = PassInputs(
             step=step,
             cos=self.cos[step.input_pos][:, :, None],
             sin=self.sin[step.input_pos][:, :, None],
             mask=None if in_place else attention_mask(step, group, self.block_size),
-            ops=self.ops,
+            ops=ops,
             rope_tables=(self.cos, self.sin),
         )
         x, residual = self.embed_tokens(step.tokens), None
@@ -388,5 +392,5 @@ class Transformer(nn.Module):
         assert residual is not None
         if step.last_only:
             x, residual = x[:, -1:], residual[:, -1:]
-        normed, _ = self.ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
+        normed, _ = ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
         return self.lm_head(normed)

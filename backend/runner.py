@@ -50,7 +50,7 @@ class RunnerSpec:
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
     # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise) instead of
-    # the Triton kernels of backend.fused_pointwise that GPUs get by default.
+    # the Triton kernels of backend.fused_pointwise that GPUs' decode steps get by default.
     compile: bool = False
 
     def rank(self, rank: int) -> ranks.Rank:
@@ -117,7 +117,7 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     if spec.compile:
         model.ops = Pointwise.compiled()
     elif rank.device.type == "cuda" and fused_pointwise.AVAILABLE:
-        model.ops = fused_pointwise.fused_pointwise()
+        model.decode_ops = fused_pointwise.fused_pointwise()
     model.setup_cache(spec.cache_blocks, spec.block_size, spec.max_model_len)
     if not spec.cuda_graphs:
         return Shard(model, None)

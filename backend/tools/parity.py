@@ -116,12 +116,17 @@ def graph_parity(runner: ModelRunner, seqs: list[int], new_tokens: int) -> dict[
     # The reference is the general path: eager, plain torch pointwise ops, K/V gathered for
     # SDPA; not the kernels the graphs captured (rank 0's choice: at TP > 1 workers keep theirs).
     model = runner.model
-    runner.use_graphs, in_place, ops = False, model.paged_decode, model.ops
-    model.paged_decode, model.ops = False, Pointwise()
+    runner.use_graphs, in_place, ops, decode_ops = (
+        False,
+        model.paged_decode,
+        model.ops,
+        model.decode_ops,
+    )
+    model.paged_decode, model.ops, model.decode_ops = False, Pointwise(), None
     try:
         eager, eager_logits = greedy(runner, prompts, new_tokens)
     finally:
-        model.paged_decode, model.ops = in_place, ops
+        model.paged_decode, model.ops, model.decode_ops = in_place, ops, decode_ops
     runner.use_graphs = True
     graph, graph_logits = greedy(runner, prompts, new_tokens, forced=eager)
     differing = sum(a != b for s in seqs for a, b in zip(eager[s], graph[s], strict=True))

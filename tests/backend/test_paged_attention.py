@@ -73,7 +73,7 @@ def _general(qkv: Tensor, cos: Tensor, sin: Tensor, step: Step, cache: PagedKVCa
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize(
     "lengths",
-    [[1], [17], [1, 16, 64, 65, 200, 1000, 3, 513]],
+    [[1], [17], [1, 16, 64, 65, 200, 1000, 3, 513, 2000, 129]],
     ids=["first-token", "two-blocks", "mixed"],
 )
 @pytest.mark.parametrize("static", [False, True], ids=["dense", "static-buffer"])
