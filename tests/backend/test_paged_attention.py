@@ -90,7 +90,7 @@ def test_kernel_equals_the_general_path(
     fused = PagedKVCache(blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype)
     fused.k.copy_(general.k)
     fused.v.copy_(general.v)
-    cos, sin = (t.to(dtype) for t in rope_tables(PRESETS["8b"], 1024, torch.device("cuda")))
+    cos, sin = (t.to(dtype) for t in rope_tables(PRESETS["8b"], 4096, torch.device("cuda")))
     # Rows strided as a batch's qkv_proj output leaves them, with room on each side.
     wide = torch.randn(len(lengths), 1, HEADS + 2 * KV_HEADS + 2, HEAD_DIM, generator=gen)
     qkv = wide.to("cuda", dtype)[:, :, 1:-1]
