@@ -11,7 +11,9 @@ Keys and values live in a paged cache: fixed-size blocks of ``block_size`` posit
 all sequences. A :class:`Step` says where each input token's K/V goes (``write_slots``) and
 which blocks each row attends over (``block_table``), so one code path serves a prefill chunk
 (one row, many tokens, possibly after a cached prefix) and a batched decode (many rows, one
-token each), and attention reads only the blocks a row holds, not the whole cache.
+token each), and attention reads only the blocks a row holds, not the whole cache. On a GPU a
+decode step takes a shortcut through :mod:`backend.paged_attention`: one kernel per layer for
+RoPE, the KV write and attention over the blocks in place; the general path is its reference.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from backend import paged_attention
 
 
 @dataclass(frozen=True)
@@ -212,8 +216,10 @@ class PassInputs:
     step: Step
     cos: Tensor  # [batch, seq, 1, head_dim]: the same for every head
     sin: Tensor
-    mask: Tensor
+    # None on decode steps through paged_attention, which reads the cache in place.
+    mask: Tensor | None
     ops: Pointwise
+    rope_tables: tuple[Tensor, Tensor]  # cos, sin of every position: what that kernel reads
 
 
 class PagedKVCache(nn.Module):
@@ -273,10 +279,17 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         heads, kv_heads, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(b, t, heads + 2 * kv_heads, hd)
+        cache, step = self.cache, inputs.step
+        if inputs.mask is None:  # decode: RoPE, the KV write and attention in one kernel
+            cos, sin = inputs.rope_tables
+            y = paged_attention.decode_attention(
+                qkv, cos, sin, cache.k, cache.v, step, cache.block_size
+            )
+            return self.o_proj(y)
         qk = inputs.ops.rope(qkv[:, :, : heads + kv_heads], inputs.cos, inputs.sin)
         q, k = qk.split((heads, kv_heads), dim=2)
-        self.cache.write(inputs.step, k, qkv[:, :, heads + kv_heads :])
-        keys, values = self.cache.read(inputs.step)
+        cache.write(step, k, qkv[:, :, heads + kv_heads :])
+        keys, values = cache.read(step)
         # Grouped-query attention without expanding K/V: the query heads of one KV head become
         # extra query rows, so any SDPA kernel (flash, memory-efficient) runs it as plain MHA.
         group = heads // kv_heads
@@ -337,6 +350,10 @@ class Transformer(nn.Module):
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.ops = Pointwise()
+        # For one-token-per-row steps instead of ``ops`` (backend.fused_pointwise says why).
+        self.decode_ops: Pointwise | None = None
+        # Decode steps attend through paged_attention's kernel (setup_cache: where it runs).
+        self.paged_decode = False
 
     def setup_cache(self, num_blocks: int, block_size: int, max_seq_len: int) -> None:
         """Allocate the paged KV cache and the rotary tables on the weights' device and dtype."""
@@ -346,6 +363,10 @@ class Transformer(nn.Module):
             attn = layer.self_attn
             attn.cache = PagedKVCache(num_blocks, block_size, attn.n_kv_heads, attn.head_dim, **kw)
         self.block_size = block_size
+        hd = self.config.head_dim
+        self.paged_decode = (
+            weight.is_cuda and paged_attention.AVAILABLE and hd & (hd - 1) == 0  # Triton: 2^n
+        )
         cos, sin = rope_tables(self.config, max_seq_len, weight.device)
         self.cos, self.sin = cos.to(weight.dtype), sin.to(weight.dtype)
 
@@ -353,12 +374,17 @@ class Transformer(nn.Module):
         """Logits ``[batch, seq, vocab]`` (``seq`` is 1 when ``step.last_only``)."""
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
         attn = self.layers[0].self_attn
+        decode = step.tokens.shape[1] == 1
+        in_place = self.paged_decode and decode
+        ops = self.decode_ops if decode and self.decode_ops is not None else self.ops
+        group = attn.n_heads // attn.n_kv_heads
         inputs = PassInputs(
             step=step,
             cos=self.cos[step.input_pos][:, :, None],
             sin=self.sin[step.input_pos][:, :, None],
-            mask=attention_mask(step, attn.n_heads // attn.n_kv_heads, self.block_size),
-            ops=self.ops,
+            mask=None if in_place else attention_mask(step, group, self.block_size),
+            ops=ops,
+            rope_tables=(self.cos, self.sin),
         )
         x, residual = self.embed_tokens(step.tokens), None
         for layer in self.layers:
@@ -366,5 +392,5 @@ class Transformer(nn.Module):
         assert residual is not None
         if step.last_only:
             x, residual = x[:, -1:], residual[:, -1:]
-        normed, _ = self.ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
+        normed, _ = ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
         return self.lm_head(normed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from backend import ranks
+from backend import fused_pointwise, ranks
 from backend.graphs import DecodeGraphs
 from backend.kv_blocks import blocks_for
 from backend.model import ModelConfig, Pointwise, Step, Transformer
@@ -49,7 +49,8 @@ class RunnerSpec:
     timeout_s: float = 30.0
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
-    # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise).
+    # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise) instead of
+    # the Triton kernels of backend.fused_pointwise that GPUs' decode steps get by default.
     compile: bool = False
 
     def rank(self, rank: int) -> ranks.Rank:
@@ -115,6 +116,8 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
     if spec.compile:
         model.ops = Pointwise.compiled()
+    elif rank.device.type == "cuda" and fused_pointwise.AVAILABLE:
+        model.decode_ops = fused_pointwise.fused_pointwise()
     model.setup_cache(spec.cache_blocks, spec.block_size, spec.max_model_len)
     if not spec.cuda_graphs:
         return Shard(model, None)

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from backend import ranks
+from backend import paged_attention, ranks
+from backend.model import PRESETS, PagedKVCache, Step, rope_tables
 from backend.runner import ModelRunner, RunnerSpec, worker_main
 from backend.sampling import SamplingParams, sample
 from backend.tools.parity import (
@@ -97,7 +98,9 @@ def attention_kernel_ms(device: torch.device, repeats: int = 20) -> dict[str, fl
     Shows which SDPA kernel the default dispatch picks for the model's call (GQA folded into
     the query rows, a boolean mask, K/V gathered from blocks): its time should match the
     memory-efficient kernel's, not the math fallback's. A kernel that refuses the call shows
-    its error instead.
+    its error instead. ``in-place`` is :mod:`backend.paged_attention`'s kernel on the same
+    shape, reading 64 blocks per row from a paged cache (RoPE and the K/V write included, no
+    gather, no mask): what decode steps on a GPU run.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -127,7 +130,34 @@ def attention_kernel_ms(device: torch.device, repeats: int = 20) -> dict[str, fl
             result[name] = (time.perf_counter() - start) / repeats * 1000
         except RuntimeError as exc:
             result[name] = str(exc).splitlines()[0][:80]
+    if paged_attention.AVAILABLE:
+        result["in-place"] = _in_place_attention_ms(device, repeats)
     return result
+
+
+def _in_place_attention_ms(device: torch.device, repeats: int) -> float:
+    rows, width, block_size = 32, 64, 16
+    cache = PagedKVCache(1 + rows * width, block_size, 8, 128, device=device, dtype=torch.bfloat16)
+    cache.k.normal_()
+    cache.v.normal_()
+    table = torch.arange(1, 1 + rows * width, device=device).view(rows, width)
+    pos = torch.full((rows, 1), width * block_size - 1, device=device)
+    step = Step(pos, pos, table[:, -1] * block_size + block_size - 1, table)
+    qkv = torch.randn(rows, 1, 48, 128, device=device, dtype=torch.bfloat16)
+    cos, sin = rope_tables(PRESETS["8b"], width * block_size, device)
+    cos, sin = cos.to(torch.bfloat16), sin.to(torch.bfloat16)
+    paged_attention.decode_attention(qkv, cos, sin, cache.k, cache.v, step, block_size)  # JIT
+    # Replayed as a graph, as decode steps run it: Python's launch cost would hide the kernel's.
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            paged_attention.decode_attention(qkv, cos, sin, cache.k, cache.v, step, block_size)
+    graph.replay()
+    _sync(device)
+    start = time.perf_counter()
+    graph.replay()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats * 1000
 
 
 def _streamed_bytes(runner: ModelRunner) -> int:

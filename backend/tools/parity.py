@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.model import Step
+from backend.model import Pointwise, Step
 from backend.runner import ModelRunner
 from backend.sampling import SamplingParams, sample
 
@@ -99,7 +99,7 @@ def greedy(
 
 
 def graph_parity(runner: ModelRunner, seqs: list[int], new_tokens: int) -> dict[str, Any]:
-    """Greedy tokens eagerly, then the same steps through graphs: do the picks agree?
+    """Greedy tokens eagerly through SDPA, then the same steps through graphs: do picks agree?
 
     ``differing`` counts the graph run's picks that differ from eager's (0: free-running greedy
     generation gives identical tokens). ``max_abs_diff`` is the largest logit difference over
@@ -113,8 +113,20 @@ def graph_parity(runner: ModelRunner, seqs: list[int], new_tokens: int) -> dict[
         s: random_prompt(vocab, length, seed=100 + s)
         for s, length in zip(seqs, PARITY_PROMPT_LENS, strict=False)
     }
-    runner.use_graphs = False
-    eager, eager_logits = greedy(runner, prompts, new_tokens)
+    # The reference is the general path: eager, plain torch pointwise ops, K/V gathered for
+    # SDPA; not the kernels the graphs captured (rank 0's choice: at TP > 1 workers keep theirs).
+    model = runner.model
+    runner.use_graphs, in_place, ops, decode_ops = (
+        False,
+        model.paged_decode,
+        model.ops,
+        model.decode_ops,
+    )
+    model.paged_decode, model.ops, model.decode_ops = False, Pointwise(), None
+    try:
+        eager, eager_logits = greedy(runner, prompts, new_tokens)
+    finally:
+        model.paged_decode, model.ops, model.decode_ops = in_place, ops, decode_ops
     runner.use_graphs = True
     graph, graph_logits = greedy(runner, prompts, new_tokens, forced=eager)
     differing = sum(a != b for s in seqs for a, b in zip(eager[s], graph[s], strict=True))
@@ -126,6 +138,7 @@ def graph_parity(runner: ModelRunner, seqs: list[int], new_tokens: int) -> dict[
         "tokens": new_tokens,
         "differing": differing,
         "equal": differing == 0,
+        "paged_kernel": in_place,
         "max_abs_diff": max(diffs, default=0.0),
         "logit_std": float(torch.stack(eager_logits).std()),
     }
