@@ -187,6 +187,14 @@ def _cross_checks(config: GatewayConfig) -> list[Problem]:
     problems.extend(_tenant_checks(config))
     if config.retries.backoff_base > config.retries.backoff_max:
         problems.append(Problem("retries.backoff_base", "exceeds retries.backoff_max"))
+    for path, url in (
+        ("cache.redis.url", config.cache.redis.url),
+        ("admission.shared_limits.redis_url", config.admission.shared_limits.redis_url),
+    ):
+        if url is not None and not _installed("redis.asyncio"):
+            problems.append(
+                Problem(path, "a Redis store needs redis-py: pip install 'tailgate[redis]'")
+            )
     if config.tracing.otlp.endpoint is not None and not _otel_installed():
         problems.append(
             Problem(
@@ -223,7 +231,12 @@ def _tenant_checks(config: GatewayConfig) -> list[Problem]:
 
 
 def _otel_installed() -> bool:
+    return _installed("opentelemetry.exporter.otlp.proto.http")
+
+
+def _installed(module: str) -> bool:
+    """Is an optional extra's module importable (without importing it)?"""
     try:
-        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
