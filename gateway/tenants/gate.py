@@ -121,7 +121,8 @@ class TenantGate:
         if used is None:
             used = ticket.charged_tokens if served else 0  # else the estimate stands
         self.metrics.tenant_tokens_for(tenant.name).inc(used)
-        await self.limiter.settle(tenant.name, tenant.limits, ticket.charged_tokens, used, now)
+        if tenant.limits.tokens_per_minute:  # only a token bucket has a charge to correct
+            await self.limiter.settle(tenant.name, tenant.limits, ticket.charged_tokens, used, now)
 
     def upstream_authorization(self, client_value: str | None, backend: str) -> str | None:
         """Without API keys the client's ``Authorization`` passes as before; with them it is a
