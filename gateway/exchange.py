@@ -150,8 +150,12 @@ class Exchange:
     def hedge_delay_s(self, streaming: bool, replayable: bool) -> float | None:
         """How long the try just started may wait for an answer before a hedge follows it;
         None: this request is not hedged (not safe to send twice, body not replayable, no
-        try left, hedging off, or no delay learned yet)."""
+        try left, hedging off, no delay learned yet, or no other backend in the group: a
+        hedge never goes to the backend it hedges, so a group of one would only pay for the
+        race)."""
         if not (self.resendable and replayable):
+            return None
+        if len(self.runtime.fleet.groups.get(self.group, ())) < 2:
             return None
         if self.tries >= self.runtime.config.retries.attempts:
             return None  # the hedge is a try too: retries.attempts bounds both

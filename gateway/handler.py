@@ -808,9 +808,8 @@ def _answer_observer(ctx: RequestContext, upstream: UpstreamResponse) -> AnswerO
     content_type = upstream.content_type
     if ctx.request.method != "POST" or upstream.status != 200 or content_type not in _ANSWER_TYPES:
         return None
-    body = ctx.body.buffered if ctx.body is not None else None
     streamed = content_type == "text/event-stream"
-    return AnswerObserver(streamed, ctx.started_at, ctx.model, body)
+    return AnswerObserver(streamed, ctx.started_at, ctx.model)  # the model: from RequestInfo
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -23,8 +23,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.routing import find_model
-
 # A stream's events are small (a token or a few); a line this long is not an OpenAI stream.
 MAX_EVENT_BYTES = 256 * 1024
 # A non-streamed answer is parsed whole; past this it is relayed unparsed.
@@ -64,9 +62,8 @@ class AnswerObserver:
     """Watches one response body of an OpenAI-style answer; see the module docstring.
 
     ``started_at`` is when the client's request arrived (so TTFT is what the client waited,
-    queueing and retries included). When the answer names no model, the request's is used:
-    ``model`` if the caller already knows it, else read from ``request_body`` at the end, once
-    the answer is relayed.
+    queueing and retries included). When the answer names no model, the request's ``model``
+    is used (the handler's :class:`RequestInfo` has it: the body is never parsed again here).
     """
 
     __slots__ = (
@@ -76,7 +73,6 @@ class AnswerObserver:
         "_last_at",
         "_model",
         "_prompt_tokens",
-        "_request_body",
         "_saw_choices",
         "_started_at",
         "_streamed",
@@ -89,10 +85,8 @@ class AnswerObserver:
         streamed: bool,
         started_at: float,
         model: str | None = None,
-        request_body: bytes | None = None,
     ) -> None:
         self._streamed = streamed
-        self._request_body = request_body
         self._started_at = started_at
         self._model = model
         self._buffer = bytearray()
@@ -140,8 +134,6 @@ class AnswerObserver:
             else:
                 self._whole_body(now)
         self._buffer.clear()
-        if self._model is None:
-            self._model = find_model(self._request_body).model
         completion, source = self._completion_tokens()
         return AnswerReport(
             streamed=self._streamed,

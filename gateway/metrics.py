@@ -366,6 +366,8 @@ class GatewayMetrics:
         self.unparsed_answers_for = Children(self.unparsed_answers)
         self.cache_requests_for = Children(self.cache_requests)
         self.cache_coalesced_for = Children(self.cache_coalesced)
+        self.tenant_requests_for = Children(self.tenant_requests)
+        self.tenant_tokens_for = Children(self.tenant_tokens)
         self.per_backend_gauges = (
             self.in_flight,
             self.queue_depth,

@@ -54,10 +54,13 @@ class Priority(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        """The metric label (``critical`` ...): looked up, since ``Enum.name`` is a descriptor
+        call and this runs for every request's metrics."""
+        return _LABELS[self]
 
 
 _BY_NAME = {p.name.lower(): p for p in Priority}
+_LABELS = {p: name for name, p in _BY_NAME.items()}
 
 
 class Refused(enum.Enum):

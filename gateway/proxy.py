@@ -114,8 +114,29 @@ class RequestBody:
             length is None and buffer_limit >= self._max_body
         ):
             self.consumed = True
+            arrived = self._arrived_whole()
+            if arrived is not None:
+                self.buffered = arrived
+                return
             self.buffered = b"".join([chunk async for chunk in self._chunks()])
             self._client_wait_s = 0.0  # read before any try: no try's latency to keep it out of
+
+    def _arrived_whole(self) -> bytes | None:
+        """The whole body when it has already arrived (most small bodies come in the same
+        packet as the headers), else None: then it needs no wait, so no deadline timer and no
+        async generator (one ``asyncio.timeout`` per chunk showed as ~9.5% of a small POST's
+        profile). A client still owed ``100 Continue`` has sent nothing yet."""
+        content = self._request.content
+        if self._continue_owed or not content.is_eof():
+            return None
+        try:
+            data = content.read_nowait()
+        except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise UpstreamFailure(Failure.CLIENT_BODY, detail) from exc
+        if len(data) > self._max_body:
+            raise BodyTooLarge()
+        return data
 
     @property
     def replayable(self) -> bool:

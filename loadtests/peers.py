@@ -64,12 +64,25 @@ class Peer:
         return self.kind != "direct"
 
 
+# What a new user runs (the embedded default config, ``gateway/default_config.yaml``) where the
+# benchmark template differs from it: access log on at info, backend /metrics scraped every
+# second, its limits, timeouts and health checks (tracing and hedging are on in both).
+SHIPPED_DEFAULTS = """
+balancer: {queue_depth: {scrape_interval: 1s}}
+timeouts: {connect: 1s, per_try: 30s, total: 60s}
+limits: {max_requests_per_backend: 256, max_pending: 1024, queue_timeout: 1s}
+outlier_detection: {consecutive_5xx: 5, consecutive_gateway_failure: 5, interval: 10s}
+health_check: {interval: 5s, timeout: 1s, unhealthy_threshold: 3, healthy_threshold: 2}
+logging: {access_log: true, level: info}
+"""
+
 PEERS: dict[str, Peer] = {
     p.label: p
     for p in (
         Peer("direct", "direct"),
         Peer("tailgate weighted_score", "tailgate", "weighted_score"),
         Peer("tailgate weighted_score --workers 2", "tailgate", "weighted_score", workers=2),
+        Peer("tailgate shipped defaults", "tailgate", "weighted_score", overrides=SHIPPED_DEFAULTS),
         Peer("tailgate peak_ewma", "tailgate", "peak_ewma"),
         Peer("tailgate least_request", "tailgate", "least_request"),
         Peer("envoy least_request", "envoy", "LEAST_REQUEST"),

@@ -117,11 +117,12 @@ class TenantGate:
         backend served (shed, failed) gets its whole charge back."""
         used = tokens_used(answer, ticket.prompt_tokens) if answer is not None else None
         tenant = ticket.tenant
-        self.metrics.tenant_requests.labels(tenant.name, ticket.priority.label).inc()
+        self.metrics.tenant_requests_for(tenant.name, ticket.priority.label).inc()
         if used is None:
             used = ticket.charged_tokens if served else 0  # else the estimate stands
-        self.metrics.tenant_tokens.labels(tenant.name).inc(used)
-        await self.limiter.settle(tenant.name, tenant.limits, ticket.charged_tokens, used, now)
+        self.metrics.tenant_tokens_for(tenant.name).inc(used)
+        if tenant.limits.tokens_per_minute:  # only a token bucket has a charge to correct
+            await self.limiter.settle(tenant.name, tenant.limits, ticket.charged_tokens, used, now)
 
     def upstream_authorization(self, client_value: str | None, backend: str) -> str | None:
         """Without API keys the client's ``Authorization`` passes as before; with them it is a

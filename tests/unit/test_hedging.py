@@ -85,6 +85,13 @@ def test_a_hedge_goes_to_the_other_backend_and_counts_as_a_try() -> None:
     assert exchange.hedge_delay_s(False, True) is None  # retries.attempts (2) bound both
 
 
+def test_a_group_of_one_backend_is_never_hedged() -> None:
+    """A hedge never goes to the backend it hedges: with no other, the race is skipped."""
+    one = "backends:\n  - {url: 'http://127.0.0.1:9001', name: only}\nhedging: {delay: 50ms}\n"
+    rt = Runtime(parse_config(one), clock=lambda: 0.0, rng=random.Random(1))
+    assert tried_once(rt).hedge_delay_s(False, True) is None
+
+
 def test_only_requests_safe_to_send_twice_are_hedged() -> None:
     rt = runtime("hedging: {delay: 50ms}\n")
     assert tried_once(rt, "POST", "/orders").hedge_delay_s(False, True) is None

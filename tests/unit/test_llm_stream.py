@@ -146,12 +146,13 @@ def test_json_that_is_no_answer_yields_nothing() -> None:
     assert report.unparsed is None
 
 
-def test_model_falls_back_to_the_request_body_when_the_answer_names_none() -> None:
-    observer = AnswerObserver(streamed=True, started_at=0.0, request_body=b'{"model": "qwen"}')
+def test_model_falls_back_to_the_requests_when_the_answer_names_none() -> None:
+    observer = AnswerObserver(streamed=True, started_at=0.0, model="qwen")
     observer.feed(sse({"choices": [{"delta": {"content": "a"}}]}), 0.1)
     assert observer.finish(0.2).model == "qwen"
-    given_model = AnswerObserver(streamed=True, started_at=0.0, model="known")
-    assert given_model.finish(0.1).model == "known"
+    named = AnswerObserver(streamed=True, started_at=0.0, model="qwen")
+    named.feed(sse(chat_chunk("a")), 0.1)
+    assert named.finish(0.2).model == "llama-3"  # the answer's own name wins
 
 
 def test_one_token_stream_has_no_time_per_output_token() -> None:
