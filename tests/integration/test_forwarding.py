@@ -128,7 +128,7 @@ async def test_backend_header_never_shows_an_unnamed_backends_address() -> None:
 
 
 async def test_round_robin_spreads_evenly() -> None:
-    extra = "balancer: {policy: round_robin}\n"
+    extra = "balancer: {policy: round_robin}\nhedging: {enabled: false}\n"  # counts picks
     async with pods_and_gateway(3, extra) as (pods, gw), aiohttp.ClientSession() as client:
         for _ in range(300):
             async with client.post(f"{base(gw)}/v1/completions", json={"prompt": "x"}) as resp:
