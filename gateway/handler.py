@@ -38,7 +38,12 @@ from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_parse import parse_request
-from gateway.resume import Transcript, continuation_body, without_opening_role
+from gateway.resume import (
+    Transcript,
+    continuation_body,
+    is_opening_role_only,
+    without_opening_role,
+)
 from gateway.routing import find_model
 from gateway.runtime import Runtime
 from gateway.tenants import Admitted, Refusal
@@ -308,7 +313,8 @@ class ProxyHandler:
                     first_chunk = await upstream.readany()
                 except UpstreamError as exc:  # nothing relayed yet: still a clean failure
                     raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
-                one.attempt.got_first_body_byte()
+                if not is_opening_role_only(first_chunk):  # else the relay's next one is
+                    one.attempt.got_first_body_byte()
         except BaseException:
             upstream.close()
             raise
@@ -538,7 +544,8 @@ class ProxyHandler:
         continuation: bool = False,
     ) -> None:
         """Relay body chunks as they arrive (an event stream whole events at a time, when it
-        could be resumed). A stream's first chunk is its time to first token (see
+        could be resumed). A stream's first chunk that is not only the chat opening event (the
+        role, sent before prefill) is its time to first token (see
         :meth:`Attempt.got_first_body_byte`). An upstream break after the first byte resumes
         an event stream on another backend where it can (``gateway.resume``), else ends it
         with an OpenAI-shaped error event and a clean end (the client's SDK raises on it; a
@@ -555,7 +562,8 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
-            att.got_first_body_byte()  # once, for a stream (a no-op after that)
+            if att.first_body_at is None and not is_opening_role_only(chunk):
+                att.got_first_body_byte()  # a stream's first token, once
             if relay.transcript is not None:
                 chunk = relay.transcript.feed(chunk)
             if continuation and chunk:
