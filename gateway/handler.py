@@ -523,6 +523,8 @@ class ProxyHandler:
                 transcript = Transcript(ctx.config.retries.buffer_limit)
             relay = _Relay(response, observer, transcript)
             await self._stream_body(ctx, relay, source, streaming, att, endpoint)
+            if transcript is not None and ctx.failure is None:
+                self._answer_relayed(ctx, transcript)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
@@ -589,6 +591,18 @@ class ProxyHandler:
         metrics.broken_streams.labels(route, "error_event").inc()
         await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
         await response.write_eof()
+
+    def _answer_relayed(self, ctx: RequestContext, transcript: Transcript) -> None:
+        """A stream ended whole: tell the policy what the backend that finished it (after a
+        resume, the continuation's) now holds, when the request's prompt was hashed for it."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        request = exchange.request
+        if not request.blocks or transcript.overflowed:
+            return
+        text, _, finished = transcript.streamed()
+        if finished and text:
+            self.runtime.answer_relayed(exchange.group, ctx.backend, request, text)
 
     def _resumable(self, ctx: RequestContext) -> bool:
         exchange, body = ctx.exchange, ctx.body

@@ -74,6 +74,7 @@ def balancer_settings(config: GatewayConfig) -> BalancerSettings:
         default_latency_s=b.default_latency,
         prefix_capacity_blocks=b.prefix.capacity_blocks,
         load_bound=b.prefix.load_bound,
+        prefix_queue_weight=b.prefix.queue_weight,
         session_affinity=b.prefix.session_affinity,
     )
 
@@ -330,6 +331,13 @@ class Runtime:
         sent = getattr(self.policy_for(group), "sent", None)
         cached = sent(endpoint.name, request) if sent is not None else 0
         return request.prompt_tokens - cached, request.output_tokens
+
+    def answer_relayed(self, group: str, backend: str, request: RequestInfo, answer: str) -> None:
+        """``backend`` streamed ``answer`` (whole) to ``request``: a policy with a prefix index
+        learns that the backend now caches the prompt and the answer (its ``answered`` hook)."""
+        answered = getattr(self.policy_for(group), "answered", None)
+        if answered is not None:
+            answered(backend, request, answer)
 
     def capacity_freed(self, endpoint: Endpoint) -> None:
         """A try at ``endpoint`` finished: its slot goes to the head of its group's queue."""

@@ -15,11 +15,11 @@ from gateway.balancer.weighted_score import WeightedScore
 from gateway.request_info import RequestInfo
 from gateway.request_parse import parse_request
 
-ALPHA, BETA, DEFAULT_S = 0.6, 0.4, 0.1
+ALPHA, BETA, DEFAULT_S, QUEUE_WEIGHT = 0.6, 0.4, 0.1, 0.1
 
 
 def policy(load_bound: float = 0.25, session_affinity: bool = False) -> PrefixAware:
-    return PrefixAware(ALPHA, BETA, DEFAULT_S, 10_000, load_bound, session_affinity)
+    return PrefixAware(ALPHA, BETA, DEFAULT_S, 10_000, load_bound, session_affinity, QUEUE_WEIGHT)
 
 
 def fleet(n: int) -> list[SimpleCandidate]:
@@ -172,6 +172,7 @@ def test_a_nearly_full_kv_cache_counts_as_load() -> None:
     before = p.request_cost(pods[0], request, 0, 0.0)
     pods[0].signals.report_kv_usage(0.99, 0.0)
     after = p.request_cost(pods[0], request, 0, 0.0)
-    assert after == pytest.approx(before + BETA * 4.0 * 0.9)  # 1 request now weighs 4.6
+    # 1 request now weighs 4.6
+    assert after == pytest.approx(before + BETA * QUEUE_WEIGHT * 4.0 * 0.9)
     pods[1].signals.report_kv_usage(0.5, 0.0)  # far from full: no pressure
     assert p.request_cost(pods[1], request, 0, 0.0) == pytest.approx(before)
