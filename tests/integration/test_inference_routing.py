@@ -17,11 +17,15 @@ pytestmark = pytest.mark.timeout(60)
 
 
 EVENTS = (b'data: {"choices": [{"text": "t"}]}\n\n', b"data: [DONE]\n\n")
+ROLE_EVENT = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
 
 
-def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[None]]:
+def eager_head_server(
+    first_event_after_s: float, role_first: bool = False
+) -> Callable[..., Awaitable[None]]:
     """A backend that sends a stream's head at once and its first event late, as vLLM and
-    SGLang do (the head goes out before prefill). Raw HTTP/1.1: aiohttp's own server would
+    SGLang do (the head goes out before prefill); ``role_first``: a chat stream's role-only
+    opening event goes out with the head too. Raw HTTP/1.1: aiohttp's own server would
     hold the head back until the first body write."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -37,6 +41,8 @@ def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[Non
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n"
                 )
+                if role_first:
+                    writer.write(b"%x\r\n%s\r\n" % (len(ROLE_EVENT), ROLE_EVENT))
                 await writer.drain()
                 await asyncio.sleep(first_event_after_s)  # the prefill this backend takes
                 for event in EVENTS:
@@ -52,11 +58,12 @@ def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[Non
 
 
 @asynccontextmanager
-async def backends(*delays_s: float) -> AsyncIterator[list[str]]:
+async def backends(*delays_s: float, role_first: bool = False) -> AsyncIterator[list[str]]:
     servers = []
     try:
         for delay_s in delays_s:
-            servers.append(await asyncio.start_server(eager_head_server(delay_s), "127.0.0.1", 0))
+            serve = eager_head_server(delay_s, role_first)
+            servers.append(await asyncio.start_server(serve, "127.0.0.1", 0))
         yield [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
     finally:
         for server in servers:
@@ -81,12 +88,14 @@ async def chat(client: aiohttp.ClientSession, url: str, messages: list[dict[str,
         return resp.headers["X-Tailgate-Backend"]
 
 
-async def test_a_stream_whose_first_event_is_late_is_avoided() -> None:
-    """Both backends answer the head at once; the slow one's first event comes 30x later.
-    Timed by the head, the two look alike and share the traffic; timed by the first event,
-    the slow one is learnt from its first answers and left alone."""
+@pytest.mark.parametrize("role_first", [False, True], ids=["head-first", "role-event-first"])
+async def test_a_stream_whose_first_event_is_late_is_avoided(role_first: bool) -> None:
+    """Both backends answer the head at once; the slow one's first token comes 30x later.
+    Timed by the head (or by a chat stream's role-only opening event, which vLLM-like servers
+    send before prefill too), the two look alike and share the traffic; timed by the first
+    token, the slow one is learnt from its first answers and left alone."""
     hello = [{"role": "user", "content": "hi"}]
-    async with backends(0.3, 0.01) as urls:
+    async with backends(0.3, 0.01, role_first=role_first) as urls:
         async with running_gateway(gateway_config(urls, ["slow", "fast"])) as gw:
             async with aiohttp.ClientSession() as client:
                 # four at once: the queue term spreads them, so both backends are measured

@@ -176,3 +176,26 @@ def test_a_nearly_full_kv_cache_counts_as_load() -> None:
     assert after == pytest.approx(before + BETA * QUEUE_WEIGHT * 4.0 * 0.9)
     pods[1].signals.report_kv_usage(0.5, 0.0)  # far from full: no pressure
     assert p.request_cost(pods[1], request, 0, 0.0) == pytest.approx(before)
+
+
+def test_the_streamed_answer_is_learnt_as_cached_where_it_was_written() -> None:
+    """The next turn quotes the answer: the backend that wrote it matches that far too, not
+    only as far as the previous prompt (which a backend holding only the system prompt
+    nearly equals)."""
+    p = policy()
+    first = chat("sys ", "q1 ")
+    answer = "an answer " * 80
+    messages = [
+        {"role": "system", "content": "sys " * (8 * BLOCK_CHARS // 4)},
+        {"role": "user", "content": "q1 " * (2 * BLOCK_CHARS // 3)},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q2 " * (2 * BLOCK_CHARS // 3)},
+    ]
+    nxt = parse_request(json.dumps({"messages": messages}).encode(), {}, with_blocks=True)
+    p.sent("pod-0", first)
+    before = p.index.matched_blocks("pod-0", nxt.blocks)
+    assert before == len(first.blocks)
+    p.answered("pod-0", first, answer)
+    after = p.index.matched_blocks("pod-0", nxt.blocks)
+    assert after >= before + len(answer) // BLOCK_CHARS
+    assert p.index.matched_blocks("pod-1", nxt.blocks) == 0
