@@ -73,7 +73,9 @@ from gateway.request_parse import continued_prompt
 
 TOKENS_PER_BLOCK = BLOCK_CHARS / CHARS_PER_TOKEN
 HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it lives
-MAX_HOLDERS = 3  # holders of the deepest block scored per pick (any of them holds it all)
+# Holders of the deepest block scored per pick: any of them holds it all, so two give a choice
+# by load, and each one more costs a score (~3 us at 1,000 backends).
+MAX_HOLDERS = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # The prefill speed assumed before any backend of the fleet has been measured, as a share of
 # the default latency per token: a 1,000-token prompt takes one default latency.
@@ -103,6 +105,10 @@ class PrefixAware(WeightedScore):
         self.queue_weight = queue_weight
         self._ring = HashRing(())
         self._mean_load = 0.0
+        self._load_limit = 1.0  # (1 + load_bound) * mean load + 1, per refresh
+        self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
+        self._per_load = 0.0  # beta * queue_weight / the fleet's queue per weight, per refresh
+        self._fold_exchange_rates()
         self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
         self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
@@ -114,12 +120,14 @@ class PrefixAware(WeightedScore):
         """The fleet medians, the mean load, the ring; forgets backends that left or were
         ejected (their caches are gone or will be cold when they return)."""
         super().refresh(candidates, now)
+        self._fold_exchange_rates()
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
         self.index.retain(names)
         if candidates:
             self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
+        self._load_limit = (1.0 + self.load_bound) * self._mean_load + 1.0
         lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
         if lines:
             self._prior_line = (
@@ -202,22 +210,35 @@ class PrefixAware(WeightedScore):
         self, candidate: Candidate, request: RequestInfo, cached_blocks: int, now: float
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
+        # Written for the hot path (called for each of up to five options per pick): the
+        # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
         work = signals.work
-        uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
+        uncached = request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK
+        if uncached < TOKENS_PER_BLOCK:
+            uncached = TOKENS_PER_BLOCK
+        in_flight = signals.in_flight
         depth = signals.queue_depth(now)
-        others = max(0.0, depth - signals.in_flight) * self._mean_prefill
-        line = work.line() or self._prior_line
-        predicted_s = line[0] + line[1] * (work.prefill_tokens + others + uncached)
-        stall_s = line[1] * uncached * signals.in_flight
-        latency_s = max(predicted_s, signals.waiting_age_s(now)) + stall_s
-        fleet = self._fleet
+        others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
+        base_s, s_per_token = work.line() or self._prior_line
+        latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
+        waiting_s = signals.waiting_age_s(now)
+        if waiting_s > latency_s:
+            latency_s = waiting_s
+        latency_s += s_per_token * uncached * in_flight  # the stall
         load = depth / effective_weight(candidate, now)
-        pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
-        queue_term = (1.0 + KV_PRESSURE_WEIGHT * pressure) * load / max(1.0, fleet.queue_per_weight)
-        return self.alpha * latency_s / fleet.latency_s + self.beta * self.queue_weight * queue_term
+        kv = signals.kv_usage(now)
+        if kv > KV_PRESSURE_FROM:
+            load *= 1.0 + KV_PRESSURE_WEIGHT * (kv - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
+        return self._per_latency_s * latency_s + self._per_load * load
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _fold_exchange_rates(self) -> None:
+        """The score's two exchange rates with the fleet's references folded in."""
+        fleet = self._fleet
+        self._per_latency_s = self.alpha / fleet.latency_s
+        self._per_load = self.beta * self.queue_weight / max(1.0, fleet.queue_per_weight)
 
     def _allowed_for(self, candidates: Sequence[Candidate]) -> dict[str, Candidate]:
         """Name -> candidate for this pick's candidates; rebuilt only when the list object
@@ -237,7 +258,7 @@ class PrefixAware(WeightedScore):
         return None
 
     def _within_bound(self, candidate: Candidate, now: float) -> bool:
-        return self._load(candidate, now) <= (1.0 + self.load_bound) * self._mean_load + 1.0
+        return self._load(candidate, now) <= self._load_limit
 
     @staticmethod
     def _load(candidate: Candidate, now: float) -> float:
