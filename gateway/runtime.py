@@ -320,16 +320,19 @@ class Runtime:
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
-    def work_sent(self, group: str, endpoint: Endpoint, request: RequestInfo) -> tuple[int, int]:
+    def work_sent(
+        self, group: str, endpoint: Endpoint, request: RequestInfo, first_try: bool = True
+    ) -> tuple[int, int]:
         """A try of ``request`` goes to ``endpoint``: the (prefill, decode) tokens it puts there.
 
         A policy with a prefix index learns here what was sent where (its optional ``sent``
-        hook), and says how much of the prompt it expects cached there already.
+        hook: learning at send on the first try only), and says how much of the prompt it
+        expects cached there already.
         """
         if request.prompt_tokens <= 0:
             return 0, 0
         sent = getattr(self.policy_for(group), "sent", None)
-        cached = sent(endpoint.name, request) if sent is not None else 0
+        cached = sent(endpoint.name, request, first_try) if sent is not None else 0
         return request.prompt_tokens - cached, request.output_tokens
 
     def answer_relayed(self, group: str, backend: str, request: RequestInfo, answer: str) -> None:

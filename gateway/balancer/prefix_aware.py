@@ -137,9 +137,14 @@ class PrefixAware(WeightedScore):
 
     # -- the record path ----------------------------------------------------------------------
 
-    def sent(self, backend: str, request: RequestInfo) -> int:
+    def sent(self, backend: str, request: RequestInfo, learn: bool = True) -> int:
         """A try of ``request`` goes to ``backend``: returns the prompt tokens expected cached
-        there, and records the prompt's blocks as cached there from now on."""
+        there, and (``learn``) records the prompt's blocks as cached there from now on.
+
+        Only a request's first try learns at send: a hedge or a retry goes to another backend
+        because the first was slow or failed, and if it learnt at once, two backends would
+        claim the prompt and the loser (cancelled, perhaps before its prefill) could draw the
+        next turn. The one that finishes the answer is learnt by :meth:`answered`."""
         blocks = request.blocks
         if not blocks:
             return 0
@@ -147,7 +152,8 @@ class PrefixAware(WeightedScore):
             request.prompt_tokens,
             round(self.index.matched_blocks(backend, blocks) * TOKENS_PER_BLOCK),
         )
-        self.index.record(backend, blocks)
+        if learn:
+            self.index.record(backend, blocks)
         uncached = request.prompt_tokens - cached
         self._mean_prefill += MEAN_PREFILL_SMOOTHING * (uncached - self._mean_prefill)
         return cached
@@ -160,8 +166,8 @@ class PrefixAware(WeightedScore):
         held only the system prompt, and sessions drifted off it."""
         if not request.blocks or not answer:
             return
-        blocks = block_hashes(continued_prompt(request, answer), request.model)
-        self.index.record(backend, blocks[len(request.blocks) :])
+        # The prompt's blocks again too: a winning hedge or retry did not learn them at send.
+        self.index.record(backend, block_hashes(continued_prompt(request, answer), request.model))
 
     # -- the pick -----------------------------------------------------------------------------
 

@@ -199,3 +199,15 @@ def test_the_streamed_answer_is_learnt_as_cached_where_it_was_written() -> None:
     after = p.index.matched_blocks("pod-0", nxt.blocks)
     assert after >= before + len(answer) // BLOCK_CHARS
     assert p.index.matched_blocks("pod-1", nxt.blocks) == 0
+
+
+def test_a_hedge_or_retry_learns_only_when_it_finishes_the_answer() -> None:
+    """The first try learns at send; a second try (a hedge, a retry) only once its answer is
+    whole, so a cancelled loser never claims the prompt."""
+    p = policy()
+    request = chat("sys ", "q1 ")
+    p.sent("pod-0", request)
+    p.sent("pod-1", request, learn=False)  # the hedge
+    assert p.index.matched_blocks("pod-1", request.blocks) == 0
+    p.answered("pod-1", request, "the answer " * 40)  # the hedge won
+    assert p.index.matched_blocks("pod-1", request.blocks) == len(request.blocks)
