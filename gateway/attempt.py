@@ -128,7 +128,8 @@ class Attempt:
                 self.endpoint.signals.report_queue_depth(depth, now)
 
     def got_first_body_byte(self) -> None:
-        """A stream's first body byte arrived: its time to first token, its prefill done, and
+        """A stream's first body byte arrived (the handler skips a chat stream's role-only
+        opening event, sent before prefill): its time to first token, its prefill done, and
         what a streamed try's hedge delay is made of."""
         if self.first_body_at is not None or not self.streaming:
             return

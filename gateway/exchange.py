@@ -135,7 +135,7 @@ class Exchange:
         self.tried.append(endpoint.name)
         self.tries += 1
         rt = self.runtime
-        prefill, decode = rt.work_sent(self.group, endpoint, self.request)
+        prefill, decode = rt.work_sent(self.group, endpoint, self.request, self.tries == 1)
         return Attempt(
             endpoint,
             rt.clock,

@@ -38,7 +38,12 @@ from gateway.llm_stream import AnswerObserver, AnswerReport
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
 from gateway.request_parse import parse_request
-from gateway.resume import Transcript, continuation_body, without_opening_role
+from gateway.resume import (
+    Transcript,
+    continuation_body,
+    is_opening_role_only,
+    without_opening_role,
+)
 from gateway.routing import find_model
 from gateway.runtime import Runtime
 from gateway.tenants import Admitted, Refusal
@@ -314,7 +319,8 @@ class ProxyHandler:
                     first_chunk = await upstream.readany()
                 except UpstreamError as exc:  # nothing relayed yet: still a clean failure
                     raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
-                one.attempt.got_first_body_byte()
+                if not is_opening_role_only(first_chunk):  # else the relay's next one is
+                    one.attempt.got_first_body_byte()
         except BaseException:
             upstream.close()
             raise
@@ -523,6 +529,8 @@ class ProxyHandler:
                 transcript = Transcript(ctx.config.retries.buffer_limit)
             relay = _Relay(response, observer, transcript)
             await self._stream_body(ctx, relay, source, streaming, att, endpoint)
+            if transcript is not None and ctx.failure is None:
+                self._answer_relayed(ctx, transcript)
         except ConnectionError:  # the client left (aiohttp's reset error is one too)
             att.failed(Failure.CLIENT_GONE)
             upstream.close()
@@ -544,7 +552,8 @@ class ProxyHandler:
         continuation: bool = False,
     ) -> None:
         """Relay body chunks as they arrive (an event stream whole events at a time, when it
-        could be resumed). A stream's first chunk is its time to first token (see
+        could be resumed). A stream's first chunk that is not only the chat opening event (the
+        role, sent before prefill) is its time to first token (see
         :meth:`Attempt.got_first_body_byte`). An upstream break after the first byte resumes
         an event stream on another backend where it can (``gateway.resume``), else ends it
         with an OpenAI-shaped error event and a clean end (the client's SDK raises on it; a
@@ -561,7 +570,8 @@ class ProxyHandler:
                 return
             if not chunk:
                 break
-            att.got_first_body_byte()  # once, for a stream (a no-op after that)
+            if att.first_body_at is None and not is_opening_role_only(chunk):
+                att.got_first_body_byte()  # a stream's first token, once
             if relay.transcript is not None:
                 chunk = relay.transcript.feed(chunk)
             if continuation and chunk:
@@ -587,6 +597,18 @@ class ProxyHandler:
         metrics.broken_streams.labels(route, "error_event").inc()
         await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
         await response.write_eof()
+
+    def _answer_relayed(self, ctx: RequestContext, transcript: Transcript) -> None:
+        """A stream ended whole: tell the policy what the backend that finished it (after a
+        resume, the continuation's) now holds, when the request's prompt was hashed for it."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        request = exchange.request
+        if not request.blocks or transcript.overflowed:
+            return
+        text, _, finished = transcript.streamed()
+        if finished and text:
+            self.runtime.answer_relayed(exchange.group, ctx.backend, request, text)
 
     def _resumable(self, ctx: RequestContext) -> bool:
         exchange, body = ctx.exchange, ctx.body

@@ -26,6 +26,7 @@ class RequestInfo:
     stream: bool = False
     session: str | None = None  # a configured session header, or the body's ``user``
     blocks: tuple[int, ...] = ()  # the prompt's chained block hashes (gateway.affinity.blocks)
+    chat: bool = False  # the prompt is chat ``messages`` flattened (else completions' prompt)
 
     @property
     def output_tokens(self) -> int:

@@ -53,7 +53,7 @@ def parse_request(
         return RequestInfo(session=session) if session else NO_INFO
     model = doc.get("model")
     model = model if isinstance(model, str) else None
-    prompt = _prompt_of(doc)
+    prompt, chat = _prompt_of(doc)
     if session is None:
         user = doc.get("user")
         session = user if isinstance(user, str) and user else None
@@ -68,20 +68,29 @@ def parse_request(
         stream=doc.get("stream") is True,
         session=session,
         blocks=block_hashes(prompt, model) if with_blocks and prompt else (),
+        chat=chat,
     )
 
 
-def _prompt_of(doc: dict[str, object]) -> str | None:
+def continued_prompt(request: RequestInfo, answer: str) -> str:
+    """The prompt of the request that quotes ``answer`` after ``request``'s own prompt, as
+    this module flattens it: a chat's next turn starts with the assistant message, a
+    completion's continuation is the prompt and the text."""
+    prompt = request.prompt or ""
+    return prompt + f"assistant: {answer}\n" if request.chat else prompt + answer
+
+
+def _prompt_of(doc: dict[str, object]) -> tuple[str | None, bool]:
     """Completions' ``prompt`` (a string, or the first of a list of strings), or chat
-    ``messages`` flattened with their roles."""
+    ``messages`` flattened with their roles; and whether it is the chat form."""
     prompt = doc.get("prompt")
     if isinstance(prompt, str):
-        return prompt
+        return prompt, False
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        return prompt[0]
+        return prompt[0], False
     messages = doc.get("messages")
     if not isinstance(messages, list):
-        return None
+        return None, False
     parts: list[str] = []
     for message in messages:
         if not isinstance(message, dict):
@@ -90,7 +99,7 @@ def _prompt_of(doc: dict[str, object]) -> str | None:
         parts.append(
             f"{role if isinstance(role, str) else 'user'}: {_text_of(message.get('content'))}\n"
         )
-    return "".join(parts) if parts else None
+    return ("".join(parts), True) if parts else (None, False)
 
 
 def _text_of(content: object) -> str:

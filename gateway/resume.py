@@ -129,6 +129,13 @@ def without_opening_role(ready: bytes) -> bytes:
     return ready
 
 
+def is_opening_role_only(chunk: bytes) -> bool:
+    """Is ``chunk`` nothing but a chat stream's opening event (the role, no text)? vLLM-like
+    servers may send it before prefill, so it is no first token: a TTFT measured to it would
+    read every backend as equally fast and every prompt as free to prefill."""
+    return bool(chunk) and not without_opening_role(chunk).strip()
+
+
 def _last_event_end(data: bytes) -> int:
     """Where the last whole event in ``data`` ends (0: none does)."""
     lf = data.rfind(_EVENT_END)

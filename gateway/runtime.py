@@ -74,6 +74,7 @@ def balancer_settings(config: GatewayConfig) -> BalancerSettings:
         default_latency_s=b.default_latency,
         prefix_capacity_blocks=b.prefix.capacity_blocks,
         load_bound=b.prefix.load_bound,
+        prefix_queue_weight=b.prefix.queue_weight,
         session_affinity=b.prefix.session_affinity,
     )
 
@@ -319,17 +320,27 @@ class Runtime:
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 
-    def work_sent(self, group: str, endpoint: Endpoint, request: RequestInfo) -> tuple[int, int]:
+    def work_sent(
+        self, group: str, endpoint: Endpoint, request: RequestInfo, first_try: bool = True
+    ) -> tuple[int, int]:
         """A try of ``request`` goes to ``endpoint``: the (prefill, decode) tokens it puts there.
 
         A policy with a prefix index learns here what was sent where (its optional ``sent``
-        hook), and says how much of the prompt it expects cached there already.
+        hook: learning at send on the first try only), and says how much of the prompt it
+        expects cached there already.
         """
         if request.prompt_tokens <= 0:
             return 0, 0
         sent = getattr(self.policy_for(group), "sent", None)
-        cached = sent(endpoint.name, request) if sent is not None else 0
+        cached = sent(endpoint.name, request, first_try) if sent is not None else 0
         return request.prompt_tokens - cached, request.output_tokens
+
+    def answer_relayed(self, group: str, backend: str, request: RequestInfo, answer: str) -> None:
+        """``backend`` streamed ``answer`` (whole) to ``request``: a policy with a prefix index
+        learns that the backend now caches the prompt and the answer (its ``answered`` hook)."""
+        answered = getattr(self.policy_for(group), "answered", None)
+        if answered is not None:
+            answered(backend, request, answer)
 
     def capacity_freed(self, endpoint: Endpoint) -> None:
         """A try at ``endpoint`` finished: its slot goes to the head of its group's queue."""

@@ -33,6 +33,7 @@ POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
         s.prefix_capacity_blocks,
         s.load_bound,
         s.session_affinity,
+        s.prefix_queue_weight,
     ),
 }
 

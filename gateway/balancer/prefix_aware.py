@@ -1,7 +1,7 @@
 """prefix_aware: weighted_score whose latency term is this request's predicted time to first
 token on each backend, from what is queued there and how much of its prompt is cached there.
 
-    score = alpha * ttft_term + beta * queue_term                  (lowest wins, ties at random)
+    score = alpha * ttft_term + beta * queue_weight * queue_term   (lowest wins, ties at random)
 
     ttft_term  = (max(predicted_ttft_i, waiting_age_i) + stall_i) / median_latency
     predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
@@ -31,6 +31,15 @@ token on each backend, from what is queued there and how much of its prompt is c
   * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
     slow as soon as its requests are older than its usual answers.
 
+``queue_weight`` (``balancer.prefix.queue_weight``, 0.1): the request count keeps a tenth of
+its weighted_score weight for a request with a prompt, because the TTFT term already counts
+what delays this request there (the queued prefill, the batch it stalls), and a request that
+is decoding costs a newcomer one decode slot per step (~0.3 ms of a 6.4 ms step on an
+8B model), not a request's worth of latency. At full weight the count outbid the cache: in
+the LLM harness's ``equal`` scenario (20 s), 8 of 56 follow-up turns left the backend that
+held their whole history for an idle backend that held none of it (prefix hits 79%); at 0.1
+none left (85%).
+
 Which backends are scored (O(1) per pick, not a scan): two random ones (as p2c), the backends
 that hold the prompt's deepest known block (at most ``MAX_HOLDERS``), and the prefix's *home*:
 its first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring (``gateway.affinity.ring``),
@@ -56,14 +65,17 @@ import random
 import statistics
 from collections.abc import Sequence
 
-from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex
+from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex, block_hashes
 from gateway.balancer.base import Candidate, effective_weight, sample_two
 from gateway.balancer.weighted_score import WeightedScore
 from gateway.request_info import RequestInfo
+from gateway.request_parse import continued_prompt
 
 TOKENS_PER_BLOCK = BLOCK_CHARS / CHARS_PER_TOKEN
 HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it lives
-MAX_HOLDERS = 3  # holders of the deepest block scored per pick (any of them holds it all)
+# Holders of the deepest block scored per pick: any of them holds it all, so two give a choice
+# by load, and each one more costs a score (~3 us at 1,000 backends).
+MAX_HOLDERS = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # The prefill speed assumed before any backend of the fleet has been measured, as a share of
 # the default latency per token: a 1,000-token prompt takes one default latency.
@@ -84,13 +96,19 @@ class PrefixAware(WeightedScore):
         capacity_blocks: int,
         load_bound: float,
         session_affinity: bool = False,
+        queue_weight: float = 0.1,
     ) -> None:
         super().__init__(alpha, beta, "p2c", default_latency_s)
         self.index = PrefixIndex(capacity_blocks)
         self.load_bound = load_bound
         self.session_affinity = session_affinity
+        self.queue_weight = queue_weight
         self._ring = HashRing(())
         self._mean_load = 0.0
+        self._load_limit = 1.0  # (1 + load_bound) * mean load + 1, per refresh
+        self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
+        self._per_load = 0.0  # beta * queue_weight / the fleet's queue per weight, per refresh
+        self._fold_exchange_rates()
         self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
         self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
@@ -102,12 +120,14 @@ class PrefixAware(WeightedScore):
         """The fleet medians, the mean load, the ring; forgets backends that left or were
         ejected (their caches are gone or will be cold when they return)."""
         super().refresh(candidates, now)
+        self._fold_exchange_rates()
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
         self.index.retain(names)
         if candidates:
             self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
+        self._load_limit = (1.0 + self.load_bound) * self._mean_load + 1.0
         lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
         if lines:
             self._prior_line = (
@@ -117,9 +137,14 @@ class PrefixAware(WeightedScore):
 
     # -- the record path ----------------------------------------------------------------------
 
-    def sent(self, backend: str, request: RequestInfo) -> int:
+    def sent(self, backend: str, request: RequestInfo, learn: bool = True) -> int:
         """A try of ``request`` goes to ``backend``: returns the prompt tokens expected cached
-        there, and records the prompt's blocks as cached there from now on."""
+        there, and (``learn``) records the prompt's blocks as cached there from now on.
+
+        Only a request's first try learns at send: a hedge or a retry goes to another backend
+        because the first was slow or failed, and if it learnt at once, two backends would
+        claim the prompt and the loser (cancelled, perhaps before its prefill) could draw the
+        next turn. The one that finishes the answer is learnt by :meth:`answered`."""
         blocks = request.blocks
         if not blocks:
             return 0
@@ -127,10 +152,22 @@ class PrefixAware(WeightedScore):
             request.prompt_tokens,
             round(self.index.matched_blocks(backend, blocks) * TOKENS_PER_BLOCK),
         )
-        self.index.record(backend, blocks)
+        if learn:
+            self.index.record(backend, blocks)
         uncached = request.prompt_tokens - cached
         self._mean_prefill += MEAN_PREFILL_SMOOTHING * (uncached - self._mean_prefill)
         return cached
+
+    def answered(self, backend: str, request: RequestInfo, answer: str) -> None:
+        """``backend`` streamed ``answer`` to ``request``: its prefix cache now holds the prompt
+        and the answer (vLLM and SGLang cache the generated blocks too), which is how the next
+        turn of the conversation starts. Without this a follow-up matched only the previous
+        prompt, so the backend that holds the whole history looked barely better than one that
+        held only the system prompt, and sessions drifted off it."""
+        if not request.blocks or not answer:
+            return
+        # The prompt's blocks again too: a winning hedge or retry did not learn them at send.
+        self.index.record(backend, block_hashes(continued_prompt(request, answer), request.model))
 
     # -- the pick -----------------------------------------------------------------------------
 
@@ -179,22 +216,35 @@ class PrefixAware(WeightedScore):
         self, candidate: Candidate, request: RequestInfo, cached_blocks: int, now: float
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
+        # Written for the hot path (called for each of up to five options per pick): the
+        # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
         work = signals.work
-        uncached = max(TOKENS_PER_BLOCK, request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK)
+        uncached = request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK
+        if uncached < TOKENS_PER_BLOCK:
+            uncached = TOKENS_PER_BLOCK
+        in_flight = signals.in_flight
         depth = signals.queue_depth(now)
-        others = max(0.0, depth - signals.in_flight) * self._mean_prefill
-        line = work.line() or self._prior_line
-        predicted_s = line[0] + line[1] * (work.prefill_tokens + others + uncached)
-        stall_s = line[1] * uncached * signals.in_flight
-        latency_s = max(predicted_s, signals.waiting_age_s(now)) + stall_s
-        fleet = self._fleet
+        others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
+        base_s, s_per_token = work.line() or self._prior_line
+        latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
+        waiting_s = signals.waiting_age_s(now)
+        if waiting_s > latency_s:
+            latency_s = waiting_s
+        latency_s += s_per_token * uncached * in_flight  # the stall
         load = depth / effective_weight(candidate, now)
-        pressure = max(0.0, signals.kv_usage(now) - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
-        queue_term = (1.0 + KV_PRESSURE_WEIGHT * pressure) * load / max(1.0, fleet.queue_per_weight)
-        return self.alpha * latency_s / fleet.latency_s + self.beta * queue_term
+        kv = signals.kv_usage(now)
+        if kv > KV_PRESSURE_FROM:
+            load *= 1.0 + KV_PRESSURE_WEIGHT * (kv - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
+        return self._per_latency_s * latency_s + self._per_load * load
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _fold_exchange_rates(self) -> None:
+        """The score's two exchange rates with the fleet's references folded in."""
+        fleet = self._fleet
+        self._per_latency_s = self.alpha / fleet.latency_s
+        self._per_load = self.beta * self.queue_weight / max(1.0, fleet.queue_per_weight)
 
     def _allowed_for(self, candidates: Sequence[Candidate]) -> dict[str, Candidate]:
         """Name -> candidate for this pick's candidates; rebuilt only when the list object
@@ -214,7 +264,7 @@ class PrefixAware(WeightedScore):
         return None
 
     def _within_bound(self, candidate: Candidate, now: float) -> bool:
-        return self._load(candidate, now) <= (1.0 + self.load_bound) * self._mean_load + 1.0
+        return self._load(candidate, now) <= self._load_limit
 
     @staticmethod
     def _load(candidate: Candidate, now: float) -> float:

@@ -12,7 +12,8 @@ class BalancerSettings:
     """`alpha` and `beta` weigh the latency and queue terms of `weighted_score`; `selection`
     applies to it only (least_request and peak_ewma always use power of two choices);
     `default_latency_s` is the prior until any endpoint of the fleet has been measured; the
-    `prefix_*`, `load_bound` and `session_affinity` fields are prefix_aware's."""
+    `prefix_*` (``prefix_queue_weight``: the queue term's share for requests with a prompt),
+    `load_bound` and `session_affinity` fields are prefix_aware's."""
 
     policy: str = "weighted_score"
     alpha: float = 0.6
@@ -21,6 +22,7 @@ class BalancerSettings:
     default_latency_s: float = 0.1
     prefix_capacity_blocks: int = 4096
     load_bound: float = 0.25
+    prefix_queue_weight: float = 0.1
     session_affinity: bool = False
 
     def __post_init__(self) -> None:
@@ -32,3 +34,5 @@ class BalancerSettings:
             raise ValueError("balancer.default_latency_s must be > 0")
         if self.prefix_capacity_blocks < 1 or not self.load_bound >= 0:
             raise ValueError("balancer.prefix: capacity_blocks must be >= 1, load_bound >= 0")
+        if not self.prefix_queue_weight >= 0:
+            raise ValueError("balancer.prefix.queue_weight must be >= 0")

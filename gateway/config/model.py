@@ -166,6 +166,11 @@ class PrefixConfig:
         check=non_negative,
         doc="affinity never sends to a backend above (1 + this) x mean load",
     )
+    queue_weight: float = field(
+        0.1,
+        check=non_negative,
+        doc="share of beta the request-count queue term keeps for a request with a prompt",
+    )
     session_header: str | None = field(None, doc="request header whose value is the session key")
     session_affinity: bool = field(False, doc="the same session key prefers the same backend")
 

@@ -74,6 +74,8 @@ def render(rows: list[LlmRow], slo: Slo, plot_ref: str, cmd: str) -> str:
         report.tables(rows),
         report.lag_note(rows),
         "",
+        report.hedge_note(rows),
+        "",
         f"![TTFT distributions]({plot_ref})",
     ]
     return "\n".join(parts) + "\n"
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(c) for c in settings.load_cpus.split(",")})
 
     def progress(row: LlmRow) -> None:
-        print(f"{row.scenario:12} {report.row_line(row)}", file=sys.stderr, flush=True)
+        print(f"{row.scenario:12} {report.row_line(row)} {row.hedges}", file=sys.stderr, flush=True)
 
     rows = run_all([SCENARIOS[n] for n in names], peers, settings, slo, progress)
     args.out.mkdir(parents=True, exist_ok=True)

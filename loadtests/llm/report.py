@@ -67,6 +67,17 @@ def lag_note(rows: Sequence[LlmRow]) -> str:
     return text + " No run fell behind its schedule."
 
 
+def hedge_note(rows: Sequence[LlmRow]) -> str:
+    """tailgate's hedges per row (``tailgate_hedges_total`` by event): a hedge goes to another
+    backend, so on prefix-cached traffic it is affinity undone."""
+    cells = [
+        f"{r.scenario}/{r.peer} " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.hedges.items()))
+        for r in rows
+        if r.hedges
+    ]
+    return "tailgate hedges: " + "; ".join(cells) + "." if cells else "tailgate hedges: none."
+
+
 def legend(slo: Slo) -> str:
     return (
         "Milliseconds; TTFT and e2e percentiles rank failures as the slowest (`fail` where "

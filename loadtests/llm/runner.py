@@ -23,7 +23,7 @@ from loadtests.llm.scenarios import LlmFault, LlmScenario
 from loadtests.llm.summary import LlmSummary, Slo, ranked_ttft_s, summarize
 from loadtests.llm.workloads import plan
 from loadtests.peers import Backend, Budget, Peer
-from loadtests.runner import PairRun, Settings, _run_async
+from loadtests.runner import PairRun, Settings, _run_async, _tailgate_hedges
 
 # Streams last seconds, so the per-try allowance (time to the response head for most peers,
 # between reads for nginx) and the total are long; a hung pod still costs a retry's wait.
@@ -65,6 +65,7 @@ class LlmRow:
     ranked_ttft_s: list[float] = field(default_factory=list)  # inf = failed
     cache_hit_rate: float = float("nan")  # prompt tokens found cached, over the fleet
     aborted: int = 0  # sequences the pods dropped because their client went away
+    hedges: dict[str, float] = field(default_factory=dict)  # tailgate's tailgate_hedges_total
     note: str = ""
 
 
@@ -138,6 +139,7 @@ def run_pair(scenario: LlmScenario, peer: Peer, settings: Settings, slo: Slo) ->
             run_sessions(urls[0], sessions, settings.client_timeout_s, events)
         )
         stats = pair.pod_stats()
+        hedges = _tailgate_hedges(pair.admin_port) if peer.kind == "tailgate" else {}
     queries = sum(s["prefix_queries_tokens"] for s in stats)
     hits = sum(s["prefix_hits_tokens"] for s in stats)
     return LlmRow(
@@ -147,6 +149,7 @@ def run_pair(scenario: LlmScenario, peer: Peer, settings: Settings, slo: Slo) ->
         ranked_ttft_s=ranked_ttft_s(outcomes),
         cache_hit_rate=hits / queries if queries else float("nan"),
         aborted=int(sum(s["aborted"] for s in stats)),
+        hedges=hedges,
     )
 
 

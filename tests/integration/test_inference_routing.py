@@ -11,17 +11,21 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 
-from tests.helpers import base, running_gateway
+from tests.helpers import admin, base, get_json, running_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
 
 EVENTS = (b'data: {"choices": [{"text": "t"}]}\n\n', b"data: [DONE]\n\n")
+ROLE_EVENT = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
 
 
-def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[None]]:
+def eager_head_server(
+    first_event_after_s: float, role_first: bool = False
+) -> Callable[..., Awaitable[None]]:
     """A backend that sends a stream's head at once and its first event late, as vLLM and
-    SGLang do (the head goes out before prefill). Raw HTTP/1.1: aiohttp's own server would
+    SGLang do (the head goes out before prefill); ``role_first``: a chat stream's role-only
+    opening event goes out with the head too. Raw HTTP/1.1: aiohttp's own server would
     hold the head back until the first body write."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -37,6 +41,8 @@ def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[Non
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n"
                 )
+                if role_first:
+                    writer.write(b"%x\r\n%s\r\n" % (len(ROLE_EVENT), ROLE_EVENT))
                 await writer.drain()
                 await asyncio.sleep(first_event_after_s)  # the prefill this backend takes
                 for event in EVENTS:
@@ -52,11 +58,12 @@ def eager_head_server(first_event_after_s: float) -> Callable[..., Awaitable[Non
 
 
 @asynccontextmanager
-async def backends(*delays_s: float) -> AsyncIterator[list[str]]:
+async def backends(*delays_s: float, role_first: bool = False) -> AsyncIterator[list[str]]:
     servers = []
     try:
         for delay_s in delays_s:
-            servers.append(await asyncio.start_server(eager_head_server(delay_s), "127.0.0.1", 0))
+            serve = eager_head_server(delay_s, role_first)
+            servers.append(await asyncio.start_server(serve, "127.0.0.1", 0))
         yield [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
     finally:
         for server in servers:
@@ -94,6 +101,20 @@ async def test_a_stream_whose_first_event_is_late_is_avoided() -> None:
                 assert set(warm) == {"slow", "fast"}
                 got = Counter([await chat(client, base(gw), hello) for _ in range(20)])
     assert got["slow"] <= 3 and got["fast"] >= 17
+
+
+async def test_time_to_first_token_is_measured_past_a_role_only_opening_event() -> None:
+    """The role event comes with the head, the token 0.2 s later: the TTFT the backend is
+    fitted with (``/admin/backends``) is the token's, not the role event's ~0."""
+    hello = [{"role": "user", "content": "hi"}]
+    async with backends(0.2, role_first=True) as urls:
+        async with running_gateway(gateway_config(urls, ["late"])) as gw:
+            async with aiohttp.ClientSession() as client:
+                for _ in range(3):
+                    await chat(client, base(gw), hello)
+            state = await get_json(f"{admin(gw)}/admin/backends")
+    signals = state["groups"]["default"]["backends"][0]["signals"]
+    assert signals["ttft_base_s"] + signals["ttft_s_per_token"] * 10 >= 0.15
 
 
 async def test_prefix_aware_keeps_a_conversation_where_its_prefix_is_cached() -> None:

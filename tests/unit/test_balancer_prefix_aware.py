@@ -15,11 +15,11 @@ from gateway.balancer.weighted_score import WeightedScore
 from gateway.request_info import RequestInfo
 from gateway.request_parse import parse_request
 
-ALPHA, BETA, DEFAULT_S = 0.6, 0.4, 0.1
+ALPHA, BETA, DEFAULT_S, QUEUE_WEIGHT = 0.6, 0.4, 0.1, 0.1
 
 
 def policy(load_bound: float = 0.25, session_affinity: bool = False) -> PrefixAware:
-    return PrefixAware(ALPHA, BETA, DEFAULT_S, 10_000, load_bound, session_affinity)
+    return PrefixAware(ALPHA, BETA, DEFAULT_S, 10_000, load_bound, session_affinity, QUEUE_WEIGHT)
 
 
 def fleet(n: int) -> list[SimpleCandidate]:
@@ -172,6 +172,42 @@ def test_a_nearly_full_kv_cache_counts_as_load() -> None:
     before = p.request_cost(pods[0], request, 0, 0.0)
     pods[0].signals.report_kv_usage(0.99, 0.0)
     after = p.request_cost(pods[0], request, 0, 0.0)
-    assert after == pytest.approx(before + BETA * 4.0 * 0.9)  # 1 request now weighs 4.6
+    # 1 request now weighs 4.6
+    assert after == pytest.approx(before + BETA * QUEUE_WEIGHT * 4.0 * 0.9)
     pods[1].signals.report_kv_usage(0.5, 0.0)  # far from full: no pressure
     assert p.request_cost(pods[1], request, 0, 0.0) == pytest.approx(before)
+
+
+def test_the_streamed_answer_is_learnt_as_cached_where_it_was_written() -> None:
+    """The next turn quotes the answer: the backend that wrote it matches that far too, not
+    only as far as the previous prompt (which a backend holding only the system prompt
+    nearly equals)."""
+    p = policy()
+    first = chat("sys ", "q1 ")
+    answer = "an answer " * 80
+    messages = [
+        {"role": "system", "content": "sys " * (8 * BLOCK_CHARS // 4)},
+        {"role": "user", "content": "q1 " * (2 * BLOCK_CHARS // 3)},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q2 " * (2 * BLOCK_CHARS // 3)},
+    ]
+    nxt = parse_request(json.dumps({"messages": messages}).encode(), {}, with_blocks=True)
+    p.sent("pod-0", first)
+    before = p.index.matched_blocks("pod-0", nxt.blocks)
+    assert before == len(first.blocks)
+    p.answered("pod-0", first, answer)
+    after = p.index.matched_blocks("pod-0", nxt.blocks)
+    assert after >= before + len(answer) // BLOCK_CHARS
+    assert p.index.matched_blocks("pod-1", nxt.blocks) == 0
+
+
+def test_a_hedge_or_retry_learns_only_when_it_finishes_the_answer() -> None:
+    """The first try learns at send; a second try (a hedge, a retry) only once its answer is
+    whole, so a cancelled loser never claims the prompt."""
+    p = policy()
+    request = chat("sys ", "q1 ")
+    p.sent("pod-0", request)
+    p.sent("pod-1", request, learn=False)  # the hedge
+    assert p.index.matched_blocks("pod-1", request.blocks) == 0
+    p.answered("pod-1", request, "the answer " * 40)  # the hedge won
+    assert p.index.matched_blocks("pod-1", request.blocks) == len(request.blocks)

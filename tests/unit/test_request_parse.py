@@ -4,7 +4,7 @@ import json
 
 from gateway.affinity.blocks import BLOCK_CHARS, block_hashes
 from gateway.request_info import DEFAULT_OUTPUT_TOKENS, NO_INFO
-from gateway.request_parse import MAX_BRACKETS, parse_request
+from gateway.request_parse import MAX_BRACKETS, continued_prompt, parse_request
 
 
 def body(**fields: object) -> bytes:
@@ -71,3 +71,18 @@ def test_chained_blocks_match_exactly_the_shared_prefix() -> None:
     changed = block_hashes(base[:BLOCK_CHARS] + "Z" + base[BLOCK_CHARS + 1 :], "m")
     assert changed[0] == first[0] and set(changed[1:]).isdisjoint(first)
     assert set(block_hashes(base, "other-model")).isdisjoint(first)
+
+
+def test_a_turn_quoting_the_answer_starts_with_the_continued_prompt() -> None:
+    """What a backend caches after answering (prompt + answer) is how the next turn begins,
+    in both API shapes, so the index can learn it."""
+    answer = "a long answer " * 40
+    first = [{"role": "system", "content": "rules " * 100}, {"role": "user", "content": "q1"}]
+    turn = parse_request(body(messages=first), {}, with_blocks=True)
+    after = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "q2"}]
+    nxt = parse_request(body(messages=after), {}, with_blocks=True)
+    assert turn.chat and nxt.prompt is not None
+    assert nxt.prompt.startswith(continued_prompt(turn, answer))
+    completion = parse_request(body(prompt="once upon a time"), {})
+    assert not completion.chat
+    assert continued_prompt(completion, ", there was") == "once upon a time, there was"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.resume import Transcript, continuation_body, without_opening_role
+from gateway.resume import Transcript, continuation_body, is_opening_role_only, without_opening_role
 
 
 def event(payload: object) -> bytes:
@@ -75,3 +75,13 @@ def test_what_cannot_be_continued() -> None:
     assert continuation_body(json.dumps({"prompt": "a", "n": 2}).encode(), "x", 1) is None
     assert continuation_body(json.dumps({"prompt": "a", "max_tokens": 2}).encode(), "xy", 2) is None
     assert continuation_body(json.dumps({"inputs": "tgi"}).encode(), "x", 1) is None
+
+
+def test_only_a_role_only_opening_event_is_no_first_token() -> None:
+    opening = event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    token = event({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+    assert is_opening_role_only(opening)
+    assert not is_opening_role_only(opening + token)  # the token came with it
+    assert not is_opening_role_only(token)
+    assert not is_opening_role_only(event({"choices": [{"text": "t"}]}))  # completions
+    assert not is_opening_role_only(b"")
