@@ -51,7 +51,7 @@ interval 10 s, base 30 s). Where tailgate differs:
   capped-only behaviour set ``failure_threshold: 0`` (breaker off).
 * **"Circuit breaker" means something else in Envoy**, where it is a concurrency limit
   (``max_requests``, ``max_pending_requests``, ``max_retries``). Those live in tailgate's
-  ``limits`` (``gateway.admission``) and ``retries.budget_percent`` (``gateway.retry_budget``).
+  ``limits`` (``gateway.capacity``) and ``retries.budget_percent`` (``gateway.retry_budget``).
 * **Return through HALF_OPEN.** Envoy returns an ejected host to full service when its time is up
   (checked at the next interval tick); tailgate admits ``half_open_requests`` trial requests
   first, and returns as soon as the time is up rather than at the next sweep.
