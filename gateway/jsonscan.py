@@ -2,11 +2,10 @@
 
 ``json.loads`` recurses once per nesting level in C and checks the interpreter's recursion
 limit as it goes, so a 100,000-deep body raises ``RecursionError`` after ~1,000 levels, at C
-speed: caught here, it is a refusal, never a 500 with a traceback. :func:`load_json_bounded`
-then holds the parsed value to the caller's own, tighter ``max_depth`` with one walk over its
-containers, a level at a time. A bracket pre-scan (strings cut out, empty pairs removed per
-pass) was measured and dropped: 5-70 s on a 16 MB body of brackets. Sizes are the caller's to
-bound (bodies are read under ``limits.max_body``).
+speed: caught here, it is a refusal (:class:`TooDeep`), never a 500 with a traceback. A
+bracket pre-scan (strings cut out, empty pairs removed per pass) was measured and dropped: 5-70 s
+on a 16 MB body of brackets. Sizes are the caller's to bound (bodies are read under
+``limits.max_body``). Every JSON load of the request path goes through :func:`parse_json`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import contextlib
 import gc
 import json
 from collections.abc import Iterator
-from typing import Any
 
 
 class TooDeep(ValueError):
@@ -46,37 +44,3 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
-
-
-_CONTAINERS = (dict, list)
-
-
-def depth_within(value: object, max_depth: int) -> bool:
-    """Are ``value``'s arrays and objects nested at most ``max_depth`` deep?
-
-    Walks one nesting level at a time (no recursion, no per-item tuples), stopping early at
-    the first level past ``max_depth``.
-    """
-    level: list[Any] = [value] if type(value) in _CONTAINERS else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > max_depth:
-            return False
-        below: list[Any] = []
-        for item in level:
-            if item:  # most containers deep down are small or empty: skip those cheaply
-                children = item.values() if type(item) is dict else item
-                below += [child for child in children if type(child) in _CONTAINERS]
-        level = below
-    return True
-
-
-def load_json_bounded(body: bytes, max_depth: int) -> object | None:
-    """The JSON value in ``body``, or None if it is not JSON or nests over ``max_depth``."""
-    try:
-        value = parse_json(body)
-    except ValueError:  # TooDeep included
-        return None
-    with _collector_paused():  # the walk's lists hold no cycles either
-        return value if depth_within(value, max_depth) else None
