@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -267,7 +266,8 @@ class ProxyHandler:
         endpoint = await self._acquire(exchange)
         ctx.backend = endpoint.name
         first = self._start_try(ctx, endpoint)
-        delay_s = exchange.hedge_delay_s(wants_stream(body.buffered), body.buffered is not None)
+        # which hedge delay applies (time to head, or to first token): the one parse says
+        delay_s = exchange.hedge_delay_s(exchange.request.stream, body.buffered is not None)
         if delay_s is not None:
             return await self._hedged(ctx, first, delay_s)
         with first.attempt:
@@ -782,16 +782,6 @@ def _close_answer(task: asyncio.Task[_Head]) -> None:
         return
     if task.exception() is None:
         task.result().upstream.close()
-
-
-_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
-
-
-def wants_stream(body: bytes | None) -> bool:
-    """Does this (JSON) body ask for a streamed answer? A byte search, not a parse: it picks
-    which hedge delay applies (time to head, or to first token), so a rare false match inside
-    a prompt only costs the other delay."""
-    return body is not None and _STREAM_TRUE.search(body) is not None
 
 
 def sse_error_event(failure: Failure) -> bytes:
