@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,17 @@ async def wait_until(
     """Poll a condition (never a fixed sleep): fail loudly if it does not hold in time."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(step_s)
+
+
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, step_s: float = 0.01
+) -> None:
+    """:func:`wait_until` for a condition that needs an await to read."""
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(step_s)

@@ -3,19 +3,22 @@ served uncached, never a failed request."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.helpers import admin, free_port, gateway_yaml, get_json, running_gateway
+from tests.helpers import (
+    admin,
+    free_port,
+    gateway_yaml,
+    get_json,
+    running_gateway,
+    wait_until_async,
+)
 from tests.integration.cache_backend import counting_backend
-from tests.tools import require_tool
+from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,37 +27,14 @@ URL = "/v1/completions"
 
 
 @pytest.fixture
-def redis_port() -> Iterator[int]:
-    """A redis-server of the test's own on a free port, no persistence; stopped by its PID."""
-    server = require_tool("redis-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+async def redis_port() -> AsyncIterator[int]:
+    async with redis_server() as (_, port):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture
 async def redis(redis_port: int) -> AsyncIterator[Redis]:
     client = Redis(host="127.0.0.1", port=redis_port)
-
-    async def answers() -> bool:
-        try:
-            return bool(await client.ping())
-        except RedisConnectionError:  # still starting
-            return False
-
-    await poll(answers)
     try:
         yield client
     finally:
@@ -84,7 +64,7 @@ async def test_replicas_share_answers_through_redis(redis: Redis, redis_port: in
         async def stored() -> bool:  # the gateway writes to Redis off the request path
             return len(await redis.keys("tailgate:cache:*")) == 1
 
-        await poll(stored)
+        await wait_until_async(stored)
         (key,) = await redis.keys("tailgate:cache:*")
         assert 0 < await redis.pttl(key) <= 300_000  # the TTL travels with the entry
         assert await _post(client, two.public_port) == (200, "hit")
@@ -122,12 +102,3 @@ async def test_slow_redis_serves_uncached(redis: Redis, redis_port: int) -> None
         assert backend.served == 1
         state = await get_json(f"{admin(gw)}/admin/cache")
         assert state["shared_store"] == {"available": False}
-
-
-async def poll(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """``wait_until`` for a condition that needs an await to read."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.01)

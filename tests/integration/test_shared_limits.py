@@ -3,53 +3,10 @@ per-replica limits when Redis goes away (never a failed request)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import aiohttp
 
 from tests.helpers import base, free_port, gateway_yaml, running_gateway, start_pod, wait_until
-from tests.tools import require_tool
-
-
-@asynccontextmanager
-async def redis_server() -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
-    import redis.asyncio as redis_asyncio
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            require_tool("redis-server"),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis_asyncio.Redis(host="127.0.0.1", port=port, socket_timeout=0.2)
-    try:
-        for _ in range(200):  # readiness: it answers PING
-            try:
-                if await client.ping():
-                    break
-            except (OSError, redis_asyncio.ConnectionError):
-                await asyncio.sleep(0.025)
-        else:
-            raise AssertionError("redis-server did not start")
-        yield proc, port
-    finally:
-        await client.aclose()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+from tests.redis_server import redis_server
 
 
 async def test_two_replicas_share_one_limit_and_survive_redis_going_away() -> None:
