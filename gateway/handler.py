@@ -146,20 +146,19 @@ class ProxyHandler:
             return self._client_failure(ctx, failure.failure)
         except BodyTooLarge:
             return _failure_response(Failure.BODY_TOO_LARGE, rid)
-        model = None
-        if router.needs_model:
-            lookup = find_model(body.buffered)
-            model, ctx.model_undecided = lookup.model, lookup.undecided
-            if lookup.undecided is not None:
-                rt.metrics.model_undecided.labels(lookup.undecided).inc()
-            if lookup.undecided == "too_deep":  # no backend parses this either
-                return error_response(400, "bad_request", "request body nests too deep", rid)
         # What the body says, parsed once (bounded) for every decision after this one.
         info = parse_request(
             body.buffered, request.headers, config.balancer.prefix.session_header, rt.wants_blocks
         )
-        if model is not None and info.model != model:
-            info = dataclasses.replace(info, model=model)
+        if router.needs_model and info.model is None:  # say why, or find it past the bounds
+            lookup = find_model(body.buffered)
+            ctx.model_undecided = lookup.undecided
+            if lookup.undecided is not None:
+                rt.metrics.model_undecided.labels(lookup.undecided).inc()
+            if lookup.undecided == "too_deep":  # no backend parses this either
+                return error_response(400, "bad_request", "request body nests too deep", rid)
+            if lookup.model is not None:
+                info = dataclasses.replace(info, model=lookup.model)
         ctx.model = info.model  # tokens: the answer's model when the backend names none
         # -- tenants: who it is for, its class, its rate limits (401 / 429) -------------------
         gate = rt.tenant_gate
