@@ -9,7 +9,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.helpers import GatewayProcess, free_port, gateway_yaml, start_pod
+from tests.helpers import GatewayProcess, free_ports, gateway_yaml, start_pod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +48,7 @@ def _reload_count(metrics_text: str, result: str) -> float:
 
 async def test_reload_keeps_a_stream_alive_applies_valid_and_rejects_invalid_configs() -> None:
     pods = [await start_pod(f"pod{i}") for i in range(3)]
-    listen, admin = free_port(), free_port()
+    listen, admin = free_ports(2)
     proc = GatewayProcess(_config(pods[:2], listen, admin, "balancer: {policy: least_request}\n"))
     try:
         await asyncio.to_thread(proc.wait_ready, admin)
@@ -128,7 +128,7 @@ async def test_reload_keeps_a_stream_alive_applies_valid_and_rejects_invalid_con
 
 async def test_sigterm_drains_the_stream_in_flight_then_exits_zero() -> None:
     pod = await start_pod("pod0")
-    listen, admin = free_port(), free_port()
+    listen, admin = free_ports(2)
     proc = GatewayProcess(_config([pod], listen, admin, "drain_timeout: 20s\n"))
     try:
         await asyncio.to_thread(proc.wait_ready, admin)

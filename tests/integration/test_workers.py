@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import parse_config
 from gateway.workers import Master, RestartPolicy
-from tests.helpers import GatewayProcess, Pod, free_port, gateway_yaml, get_json, start_pod
+from tests.helpers import GatewayProcess, Pod, free_ports, gateway_yaml, get_json, start_pod
 
 WORKERS = 2
 
@@ -35,7 +35,7 @@ async def worker_gateway(
     pods: Sequence[Pod | str], extra: str = "", admin_token: str | None = None
 ) -> AsyncIterator[WorkerGateway]:
     """A ``--workers 2`` gateway in front of ``pods`` (or URLs), ready: every worker listens."""
-    listen_port, admin_port = free_port(), free_port()
+    listen_port, admin_port = free_ports(2)
     token = f", token: {admin_token}" if admin_token else ""
     yaml_text = (
         gateway_yaml(list(pods))  # type: ignore[arg-type]
