@@ -70,7 +70,7 @@ class Gateway:
         self._serve_admin = serve_admin and config.admin.enabled
         self._public_runner: web.ServerRunner | None = None
         self._public_site: web.BaseSite | None = None
-        self._admin_runner: web.AppRunner | None = None
+        self._admin_runner: GatewayAppRunner | None = None
         self._prober = Prober(self.runtime)
         self._maintenance = Maintenance(self.runtime)
         self._watch_task: asyncio.Task[None] | None = None

@@ -37,7 +37,7 @@ class MasterAdmin:
     def __init__(self, master: Master) -> None:
         self.master = master
 
-    async def start(self) -> tuple[web.AppRunner, int] | None:
+    async def start(self) -> tuple[GatewayAppRunner, int] | None:
         """Listen on the configured admin address: the runner and the bound port (or None
         when the admin listener is disabled)."""
         admin = self.master.config.admin

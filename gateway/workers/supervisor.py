@@ -118,7 +118,7 @@ class Master:
             timeout=aiohttp.ClientTimeout(total=WORKER_QUERY_TIMEOUT_S),
             headers={"Authorization": f"Bearer {self._token}"},
         )
-        admin_runner: web.AppRunner | None = None
+        admin_runner: web.BaseRunner | None = None
         try:
             started = await asyncio.gather(
                 *(self._spawn(slot) for slot in range(self.count)), return_exceptions=True
