@@ -200,7 +200,7 @@ class GatewayServer(web.Server):
         event_loop = loop or asyncio.get_running_loop()
         super().__init__(
             _answers_tracked(handler),
-            request_factory=self._request,
+            request_factory=self._build_request,
             handler_cancellation=handler_cancellation,
             loop=event_loop,
             **protocol_options,
@@ -210,7 +210,7 @@ class GatewayServer(web.Server):
         self._protocol_options = protocol_options
         self._make_app_request = request_factory
 
-    def _request(
+    def _build_request(
         self,
         message: RawRequestMessage,
         payload: StreamReader,
@@ -262,8 +262,8 @@ class GatewayAppRunner(web.ServerRunner):
     ) -> None:
         self._app_runner = web.AppRunner(app, access_log=None)
         server = GatewayServer(
-            self._handle,
-            request_factory=self._make_request,
+            self._handle_with_app,
+            request_factory=self._request_from_app,
             header_timeout_s=header_timeout_s,
             **protocol_options,
         )
@@ -279,10 +279,10 @@ class GatewayAppRunner(web.ServerRunner):
             raise RuntimeError("GatewayAppRunner.setup() has not run")
         return server
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle_with_app(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._app_server().request_handler(request)
 
-    def _make_request(
+    def _request_from_app(
         self,
         message: RawRequestMessage,
         payload: StreamReader,
