@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
+from gateway.health.ejection import open_duration_s
 from gateway.load_reports import PROFILES
 
 Selection = Literal["best", "p2c"]
@@ -601,14 +602,7 @@ class GatewayConfig:
 
     @property
     def open_duration_s(self) -> float:
-        """The one base open duration of a backend's circuit (ejection or breaker), seconds.
-
-        ``outlier_detection.base_ejection_time`` and ``circuit_breaker.recovery_time`` name the
-        same thing (the breaker and the outlier detector share one state machine); give either.
-        """
-        od, cb = self.outlier_detection, self.circuit_breaker
-        if od.base_ejection_time is not None:
-            return od.base_ejection_time
-        if cb.recovery_time is not None:
-            return cb.recovery_time
-        return 30.0
+        """The one base open duration of a backend's circuit (ejection or breaker), seconds:
+        ``outlier_detection.base_ejection_time`` or its other name,
+        ``circuit_breaker.recovery_time`` (see :func:`gateway.health.ejection.open_duration_s`)."""
+        return open_duration_s(self.outlier_detection, self.circuit_breaker)
