@@ -335,10 +335,17 @@ class CircuitBreakerConfig:
     half_open_requests: int = field(1, check=positive)
 
 
+def _absolute_path(value: str) -> str | None:
+    return None if value.startswith("/") else "must start with '/'"
+
+
 @dataclasses.dataclass(frozen=True)
 class HealthCheckConfig:
+    """Active checks (``gateway.checks``): a GET of ``path`` each round, plus a one-token
+    generation every ``generation_interval`` when that is set."""
+
     enabled: bool = True
-    path: str = "/ready"
+    path: str = field("/ready", check=_absolute_path)
     interval: float = _duration(5.0, positive)
     jitter_percent: float = field(10.0, check=in_range(0, 99))
     timeout: float = _duration(1.0, positive)
@@ -351,7 +358,7 @@ class HealthCheckConfig:
         "answers 200 while its engine is wedged; a failed generation fails every check until "
         "the next one passes",
     )
-    generation_path: str = "/v1/completions"
+    generation_path: str = field("/v1/completions", check=_absolute_path)
     generation_model: str | None = field(None, doc="the model field of the one-token request")
     generation_timeout: float = _duration(10.0, positive)
 
