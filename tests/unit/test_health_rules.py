@@ -33,10 +33,10 @@ def test_outlier_detection_off_turns_every_rule_off() -> None:
 
 def test_each_rule_reads_its_own_fields() -> None:
     config = OutlierDetectionConfig(consecutive_5xx=7, consecutive_gateway_failure=2)
-    by_reason = {rule.reason: rule for rule in build_rules(config)}
-    assert by_reason["consecutive_5xx"].threshold == 7
-    assert by_reason["consecutive_gateway_failure"].threshold == 2
-    assert by_reason["success_rate"].stdev_factor == 1.9
+    gateway, five_xx, success = build_rules(config)
+    assert isinstance(gateway, ConsecutiveGatewayFailure) and gateway.threshold == 2
+    assert isinstance(five_xx, Consecutive5xx) and five_xx.threshold == 7
+    assert isinstance(success, SuccessRate) and success.stdev_factor == 1.9
 
 
 class EveryRequestFailed(OutlierRule):
