@@ -74,7 +74,10 @@ class OutlierDetector:
     def sweep(self, fleet: Sequence[EndpointHealth], now: float) -> list[Transition]:
         """Run once per ``interval``: decay multipliers, eject the sweep rules' outliers (worst
         first, while the cap allows), then start a new interval's request counters. Returns the
-        ejections it made."""
+        ejections it made. With ``outlier_detection.enabled: false`` a sweep does nothing.
+        """
+        if not self.config.enabled:
+            return []
         for health in fleet:
             health.decay_ejection_count(now, self.config.interval)
         transitions = []

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from gateway.config.model import CircuitBreakerConfig, OutlierDetectionConfig
 from gateway.health import RULES, CircuitState, EndpointHealth, Outcome, OutlierDetector
-from gateway.health.rules import OutlierRule, build_rules
+from gateway.health.rules import build_rules
 from gateway.health.rules.consecutive_5xx import Consecutive5xx
 from gateway.health.rules.consecutive_gateway_failure import ConsecutiveGatewayFailure
 from gateway.health.rules.success_rate import SuccessRate
 from gateway.health.transition import Reason
 
 BREAKER_OFF = CircuitBreakerConfig(enabled=False)
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def fleet_of(n: int, config: OutlierDetectionConfig) -> list[EndpointHealth]:
@@ -39,29 +41,22 @@ def test_each_rule_reads_its_own_fields() -> None:
     assert isinstance(success, SuccessRate) and success.stdev_factor == 1.9
 
 
-class EveryRequestFailed(OutlierRule):
-    """A rule a newcomer might add: eject at the sweep a backend whose every request this
-    interval failed (at least ``volume`` of them)."""
-
-    reason = "every_request_failed"
-
-    def __init__(self, volume: int) -> None:
-        self.volume = volume
-
-    def outliers(self, fleet: Sequence[EndpointHealth]) -> list[EndpointHealth]:
-        return [
-            h
-            for h in fleet
-            if h.state is CircuitState.CLOSED
-            and h.interval_requests >= self.volume
-            and h.interval_successes == 0
-        ]
+def readme_rule() -> ModuleType:
+    """The worked example of README's "Extending tailgate", as the module a newcomer writes."""
+    text = README.read_text()
+    start = text.index("# gateway/health/rules/all_failed.py")
+    module = ModuleType("all_failed")
+    exec(compile(text[start : text.index("```", start)], "all_failed.py", "exec"), vars(module))
+    return module
 
 
-def test_a_new_rule_is_one_class_and_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(RULES, "every_request_failed", lambda config: EveryRequestFailed(3))
+def test_the_readme_rule_is_one_module_and_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(RULES, "all_failed", readme_rule().build)
     config = OutlierDetectionConfig(
-        consecutive_5xx=100, consecutive_gateway_failure=100, max_ejection_percent=100
+        consecutive_5xx=100,
+        consecutive_gateway_failure=100,
+        max_ejection_percent=100,
+        success_rate_request_volume=3,
     )
     detector = OutlierDetector(config)
     fleet = fleet_of(3, config)
@@ -69,13 +64,13 @@ def test_a_new_rule_is_one_class_and_one_entry(monkeypatch: pytest.MonkeyPatch) 
         detector.on_outcome(fleet[2], fleet, Outcome.HTTP_5XX, 1.0)
         detector.on_outcome(fleet[0], fleet, Outcome.SUCCESS, 1.0)
     [transition] = detector.sweep(fleet, 10.0)
-    assert (transition.endpoint, transition.reason) == ("e2", "every_request_failed")
+    assert (transition.endpoint, transition.reason) == ("e2", "all_failed")
     assert fleet[2].state is CircuitState.OPEN
 
 
 def test_a_new_rules_ejections_obey_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(RULES, "every_request_failed", lambda config: EveryRequestFailed(1))
-    config = OutlierDetectionConfig(enabled=True, max_ejection_percent=34)
+    monkeypatch.setitem(RULES, "all_failed", readme_rule().build)
+    config = OutlierDetectionConfig(max_ejection_percent=34, success_rate_request_volume=1)
     detector = OutlierDetector(config)
     fleet = fleet_of(3, config)
     for health in fleet:
