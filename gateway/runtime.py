@@ -94,13 +94,16 @@ class Runtime:
     def _install(self, config: GatewayConfig) -> None:
         """Build the components of ``config`` (each from its own section) and swap them in.
 
-        A component whose section did not change is kept with what it learned (the retry
-        and hedge budgets, the hedge delays); every backend keeps its signals and health
-        (:meth:`reconfigure`).
+        A component whose section did not change is kept with what it learned (the group
+        policies and prefix_aware's index, the retry and hedge budgets, the hedge delays);
+        every backend keeps its signals and health (:meth:`reconfigure`).
         """
         old: GatewayConfig | None = getattr(self, "config", None)
         self.config = config
-        self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
+        if old is None or old.balancer != config.balancer:
+            # One per group, built on first use: each caches its fleet reference (and
+            # prefix_aware its index of what each backend holds, kept while unchanged).
+            self.policies: dict[str, Policy] = {}
         self.wants_blocks = config.balancer.policy in READS_PROMPT_BLOCKS
         self.detector = OutlierDetector(config.outlier_detection)
         self.router = Router(config.routes)
