@@ -187,6 +187,15 @@ def _policy_name(value: object) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class BalancerConfig:
+    """The ``balancer:`` section: each policy is built from it (``gateway.balancer.POLICIES``)
+    and every backend's signals decay by it (``latency``, ``queue_depth``, ``slow_start``).
+
+    ``alpha`` and ``beta`` weigh the latency and queue terms of ``weighted_score`` and
+    ``prefix_aware``; ``selection`` is ``weighted_score``'s only (``least_request`` and
+    ``peak_ewma`` always use power of two choices); ``default_latency`` is the prior until
+    any backend of the group has been measured; ``prefix`` is ``prefix_aware``'s.
+    """
+
     policy: str = field("weighted_score", parse=_policy_name)
     alpha: float = field(0.6, check=non_negative)
     beta: float = field(0.4, check=non_negative)
