@@ -329,6 +329,14 @@ class OutlierDetectionConfig:
     success_rate_minimum_hosts: int = field(5, check=positive)
     success_rate_request_volume: int = field(100, check=positive)
     success_rate_stdev_factor: float = field(1.9, check=positive)
+    failure_percentage_threshold: float | None = field(
+        None,
+        check=lambda v: None if v is None else in_range(0, 100)(v),
+        doc="eject at each sweep a backend with at least this percent of failures this "
+        "interval (off when unset, as in Envoy)",
+    )
+    failure_percentage_minimum_hosts: int = field(5, check=positive)
+    failure_percentage_request_volume: int = field(50, check=positive)
     panic_threshold: float = field(50.0, check=in_range(0, 100))
 
 

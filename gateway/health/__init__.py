@@ -17,8 +17,8 @@ How it fits together
   2. the **outlier detector** (:class:`OutlierDetector`, fleet-aware), which applies the rules
      registered in :data:`gateway.health.rules.RULES`, one module each: ``consecutive_5xx``,
      ``consecutive_gateway_failure`` (502/503/504 and local-origin errors: connect refused, reset,
-     timeout), and ``success_rate`` at each ``interval`` sweep; these obey
-     ``max_ejection_percent``.
+     timeout), and, at each ``interval`` sweep, ``success_rate`` and ``failure_percentage``
+     (off unless ``failure_percentage_threshold`` is set); these obey ``max_ejection_percent``.
 
 * Open duration = ``base_ejection_time`` x ejection count, capped at ``max_ejection_time``. The
   breaker's ``recovery_time`` is the same setting. Each sweep in which an endpoint stayed closed
@@ -70,10 +70,11 @@ interval 10 s, base 30 s). Where tailgate differs:
   counter; tailgate uses ``>=`` and tries again on each further failure.
 * **No split between local-origin and external errors** (Envoy's default,
   ``split_external_local_origin_errors: false``): local-origin errors count as 5xx and as gateway
-  failures. ``consecutive_local_origin_failure`` and failure-percentage ejection are not
-  implemented.
+  failures. ``consecutive_local_origin_failure`` is not implemented.
 * **No ``enforcing_*`` percentages.** Every rule is enforced at 100%. Envoy's default
-  ``enforcing_consecutive_gateway_failure`` is 0 (detect, don't eject); tailgate ejects. A rule
+  ``enforcing_consecutive_gateway_failure`` is 0 (detect, don't eject); tailgate ejects.
+  Failure-percentage ejection is off by default as in Envoy (``enforcing_failure_percentage``
+  0), here by leaving ``failure_percentage_threshold`` unset. A rule
   is turned off with its threshold at 0 (in code; the config requires > 0), every outlier rule
   with ``outlier_detection.enabled: false``.
 * **``success_rate_stdev_factor`` is a plain factor** (1.9), not thousandths (1900).

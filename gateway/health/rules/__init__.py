@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.health.rules import consecutive_5xx, consecutive_gateway_failure, success_rate
+from gateway.health.rules import (
+    consecutive_5xx,
+    consecutive_gateway_failure,
+    failure_percentage,
+    success_rate,
+)
 from gateway.health.rules.base import OutlierRule, overrides
 
 if TYPE_CHECKING:
@@ -23,6 +28,7 @@ RULES: dict[str, Callable[[OutlierDetectionConfig], OutlierRule | None]] = {
     "consecutive_gateway_failure": consecutive_gateway_failure.build,
     "consecutive_5xx": consecutive_5xx.build,
     "success_rate": success_rate.build,
+    "failure_percentage": failure_percentage.build,
 }
 
 
