@@ -19,6 +19,9 @@ from gateway.config.model import HealthCheckConfig
 
 
 class Generation:
+    """``{"prompt": "Hi", "max_tokens": 1, "temperature": 0}`` (plus ``generation_model``)
+    to ``generation_path``: passes on a 200 within ``generation_timeout`` only."""
+
     def __init__(self, interval_s: float, path: str, model: str | None, timeout_s: float) -> None:
         self.interval_s = interval_s
         self.path = path
