@@ -47,8 +47,8 @@ def backends_snapshot(runtime: Runtime) -> dict[str, object]:
                 }
             )
         groups[group] = {
-            "policy": runtime.balancer_settings.policy,
-            "selection": runtime.balancer_settings.selection,
+            "policy": runtime.config.balancer.policy,
+            "selection": runtime.config.balancer.selection,
             "panic": panic,
             "routable": len(candidates) if not panic else 0,
             "backends": entries,

@@ -22,22 +22,13 @@ from __future__ import annotations
 
 import bisect
 import collections
-from dataclasses import dataclass
 
-from gateway.retry_budget import RetryBudget, RetryBudgetSettings
+from gateway.config.model import HedgingConfig
+from gateway.retry_budget import RetryBudget
 
-
-@dataclass(frozen=True)
-class HedgeSettings:
-    enabled: bool = True
-    delay_s: float | None = None  # a fixed delay; None: learned from the group's latency
-    quantile: float = 0.95
-    min_delay_s: float = 0.005  # a fast group's p95 would hedge on noise
-    max_delay_s: float = 2.0  # a hang must not wait for a long-tailed p95
-    budget_percent: float = 5.0
-    min_hedges_per_s: float = 1.0  # a quiet service may still hedge its rare stall
-    window: int = 512  # latency samples remembered per group and kind
-    min_samples: int = 20  # before this many, no delay is learned yet: no hedge
+MIN_HEDGES_PER_S = 1.0  # a quiet service may still hedge its rare stall
+WINDOW = 512  # latency samples remembered per group and kind
+MIN_SAMPLES = 20  # before this many, no delay is learned yet: no hedge
 
 
 class LatencyQuantile:
@@ -73,19 +64,28 @@ class LatencyQuantile:
 
 
 class Hedging:
-    """The hedge decisions of one gateway: learned delays, the budget, the rules above."""
+    """The hedge decisions of one gateway: learned delays, the budget, the rules above.
 
-    __slots__ = ("_latency", "budget", "settings")
+    ``config`` is the ``hedging:`` section itself. ``min_delay`` keeps a fast group's p95 from
+    hedging on noise; ``max_delay`` keeps a hang from waiting for a long-tailed p95. The other
+    knobs are constants of the method, not settings (keywords, for tests).
+    """
 
-    def __init__(self, settings: HedgeSettings) -> None:
-        self.settings = settings
+    __slots__ = ("_latency", "_min_samples", "_window", "budget", "config")
+
+    def __init__(
+        self,
+        config: HedgingConfig,
+        *,
+        min_hedges_per_s: float = MIN_HEDGES_PER_S,
+        window: int = WINDOW,
+        min_samples: int = MIN_SAMPLES,
+    ) -> None:
+        self.config = config
+        self._window = window
+        self._min_samples = min_samples
         self._latency: dict[tuple[str, bool], LatencyQuantile] = {}
-        self.budget = RetryBudget(
-            RetryBudgetSettings(
-                budget_percent=settings.budget_percent,
-                min_retries_per_s=settings.min_hedges_per_s,
-            )
-        )
+        self.budget = RetryBudget(config.budget_percent, min_hedges_per_s)
 
     def record_request(self, now: float) -> None:
         """An original request arrived: it funds ``budget_percent`` of a hedge."""
@@ -96,24 +96,23 @@ class Hedging:
         key = (group, streaming)
         window = self._latency.get(key)
         if window is None:
-            s = self.settings
-            window = self._latency[key] = LatencyQuantile(s.quantile, s.window)
+            window = self._latency[key] = LatencyQuantile(self.config.quantile, self._window)
         window.add(latency_s)
 
     def delay_s(self, group: str, streaming: bool) -> float | None:
         """How long a try of ``group`` waits before a hedge; None: no hedge (disabled, or too
         few samples to know what slow is)."""
-        s = self.settings
-        if not s.enabled:
+        c = self.config
+        if not c.enabled:
             return None
-        if s.delay_s is not None:
-            return s.delay_s
+        if c.delay is not None:
+            return c.delay
         window = self._latency.get((group, streaming))
-        if window is None or len(window) < s.min_samples:
+        if window is None or len(window) < self._min_samples:
             return None
         learned = window.value()
         assert learned is not None
-        return min(s.max_delay_s, max(s.min_delay_s, learned))
+        return min(c.max_delay, max(c.min_delay, learned))
 
     def has_budget(self, now: float) -> bool:
         """Is a hedge within the budget now? (Asked before a backend is picked for it.)"""

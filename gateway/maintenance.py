@@ -62,7 +62,7 @@ class Maintenance:
             ),
             asyncio.create_task(self._every(lambda: PUBLISH_S, self._publish), name="publish"),
             asyncio.create_task(
-                self._every(lambda: self.runtime.config.outlier_detection.interval, self._sweep),
+                self._every(lambda: self.runtime.detector.config.interval, self._sweep),
                 name="outlier-sweep",
             ),
             asyncio.create_task(
@@ -104,8 +104,6 @@ class Maintenance:
 
     def _sweep(self) -> None:
         rt = self.runtime
-        if not rt.config.outlier_detection.enabled:
-            return
         now = rt.clock()
         for members in rt.fleet.groups.values():
             rt.detector.sweep([e.health for e in members], now)

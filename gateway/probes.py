@@ -3,8 +3,9 @@
 A health check may also send a one-token completion (``health_check.generation_interval``):
 an inference server's health endpoint can answer 200 while its engine is wedged.
 
-One task per backend and concern, started and stopped as the fleet changes. Health checks
-feed the endpoint's :class:`~gateway.health.active.ActiveCheckState`; scrapes parse the
+One task per backend and concern, started and stopped as the fleet changes. Health checks run
+the checks registered in :data:`gateway.checks.CHECKS` (the HTTP GET, the one-token generation)
+and feed the endpoint's :class:`~gateway.health.active.ActiveCheckState`; scrapes parse the
 backend's Prometheus ``/metrics`` through the configured load-report profiles
 (``gateway.load_reports``: vLLM, SGLang, TGI, Triton, tailgate's backend) into the reported
 queue depth and KV-cache usage.
@@ -18,6 +19,7 @@ import logging
 
 import aiohttp
 
+from gateway.checks import ActiveCheck, build_checks
 from gateway.endpoint import Endpoint
 from gateway.load_reports import PROFILES, LoadReport, read_report
 from gateway.runtime import Runtime
@@ -37,7 +39,7 @@ class Prober:
         rt = self.runtime
         want: set[tuple[str, int, str]] = set()
         for endpoint in rt.fleet.endpoints.values():
-            if rt.active_settings is not None:
+            if rt.config.health_check.enabled:
                 want.add((endpoint.name, id(endpoint), "health"))
             if rt.config.balancer.queue_depth.scrape_interval > 0:
                 want.add((endpoint.name, id(endpoint), "scrape"))
@@ -64,55 +66,32 @@ class Prober:
         state = endpoint.health.active
         if state is None:
             return
+        config = state.config
+        checks = build_checks(config)
         delay = state.first_delay_s(rt.rng)
-        generated = True  # the last one-token generation's result, until the next one
-        generation_due_at = rt.clock()
         while True:
             await asyncio.sleep(delay)
-            settings = rt.active_settings
-            if settings is None:
+            state = endpoint.health.active
+            if state is None:  # a reload turned the checks off
                 return
-            passed = await self._check(endpoint, settings.path, settings.timeout_s)
-            hc = rt.config.health_check
-            if hc.generation_interval is None:
-                generated = True
-            elif rt.clock() >= generation_due_at:
-                generation_due_at = rt.clock() + hc.generation_interval
-                generated = await self._generate(endpoint)
-            passed = passed and generated
+            if state.config != config:  # a reload changed what a round runs
+                config = state.config
+                checks = build_checks(config)
+            passed = await self._round(endpoint, checks)
             rt.metrics.health_checks.labels(endpoint.name, "pass" if passed else "fail").inc()
             state.record(passed, rt.clock())
             delay = state.next_delay_s(rt.rng)
 
-    async def _check(self, endpoint: Endpoint, path: str, timeout_s: float) -> bool:
+    async def _round(self, endpoint: Endpoint, checks: list[ActiveCheck]) -> bool:
+        """Every check, each run (none skipped after a failure: a generation check keeps its
+        own cadence); the round passes only if all pass."""
         session = self.runtime.session
         if session is None:
             return False
-        try:
-            async with asyncio.timeout(timeout_s):
-                async with session.get(endpoint.url.with_path(path), allow_redirects=False) as resp:
-                    await resp.read()
-                    return 200 <= resp.status < 300
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
-
-    async def _generate(self, endpoint: Endpoint) -> bool:
-        """A one-token completion: passes only if the engine really generates."""
-        session = self.runtime.session
-        hc = self.runtime.config.health_check
-        if session is None:
-            return False
-        request: dict[str, object] = {"prompt": "Hi", "max_tokens": 1, "temperature": 0}
-        if hc.generation_model is not None:
-            request["model"] = hc.generation_model
-        url = endpoint.url.with_path(hc.generation_path)
-        try:
-            async with asyncio.timeout(hc.generation_timeout):
-                async with session.post(url, json=request, allow_redirects=False) as resp:
-                    await resp.read()
-                    return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+        results = [
+            await check.passed(session, endpoint.url, self.runtime.clock()) for check in checks
+        ]
+        return all(results)
 
     async def _scrape_loop(self, endpoint: Endpoint) -> None:
         rt = self.runtime

@@ -5,35 +5,17 @@ Finagle-style (``RetryBudget(ttl, minRetriesPerSec, percentCanRetry)``) rather t
 sliding window needs no in-flight bookkeeping and still stops a retry storm when the whole fleet
 fails. Over any window of ``window_s`` the number of retries allowed is::
 
-    min_retries_per_s x window_s + budget_percent / 100 x original requests in the window
+    min_per_s x window_s + budget_percent / 100 x original requests in the window
 
-The ``min_retries_per_s`` floor lets a quiet service still retry its rare failure.
+The ``min_per_s`` floor lets a quiet service still retry its rare failure.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class RetryBudgetSettings:
-    """``budget_percent`` of original requests may be retried, plus a floor per second."""
-
-    budget_percent: float = 20.0
-    min_retries_per_s: float = 3.0
-    window_s: float = 10.0
-    buckets: int = 10
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.budget_percent <= 1000:
-            raise ValueError("budget_percent: must be in [0, 1000]")
-        if self.min_retries_per_s < 0:
-            raise ValueError("min_retries_per_s: must be >= 0")
-        if self.window_s <= 0:
-            raise ValueError("window_s: must be > 0")
-        if self.buckets < 1:
-            raise ValueError("buckets: must be >= 1")
+WINDOW_S = 10.0  # the sliding window (Finagle's ttl)
+BUCKETS = 10  # the window slides one bucket (1 s) at a time
 
 
 class RetryBudget:
@@ -42,17 +24,37 @@ class RetryBudget:
     Call :meth:`record_request` for each *original* request only (retries must not fund further
     retries) and :meth:`try_spend` before each retry. The window slides one bucket
     (``window_s / buckets``) at a time, so memory and work per call are O(buckets).
+
+    ``budget_percent`` and ``min_per_s`` come from the section that owns the budget, validated
+    there (``retries.budget_percent`` and ``retries.min_retries_per_second`` for retries,
+    ``hedging.budget_percent`` for hedges): this class is the arithmetic both share.
     """
 
-    __slots__ = ("_bucket_s", "_ids", "_requests", "_retries", "settings")
+    __slots__ = (
+        "_bucket_s",
+        "_ids",
+        "_requests",
+        "_retries",
+        "budget_percent",
+        "min_per_s",
+        "window_s",
+    )
 
-    def __init__(self, settings: RetryBudgetSettings | None = None) -> None:
-        self.settings = settings or RetryBudgetSettings()
-        n = self.settings.buckets
-        self._bucket_s = self.settings.window_s / n
-        self._ids = [-1] * n  # which absolute bucket number each slot currently holds
-        self._requests = [0] * n
-        self._retries = [0] * n
+    def __init__(
+        self,
+        budget_percent: float,
+        min_per_s: float,
+        *,
+        window_s: float = WINDOW_S,
+        buckets: int = BUCKETS,
+    ) -> None:
+        self.budget_percent = budget_percent
+        self.min_per_s = min_per_s
+        self.window_s = window_s
+        self._bucket_s = window_s / buckets
+        self._ids = [-1] * buckets  # which absolute bucket number each slot currently holds
+        self._requests = [0] * buckets
+        self._retries = [0] * buckets
 
     def record_request(self, now: float) -> None:
         """Count one original request at ``now`` (monotonic seconds)."""
@@ -75,8 +77,7 @@ class RetryBudget:
             if oldest <= bucket_id <= current:
                 requests += self._requests[i]
                 retries += self._retries[i]
-        s = self.settings
-        allowance = s.min_retries_per_s * s.window_s + s.budget_percent / 100.0 * requests
+        allowance = self.min_per_s * self.window_s + self.budget_percent / 100.0 * requests
         return allowance - retries
 
     def _bucket_id(self, now: float) -> int:

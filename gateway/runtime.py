@@ -22,25 +22,22 @@ import aiohttp
 
 from gateway.balancer import READS_PROMPT_BLOCKS, build_policy
 from gateway.balancer.base import Policy
-from gateway.balancer.settings import BalancerSettings
 from gateway.cache import ResponseCache
 from gateway.capacity import Capacity, NoPick, Ticket
-from gateway.config.model import GatewayConfig
+from gateway.config.model import GatewayConfig, HealthCheckConfig
 from gateway.endpoint import Endpoint
 from gateway.exchange import SafePaths
 from gateway.fleet import BackendSpec, Fleet
-from gateway.health.active import ActiveCheckState
 from gateway.health.circuit import EndpointHealth
 from gateway.health.outcome import Outcome
 from gateway.health.outlier import OutlierDetector
-from gateway.health.settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
 from gateway.health.transition import CheckState, CircuitState, Transition
-from gateway.hedging import HedgeSettings, Hedging
-from gateway.load.signals import EndpointSignals, SignalSettings
+from gateway.hedging import Hedging
+from gateway.load.signals import EndpointSignals
 from gateway.metrics import GatewayMetrics
 from gateway.pending_queue import FairQueue, FairShare
 from gateway.request_info import RequestInfo
-from gateway.retry_budget import RetryBudget, RetryBudgetSettings
+from gateway.retry_budget import RetryBudget
 from gateway.routing import Router
 from gateway.selection import select_endpoint
 from gateway.tenants import TenantGate
@@ -48,86 +45,6 @@ from gateway.tracing import Tracer, build_tracer
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("tailgate")
-
-
-def signal_settings(config: GatewayConfig) -> SignalSettings:
-    b = config.balancer
-    return SignalSettings(
-        decay_s=b.latency.decay,
-        peak_sensitive=b.latency.peak_sensitive,
-        idle_decay_s=b.latency.idle_decay,
-        report_fresh_s=b.queue_depth.fresh,
-        report_stale_s=b.queue_depth.stale,
-        slow_start_s=b.slow_start,
-        slow_start_min_weight=b.slow_start_min_weight,
-        failure_cap_s=config.timeouts.per_try,
-    )
-
-
-def balancer_settings(config: GatewayConfig) -> BalancerSettings:
-    b = config.balancer
-    return BalancerSettings(
-        policy=b.policy,
-        alpha=b.alpha,
-        beta=b.beta,
-        selection=b.selection,
-        default_latency_s=b.default_latency,
-        prefix_capacity_blocks=b.prefix.capacity_blocks,
-        load_bound=b.prefix.load_bound,
-        prefix_queue_weight=b.prefix.queue_weight,
-        session_affinity=b.prefix.session_affinity,
-    )
-
-
-def hedge_settings(config: GatewayConfig) -> HedgeSettings:
-    h = config.hedging
-    return HedgeSettings(
-        enabled=h.enabled,
-        delay_s=h.delay,
-        quantile=h.quantile,
-        min_delay_s=h.min_delay,
-        max_delay_s=h.max_delay,
-        budget_percent=h.budget_percent,
-    )
-
-
-def outlier_settings(config: GatewayConfig) -> OutlierSettings:
-    od = config.outlier_detection
-    return OutlierSettings(
-        consecutive_5xx=od.consecutive_5xx if od.enabled else 0,
-        consecutive_gateway_failure=od.consecutive_gateway_failure if od.enabled else 0,
-        interval_s=od.interval,
-        base_ejection_time_s=config.open_duration_s,
-        max_ejection_time_s=od.max_ejection_time,
-        max_ejection_percent=od.max_ejection_percent,
-        success_rate_enabled=od.enabled,
-        success_rate_minimum_hosts=od.success_rate_minimum_hosts,
-        success_rate_request_volume=od.success_rate_request_volume,
-        success_rate_stdev_factor=od.success_rate_stdev_factor,
-        panic_threshold_percent=od.panic_threshold,
-    )
-
-
-def breaker_settings(config: GatewayConfig) -> BreakerSettings:
-    cb = config.circuit_breaker
-    return BreakerSettings(
-        failure_threshold=cb.failure_threshold if cb.enabled else 0,
-        half_open_requests=cb.half_open_requests,
-    )
-
-
-def active_settings(config: GatewayConfig) -> ActiveCheckSettings | None:
-    hc = config.health_check
-    if not hc.enabled:
-        return None
-    return ActiveCheckSettings(
-        path=hc.path,
-        interval_s=hc.interval,
-        timeout_s=hc.timeout,
-        unhealthy_threshold=hc.unhealthy_threshold,
-        healthy_threshold=hc.healthy_threshold,
-        jitter_percent=hc.jitter_percent,
-    )
 
 
 def opaque_label(url: str) -> str:
@@ -145,10 +62,12 @@ def backend_specs(config: GatewayConfig) -> list[BackendSpec]:
 class Runtime:
     """Everything a request needs, built from one validated config."""
 
+    config: GatewayConfig
     retry_budget: RetryBudget
     hedging: Hedging
     capacity: Capacity[Endpoint]
     cache: ResponseCache
+    tracer: Tracer | None
 
     def __init__(
         self,
@@ -173,33 +92,37 @@ class Runtime:
     # -- configuration -------------------------------------------------------------------------
 
     def _install(self, config: GatewayConfig) -> None:
+        """Build the components of ``config`` (each from its own section) and swap them in.
+
+        A component whose section did not change is kept with what it learned (the group
+        policies and prefix_aware's index, the retry and hedge budgets, the hedge delays);
+        every backend keeps its signals and health (:meth:`reconfigure`).
+        """
+        old: GatewayConfig | None = getattr(self, "config", None)
         self.config = config
-        self.signal_settings = signal_settings(config)
-        self.outlier_settings = outlier_settings(config)
-        self.breaker_settings = breaker_settings(config)
-        self.active_settings = active_settings(config)
-        self.balancer_settings = balancer_settings(config)
-        self.policies: dict[str, Policy] = {}  # one per group: each caches its fleet reference
+        if old is None or old.balancer != config.balancer:
+            # One per group, built on first use: each caches its fleet reference (and
+            # prefix_aware its index of what each backend holds, kept while unchanged).
+            self.policies: dict[str, Policy] = {}
         self.wants_blocks = config.balancer.policy in READS_PROMPT_BLOCKS
-        self.detector = OutlierDetector(self.outlier_settings)
+        self.detector = OutlierDetector(config.outlier_detection)
         self.router = Router(config.routes)
         self.safe_paths = SafePaths(config.retries.safe_paths)
-        budget = RetryBudgetSettings(
-            budget_percent=config.retries.budget_percent,
-            min_retries_per_s=config.retries.min_retries_per_second,
-        )
-        if getattr(self, "retry_budget", None) is None or self.retry_budget.settings != budget:
-            self.retry_budget = RetryBudget(budget)
-        hedge = hedge_settings(config)
-        if getattr(self, "hedging", None) is None or self.hedging.settings != hedge:
-            self.hedging = Hedging(hedge)
-        if getattr(self, "capacity", None) is None:
+        retries = config.retries
+        if old is None or (old.retries.budget_percent, old.retries.min_retries_per_second) != (
+            retries.budget_percent,
+            retries.min_retries_per_second,
+        ):
+            self.retry_budget = RetryBudget(retries.budget_percent, retries.min_retries_per_second)
+        if old is None or old.hedging != config.hedging:
+            self.hedging = Hedging(config.hedging)
+        if old is None:
             self.capacity = Capacity(
                 config.limits, self._pick, lambda limit: FairQueue(limit, self.fair_share)
             )
         else:  # keep the requests already queued
             self.capacity.settings = config.limits
-        if getattr(self, "cache", None) is None:
+        if old is None:
             self.cache = ResponseCache(config.cache, self.metrics, self.clock)
         else:  # keep the answers that still fit
             self.cache.apply(config.cache)
@@ -208,9 +131,8 @@ class Runtime:
         self.fair_share.weights.update(self.tenant_gate.directory.weights)
         self.fair_share.sheddable_limit = config.admission.sheddable_max_pending
         self.fleet.panic_threshold_percent = config.outlier_detection.panic_threshold
-        if getattr(self, "tracing_settings", None) != config.tracing:
+        if old is None or old.tracing != config.tracing:
             self._swap_tracer(build_tracer(config.tracing, self.rng))
-        self.tracing_settings = config.tracing
 
     def _swap_tracer(self, tracer: Tracer | None) -> None:
         """Install ``tracer``; the one it replaces flushes its spans on a thread of its own, so
@@ -229,22 +151,15 @@ class Runtime:
     def reconfigure(self, config: GatewayConfig, specs: list[BackendSpec] | None = None) -> None:
         """Swap in ``config`` (already validated). Backends that stay keep signals and health.
 
-        Settings objects of existing endpoints are replaced in place so new thresholds apply
-        at once, without losing counters.
+        Each backend that stays takes the new sections through its signals' and health's own
+        ``reconfigure`` (new thresholds apply at once; counters, circuit and estimates stay).
         """
         self._install(config)
         for endpoint in self.fleet.endpoints.values():
-            endpoint.signals.settings = self.signal_settings
-            endpoint.health.outlier = self.outlier_settings
-            endpoint.health.breaker = self.breaker_settings
-            if self.active_settings is None:
-                endpoint.health.active = None
-            elif endpoint.health.active is None:
-                endpoint.health.active = ActiveCheckState(
-                    self.active_settings, name=endpoint.name, listener=self._on_transition
-                )
-            else:
-                endpoint.health.active.settings = self.active_settings
+            endpoint.signals.reconfigure(config.balancer, config.timeouts.per_try)
+            endpoint.health.reconfigure(
+                config.outlier_detection, config.circuit_breaker, self._active_checks(config)
+            )
         static = config.discovery is None or config.discovery.type == "static"
         if specs is None and static:
             specs = backend_specs(config)
@@ -265,7 +180,7 @@ class Runtime:
     def policy_for(self, group: str) -> Policy:
         policy = self.policies.get(group)
         if policy is None:
-            policy = self.policies[group] = build_policy(self.balancer_settings)
+            policy = self.policies[group] = build_policy(self.config.balancer)
             policy.refresh(self.fleet.groups.get(group, []), self.clock())
         return policy
 
@@ -274,9 +189,7 @@ class Runtime:
         its policy keeps, or the configured default for policies that keep none."""
         reference = getattr(self.policy_for(group), "fleet", None)
         return (
-            reference.latency_s
-            if reference is not None
-            else self.balancer_settings.default_latency_s
+            reference.latency_s if reference is not None else self.config.balancer.default_latency
         )
 
     def refresh_policies(self) -> None:
@@ -287,16 +200,22 @@ class Runtime:
             self.policy_for(group).refresh(candidates, now)
 
     def _make_endpoint(self, spec: BackendSpec, now: float) -> Endpoint:
+        config = self.config
         health = EndpointHealth(
-            self.outlier_settings,
-            self.breaker_settings,
-            self.active_settings,
+            config.outlier_detection,
+            config.circuit_breaker,
+            self._active_checks(config),
             name=spec.name,
             listener=self._on_transition,
         )
-        signals = EndpointSignals(self.signal_settings, now)
+        signals = EndpointSignals(config.balancer, now, config.timeouts.per_try)
         public = spec.name if spec.configured_name else opaque_label(spec.url)
         return Endpoint(spec.name, spec.url, spec.weight, spec.group, signals, health, public)
+
+    @staticmethod
+    def _active_checks(config: GatewayConfig) -> HealthCheckConfig | None:
+        """The ``health_check:`` section when it turns probing on, else None."""
+        return config.health_check if config.health_check.enabled else None
 
     def _forget_labels(self, name: str) -> None:
         """Drop a removed backend's per-backend gauges.

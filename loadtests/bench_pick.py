@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from gateway.balancer import POLICIES, BalancerSettings, SimpleCandidate, build_policy
+from gateway.balancer import POLICIES, SimpleCandidate, build_policy
 from gateway.balancer.base import Policy
 from gateway.balancer.prefix_aware import PrefixAware
+from gateway.config.model import BalancerConfig, Selection
 from gateway.request_info import RequestInfo
 from gateway.request_parse import parse_request
 
@@ -78,9 +79,8 @@ class Cell:
 
     def __init__(self, policy_name: str, selection: str, n: int, target_s: float) -> None:
         fleet = make_fleet(n, random.Random(n))
-        policy: Policy = build_policy(
-            BalancerSettings(policy=policy_name, selection=selection if selection != "-" else "p2c")
-        )
+        chosen: Selection = "best" if selection == "best" else "p2c"
+        policy: Policy = build_policy(BalancerConfig(policy=policy_name, selection=chosen))
         request = None
         if isinstance(policy, PrefixAware):
             request = long_prompt_request()

@@ -17,23 +17,24 @@ from gateway.balancer.peak_ewma import PeakEwma
 from gateway.balancer.prefix_aware import PrefixAware
 from gateway.balancer.random_pick import RandomPick
 from gateway.balancer.round_robin import RoundRobin
-from gateway.balancer.settings import BalancerSettings
 from gateway.balancer.weighted_score import WeightedScore
+from gateway.config.model import BalancerConfig
 
-POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
-    "weighted_score": lambda s: WeightedScore(s.alpha, s.beta, s.selection, s.default_latency_s),
-    "round_robin": lambda s: RoundRobin(),
-    "random": lambda s: RandomPick(),
-    "least_request": lambda s: LeastRequest(),
-    "peak_ewma": lambda s: PeakEwma(s.default_latency_s),
-    "prefix_aware": lambda s: PrefixAware(
-        s.alpha,
-        s.beta,
-        s.default_latency_s,
-        s.prefix_capacity_blocks,
-        s.load_bound,
-        s.session_affinity,
-        s.prefix_queue_weight,
+# Each entry builds its policy from the ``balancer:`` section (validated there, once).
+POLICIES: dict[str, Callable[[BalancerConfig], Policy]] = {
+    "weighted_score": lambda c: WeightedScore(c.alpha, c.beta, c.selection, c.default_latency),
+    "round_robin": lambda c: RoundRobin(),
+    "random": lambda c: RandomPick(),
+    "least_request": lambda c: LeastRequest(),
+    "peak_ewma": lambda c: PeakEwma(c.default_latency),
+    "prefix_aware": lambda c: PrefixAware(
+        c.alpha,
+        c.beta,
+        c.default_latency,
+        c.prefix.capacity_blocks,
+        c.prefix.load_bound,
+        c.prefix.session_affinity,
+        c.prefix.queue_weight,
     ),
 }
 
@@ -42,18 +43,15 @@ POLICIES: dict[str, Callable[[BalancerSettings], Policy]] = {
 READS_PROMPT_BLOCKS = frozenset({"prefix_aware"})
 
 
-def build_policy(settings: BalancerSettings) -> Policy:
-    """A fresh policy object for one backend group."""
-    factory = POLICIES.get(settings.policy)
-    if factory is None:
-        raise ValueError(f"balancer.policy: {settings.policy!r} is not one of {tuple(POLICIES)}")
-    return factory(settings)
+def build_policy(config: BalancerConfig) -> Policy:
+    """A fresh policy object for one backend group (``config.policy`` is a registered name: the
+    config validated it against :data:`POLICIES`)."""
+    return POLICIES[config.policy](config)
 
 
 __all__ = [
     "POLICIES",
     "READS_PROMPT_BLOCKS",
-    "BalancerSettings",
     "Candidate",
     "Policy",
     "SimpleCandidate",

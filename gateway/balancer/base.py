@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from gateway.load import EndpointSignals, SignalSettings
+from gateway.config.model import BalancerConfig
+from gateway.load import EndpointSignals
 from gateway.request_info import RequestInfo
 
 
@@ -35,10 +36,11 @@ class SimpleCandidate:
 
     @classmethod
     def new(
-        cls, name: str, now: float, weight: float = 1.0, settings: SignalSettings | None = None
+        cls, name: str, now: float, weight: float = 1.0, config: BalancerConfig | None = None
     ) -> SimpleCandidate:
-        """A candidate with fresh signals (default settings unless given) created at `now`."""
-        return cls(name, weight, EndpointSignals(settings or SignalSettings(), now))
+        """A candidate with fresh signals (the default `balancer:` section unless given)
+        created at `now`."""
+        return cls(name, weight, EndpointSignals(config or BalancerConfig(), now))
 
 
 class Policy(Protocol):

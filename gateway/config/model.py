@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from gateway.config.schema import field, in_range, non_negative, positive
 from gateway.config.units import parse_duration, parse_size
 from gateway.failures import RETRY_CONDITIONS
+from gateway.health.ejection import open_duration_s
 from gateway.load_reports import PROFILES
 
 Selection = Literal["best", "p2c"]
@@ -186,6 +187,15 @@ def _policy_name(value: object) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class BalancerConfig:
+    """The ``balancer:`` section: each policy is built from it (``gateway.balancer.POLICIES``)
+    and every backend's signals decay by it (``latency``, ``queue_depth``, ``slow_start``).
+
+    ``alpha`` and ``beta`` weigh the latency and queue terms of ``weighted_score`` and
+    ``prefix_aware``; ``selection`` is ``weighted_score``'s only (``least_request`` and
+    ``peak_ewma`` always use power of two choices); ``default_latency`` is the prior until
+    any backend of the group has been measured; ``prefix`` is ``prefix_aware``'s.
+    """
+
     policy: str = field("weighted_score", parse=_policy_name)
     alpha: float = field(0.6, check=non_negative)
     beta: float = field(0.4, check=non_negative)
@@ -319,6 +329,14 @@ class OutlierDetectionConfig:
     success_rate_minimum_hosts: int = field(5, check=positive)
     success_rate_request_volume: int = field(100, check=positive)
     success_rate_stdev_factor: float = field(1.9, check=positive)
+    failure_percentage_threshold: float | None = field(
+        None,
+        check=lambda v: None if v is None else in_range(0, 100)(v),
+        doc="eject at each sweep a backend with at least this percent of failures this "
+        "interval (off when unset, as in Envoy)",
+    )
+    failure_percentage_minimum_hosts: int = field(5, check=positive)
+    failure_percentage_request_volume: int = field(50, check=positive)
     panic_threshold: float = field(50.0, check=in_range(0, 100))
 
 
@@ -334,10 +352,17 @@ class CircuitBreakerConfig:
     half_open_requests: int = field(1, check=positive)
 
 
+def _absolute_path(value: str) -> str | None:
+    return None if value.startswith("/") else "must start with '/'"
+
+
 @dataclasses.dataclass(frozen=True)
 class HealthCheckConfig:
+    """Active checks (``gateway.checks``): a GET of ``path`` each round, plus a one-token
+    generation every ``generation_interval`` when that is set."""
+
     enabled: bool = True
-    path: str = "/ready"
+    path: str = field("/ready", check=_absolute_path)
     interval: float = _duration(5.0, positive)
     jitter_percent: float = field(10.0, check=in_range(0, 99))
     timeout: float = _duration(1.0, positive)
@@ -350,7 +375,7 @@ class HealthCheckConfig:
         "answers 200 while its engine is wedged; a failed generation fails every check until "
         "the next one passes",
     )
-    generation_path: str = "/v1/completions"
+    generation_path: str = field("/v1/completions", check=_absolute_path)
     generation_model: str | None = field(None, doc="the model field of the one-token request")
     generation_timeout: float = _duration(10.0, positive)
 
@@ -601,14 +626,7 @@ class GatewayConfig:
 
     @property
     def open_duration_s(self) -> float:
-        """The one base open duration of a backend's circuit (ejection or breaker), seconds.
-
-        ``outlier_detection.base_ejection_time`` and ``circuit_breaker.recovery_time`` name the
-        same thing (the breaker and the outlier detector share one state machine); give either.
-        """
-        od, cb = self.outlier_detection, self.circuit_breaker
-        if od.base_ejection_time is not None:
-            return od.base_ejection_time
-        if cb.recovery_time is not None:
-            return cb.recovery_time
-        return 30.0
+        """The one base open duration of a backend's circuit (ejection or breaker), seconds:
+        ``outlier_detection.base_ejection_time`` or its other name,
+        ``circuit_breaker.recovery_time`` (see :func:`gateway.health.ejection.open_duration_s`)."""
+        return open_duration_s(self.outlier_detection, self.circuit_breaker)

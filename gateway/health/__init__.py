@@ -1,7 +1,8 @@
 """Endpoint health: may this endpoint receive traffic? (Never: which endpoint should.)
 
 Pure state machines: no I/O, no asyncio, no global clock or random. Callers pass ``now``
-(monotonic seconds) and, where needed, a ``random.Random``.
+(monotonic seconds) and, where needed, a ``random.Random``. Settings are the config's own
+sections (``outlier_detection``, ``circuit_breaker``, ``health_check``), passed in as they are.
 
 How it fits together
 --------------------
@@ -13,10 +14,11 @@ How it fits together
 
   1. the **circuit breaker**: ``failure_threshold`` consecutive failures of any kind (5xx,
      gateway failure, local-origin error). Local and immediate, not subject to the ejection cap.
-  2. the **outlier detector** (:class:`OutlierDetector`, fleet-aware): ``consecutive_5xx``,
+  2. the **outlier detector** (:class:`OutlierDetector`, fleet-aware), which applies the rules
+     registered in :data:`gateway.health.rules.RULES`, one module each: ``consecutive_5xx``,
      ``consecutive_gateway_failure`` (502/503/504 and local-origin errors: connect refused, reset,
-     timeout), and success-rate ejection at each ``interval`` sweep; these obey
-     ``max_ejection_percent``.
+     timeout), and, at each ``interval`` sweep, ``success_rate`` and ``failure_percentage``
+     (off unless ``failure_percentage_threshold`` is set); these obey ``max_ejection_percent``.
 
 * Open duration = ``base_ejection_time`` x ejection count, capped at ``max_ejection_time``. The
   breaker's ``recovery_time`` is the same setting. Each sweep in which an endpoint stayed closed
@@ -26,7 +28,7 @@ How it fits together
   closes the circuit (``Transition.recovered`` tells the gateway to reset the endpoint's load
   signals), failure re-opens it for the next, longer duration. A cancelled trial returns its
   permit.
-* :meth:`OutlierDetector.in_panic`: when fewer than ``panic_threshold_percent`` of a group's
+* :meth:`OutlierDetector.in_panic`: when fewer than ``panic_threshold`` percent of a group's
   endpoints are routable, the gateway balances across all of them.
 * Active probe results (:class:`ActiveCheckState`) only gate :meth:`EndpointHealth.is_routable`;
   they never count as request failures and never open or close the circuit.
@@ -48,7 +50,7 @@ interval 10 s, base 30 s). Where tailgate differs:
   ``consecutive_5xx`` 5) the breaker trips first on any run of failures, so
   ``max_ejection_percent`` in practice limits ``consecutive_gateway_failure`` (when set lower) and
   success-rate ejections; fleet-wide failure is handled by the panic threshold. To have Envoy's
-  capped-only behaviour set ``failure_threshold: 0`` (breaker off).
+  capped-only behaviour set ``circuit_breaker.enabled: false``.
 * **"Circuit breaker" means something else in Envoy**, where it is a concurrency limit
   (``max_requests``, ``max_pending_requests``, ``max_retries``). Those live in tailgate's
   ``limits`` (``gateway.capacity``) and ``retries.budget_percent`` (``gateway.retry_budget``).
@@ -68,11 +70,13 @@ interval 10 s, base 30 s). Where tailgate differs:
   counter; tailgate uses ``>=`` and tries again on each further failure.
 * **No split between local-origin and external errors** (Envoy's default,
   ``split_external_local_origin_errors: false``): local-origin errors count as 5xx and as gateway
-  failures. ``consecutive_local_origin_failure`` and failure-percentage ejection are not
-  implemented.
+  failures. ``consecutive_local_origin_failure`` is not implemented.
 * **No ``enforcing_*`` percentages.** Every rule is enforced at 100%. Envoy's default
-  ``enforcing_consecutive_gateway_failure`` is 0 (detect, don't eject); tailgate ejects. A rule
-  is turned off with a threshold of 0, success-rate ejection with ``success_rate_enabled: false``.
+  ``enforcing_consecutive_gateway_failure`` is 0 (detect, don't eject); tailgate ejects.
+  Failure-percentage ejection is off by default as in Envoy (``enforcing_failure_percentage``
+  0), here by leaving ``failure_percentage_threshold`` unset. A rule
+  is turned off with its threshold at 0 (in code; the config requires > 0), every outlier rule
+  with ``outlier_detection.enabled: false``.
 * **``success_rate_stdev_factor`` is a plain factor** (1.9), not thousandths (1900).
 * **Success-rate ejection takes the worst first**, so when the cap stops it, the endpoints left
   in are the better ones (Envoy walks hosts in order). Only CLOSED endpoints take part.
@@ -98,19 +102,18 @@ from .active import ActiveCheckState
 from .circuit import EndpointHealth
 from .outcome import Outcome, classify
 from .outlier import OutlierDetector
-from .settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
+from .rules import RULES, OutlierRule
 from .transition import CheckState, CircuitState, Reason, Transition, TransitionListener
 
 __all__ = [
-    "ActiveCheckSettings",
+    "RULES",
     "ActiveCheckState",
-    "BreakerSettings",
     "CheckState",
     "CircuitState",
     "EndpointHealth",
     "Outcome",
     "OutlierDetector",
-    "OutlierSettings",
+    "OutlierRule",
     "Reason",
     "Transition",
     "TransitionListener",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from .settings import ActiveCheckSettings
 from .transition import CheckState, Reason, Transition, TransitionListener
+
+if TYPE_CHECKING:  # the config imports this package (through gateway.failures)
+    from gateway.config.model import HealthCheckConfig
 
 
 class ActiveCheckState:
@@ -16,26 +19,29 @@ class ActiveCheckState:
     either direction. Assuming healthy avoids a window after start-up or discovery in which no
     endpoint is routable (which would only trip panic routing to all of them anyway); making the
     first answer decisive keeps a backend that is still loading its model (``/ready`` -> 503) from
-    taking traffic for ``unhealthy_threshold x interval_s``. Probe results never touch the circuit.
+    taking traffic for ``unhealthy_threshold x interval``. Probe results never touch the circuit.
+
+    ``config`` is the ``health_check:`` section itself; what a probe sends is one of the checks
+    registered in :data:`gateway.checks.CHECKS`.
     """
 
     __slots__ = (
         "_listener",
+        "config",
         "consecutive_fails",
         "consecutive_passes",
         "name",
-        "settings",
         "state",
     )
 
     def __init__(
         self,
-        settings: ActiveCheckSettings,
+        config: HealthCheckConfig,
         *,
         name: str = "",
         listener: TransitionListener | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.name = name
         self.state = CheckState.UNKNOWN
         self.consecutive_passes = 0
@@ -54,7 +60,7 @@ class ActiveCheckState:
             self.consecutive_fails = 0
             if self.state is CheckState.UNKNOWN or (
                 self.state is CheckState.UNHEALTHY
-                and self.consecutive_passes >= self.settings.healthy_threshold
+                and self.consecutive_passes >= self.config.healthy_threshold
             ):
                 return self._move(CheckState.HEALTHY, Reason.CHECK_PASSED, now)
         else:
@@ -62,21 +68,22 @@ class ActiveCheckState:
             self.consecutive_passes = 0
             if self.state is CheckState.UNKNOWN or (
                 self.state is CheckState.HEALTHY
-                and self.consecutive_fails >= self.settings.unhealthy_threshold
+                and self.consecutive_fails >= self.config.unhealthy_threshold
             ):
                 return self._move(CheckState.UNHEALTHY, Reason.CHECK_FAILED, now)
         return None
 
     def next_delay_s(self, rng: random.Random) -> float:
-        """Seconds until the next probe: ``interval_s`` jittered uniformly by +-jitter_percent."""
-        jitter = self.settings.jitter_percent / 100.0
-        return self.settings.interval_s * rng.uniform(1.0 - jitter, 1.0 + jitter)
+        """Seconds until the next probe: ``interval`` jittered uniformly by +-jitter_percent, so
+        probes from many gateways don't arrive in lockstep."""
+        jitter = self.config.jitter_percent / 100.0
+        return self.config.interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
 
     def first_delay_s(self, rng: random.Random) -> float:
         """Seconds before the first probe of a new endpoint: soon, but spread over
-        ``[0, interval_s x jitter]`` so a fleet discovered at once is not probed in one burst."""
-        jitter = self.settings.jitter_percent / 100.0
-        return rng.uniform(0.0, self.settings.interval_s * jitter)
+        ``[0, interval x jitter]`` so a fleet discovered at once is not probed in one burst."""
+        jitter = self.config.jitter_percent / 100.0
+        return rng.uniform(0.0, self.config.interval * jitter)
 
     def _move(self, to: CheckState, reason: str, now: float) -> Transition:
         transition = Transition(self.state, to, reason, self.name, now)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .active import ActiveCheckState
+from .ejection import ejection_cap_s, open_duration_s
 from .outcome import Outcome
-from .settings import ActiveCheckSettings, BreakerSettings, OutlierSettings
 from .transition import CircuitState, Reason, Transition, TransitionListener
+
+if TYPE_CHECKING:  # the config imports this package (through gateway.failures)
+    from gateway.config.model import (
+        CircuitBreakerConfig,
+        HealthCheckConfig,
+        OutlierDetectionConfig,
+    )
 
 
 class EndpointHealth:
@@ -19,6 +26,11 @@ class EndpointHealth:
     keeps ONE set of consecutive counters shared by the breaker and the detector's consecutive
     rules, so a failure is never counted twice and the circuit opens once, by whichever rule
     trips first.
+
+    ``outlier`` and ``breaker`` are the config's ``outlier_detection:`` and ``circuit_breaker:``
+    sections themselves: they set how long the circuit opens (one duration for both rules),
+    the breaker's ``failure_threshold`` and the half-open trial permits. The outlier rules
+    that read the counters kept here live in :mod:`gateway.health.rules`.
 
     Contract with the caller: every ``True`` from :meth:`try_acquire` is followed by exactly one
     :meth:`record` of that request's outcome, ``Outcome.CANCELLED`` included, or a half-open trial
@@ -46,15 +58,15 @@ class EndpointHealth:
 
     def __init__(
         self,
-        outlier: OutlierSettings | None = None,
-        breaker: BreakerSettings | None = None,
-        active: ActiveCheckSettings | None = None,
+        outlier: OutlierDetectionConfig,
+        breaker: CircuitBreakerConfig,
+        active: HealthCheckConfig | None = None,
         *,
         name: str = "",
         listener: TransitionListener | None = None,
     ) -> None:
-        self.outlier = outlier or OutlierSettings()
-        self.breaker = breaker or BreakerSettings()
+        self.outlier = outlier
+        self.breaker = breaker
         self.name = name
         self._listener = listener
         self.active = (
@@ -71,6 +83,31 @@ class EndpointHealth:
         self.interval_failures = 0
         self._permits_left = 0
         self._trials_in_flight = 0
+
+    def reconfigure(
+        self,
+        outlier: OutlierDetectionConfig,
+        breaker: CircuitBreakerConfig,
+        active: HealthCheckConfig | None,
+    ) -> None:
+        """A reload's new sections: the circuit, its counters and the probe verdict stay.
+
+        Active checks turned off forget the probes' verdict (nothing would ever change it);
+        turned on, the endpoint starts UNKNOWN like a new one.
+        """
+        self.outlier = outlier
+        self.breaker = breaker
+        if active is None:
+            self.active = None
+        elif self.active is None:
+            self.active = ActiveCheckState(active, name=self.name, listener=self._listener)
+        else:
+            self.active.config = active
+
+    @property
+    def failure_threshold(self) -> int:
+        """The breaker's consecutive-failure count to open at; 0 when the breaker is off."""
+        return self.breaker.failure_threshold if self.breaker.enabled else 0
 
     # -- the request path ------------------------------------------------------------------
 
@@ -113,32 +150,16 @@ class EndpointHealth:
             return self._open_time_up(now)
         return self._permits_left > 0
 
-    # -- used by the outlier detector --------------------------------------------------------
-
-    def consecutive_outlier_reason(self) -> str | None:
-        """The detector's consecutive rule this endpoint has tripped, if any (CLOSED only).
-
-        Counters are compared with ``>=`` rather than Envoy's ``==``, so an ejection refused by
-        ``max_ejection_percent`` is tried again on the next failure instead of being forgotten.
-        """
-        if self.state is not CircuitState.CLOSED:
-            return None
-        threshold = self.outlier.consecutive_gateway_failure
-        if threshold and self.consecutive_gateway_failures >= threshold:
-            return Reason.CONSECUTIVE_GATEWAY_FAILURE
-        threshold = self.outlier.consecutive_5xx
-        if threshold and self.consecutive_failures >= threshold:
-            return Reason.CONSECUTIVE_5XX
-        return None
+    # -- used by the outlier detector and its rules -----------------------------------------
 
     def open(self, reason: str, now: float) -> Transition:
-        """Open the circuit for ``base_ejection_time_s x ejection_count`` (capped).
+        """Open the circuit for ``base_ejection_time x ejection_count`` (capped).
 
         The count grows only while the duration is below the cap, as in Envoy, so that decay
         back to the base duration never takes more than ``cap / base`` healthy intervals.
         """
-        base = self.outlier.base_ejection_time_s
-        cap = self.outlier.ejection_time_cap_s
+        base = open_duration_s(self.outlier, self.breaker)
+        cap = ejection_cap_s(self.outlier, self.breaker)
         if base * self.ejection_count < cap:
             self.ejection_count += 1
         self.opened_until = now + min(base * self.ejection_count, cap)
@@ -204,7 +225,7 @@ class EndpointHealth:
             self.consecutive_gateway_failures += 1
         else:
             self.consecutive_gateway_failures = 0
-        threshold = self.breaker.failure_threshold
+        threshold = self.failure_threshold
         if threshold and self.consecutive_failures >= threshold:
             return self.open(Reason.CIRCUIT_BREAKER, now)
         return None

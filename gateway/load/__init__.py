@@ -1,5 +1,5 @@
 """Load: what one endpoint's signals say about it (pure, clock passed in)."""
 
-from gateway.load.signals import EndpointSignals, SignalSettings
+from gateway.load.signals import EndpointSignals
 
-__all__ = ["EndpointSignals", "SignalSettings"]
+__all__ = ["EndpointSignals"]

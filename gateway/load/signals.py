@@ -5,18 +5,18 @@ gateway's single observe path drives it in production and tests drive it with a 
 
 Latency (peak-EWMA, after Linkerd's balancer):
   * A sample `x` that arrives `dt` seconds after the previous one moves the estimate by
-    `est = est * w + x * (1 - w)` with `w = exp(-dt / decay_s)`: the weight of the old estimate
-    depends on elapsed *time*, not on how many samples arrived, so a burst of fast responses
-    cannot wash out a slow one in a millisecond.
+    `est = est * w + x * (1 - w)` with `w = exp(-dt / latency.decay)`: the weight of the old
+    estimate depends on elapsed *time*, not on how many samples arrived, so a burst of fast
+    responses cannot wash out a slow one in a millisecond.
   * With `peak_sensitive`, a sample above the estimate replaces it at once: an endpoint that
     turned slow is avoided on its first slow response; recovery then follows the decay above.
   * Before the first sample the estimate *is* the prior the reader passes in (the fleet median),
     never zero, so a new endpoint is neither a magnet nor shunned.
   * Without samples for a while, the estimate fades toward that prior with time constant
-    `idle_decay_s`, so an endpoint that was slow once and then starved of traffic gets tried
+    `latency.idle_decay`, so an endpoint that was slow once and then starved of traffic gets tried
     again. The fade is applied when read (the prior belongs to the fleet, not to the endpoint);
     the stored estimate is what the next sample updates. That sample's weight after an idle
-    gap `dt` is `1 - exp(-dt / decay_s)`, so with `decay_s <= idle_decay_s` (the defaults) the
+    gap `dt` is `1 - exp(-dt / latency.decay)`, so with `decay <= idle_decay` (the defaults) the
     new sample dominates what the fade left, and the read value moves smoothly.
 
 Queue depth: see `EndpointSignals.queue_depth`.
@@ -25,42 +25,25 @@ Queue depth: see `EndpointSignals.queue_depth`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from gateway.config.model import BalancerConfig, TimeoutsConfig
 from gateway.load.work import WorkLedger
 
 # A failed request counts as this many times the latency estimate (see request_finished).
 FAILURE_PENALTY = 2.0
 
 
-@dataclass(slots=True)
-class SignalSettings:
-    """How the signals of every endpoint decay; built by the config layer (all times in seconds)."""
-
-    decay_s: float = 10.0
-    peak_sensitive: bool = True
-    idle_decay_s: float = 30.0
-    report_fresh_s: float = 2.0
-    report_stale_s: float = 10.0
-    slow_start_s: float = 0.0
-    slow_start_min_weight: float = 0.1
-    failure_cap_s: float = 30.0  # a failure penalty never exceeds this (the per-try timeout)
-
-    def __post_init__(self) -> None:
-        # The config layer reports field paths to operators; these checks guard the arithmetic
-        # below for any other caller.
-        if not self.decay_s > 0 or not self.idle_decay_s > 0:
-            raise ValueError("decay_s and idle_decay_s must be > 0")
-        if not 0 <= self.report_fresh_s <= self.report_stale_s:
-            raise ValueError("need 0 <= report_fresh_s <= report_stale_s")
-        if not self.slow_start_s >= 0:
-            raise ValueError("slow_start_s must be >= 0")
-        if not 0 < self.slow_start_min_weight <= 1:
-            raise ValueError("slow_start_min_weight must be in (0, 1]")
+# The default failure cap: the default per-try timeout (``timeouts.per_try``).
+DEFAULT_FAILURE_CAP_S = TimeoutsConfig().per_try
 
 
 class EndpointSignals:
-    """The measured load of one backend; mutated only by the gateway's observe path."""
+    """The measured load of one backend; mutated only by the gateway's observe path.
+
+    How it decays is the ``balancer:`` section itself (``latency``, ``queue_depth.fresh`` and
+    ``stale``, ``slow_start``), validated there; ``failure_cap_s`` is the per-try timeout, the
+    most a failure penalty may weigh.
+    """
 
     __slots__ = (
         "_duration_s",
@@ -75,14 +58,18 @@ class EndpointSignals:
         "_waiting",
         "_waiting_epoch",
         "_waiting_since_sum",
+        "config",
+        "failure_cap_s",
         "in_flight",
         "samples",
-        "settings",
         "work",
     )
 
-    def __init__(self, settings: SignalSettings, now: float) -> None:
-        self.settings = settings
+    def __init__(
+        self, config: BalancerConfig, now: float, failure_cap_s: float = DEFAULT_FAILURE_CAP_S
+    ) -> None:
+        self.config = config
+        self.failure_cap_s = failure_cap_s
         self.in_flight = 0
         self.samples = 0
         self._latency_s: float | None = None
@@ -98,6 +85,11 @@ class EndpointSignals:
         self._waiting_epoch = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
+
+    def reconfigure(self, config: BalancerConfig, failure_cap_s: float) -> None:
+        """A reload's new ``balancer:`` section and per-try timeout: what was measured stays."""
+        self.config = config
+        self.failure_cap_s = failure_cap_s
 
     # -- the observe path -------------------------------------------------------------------
 
@@ -165,7 +157,7 @@ class EndpointSignals:
         if failed:
             basis = max(self._latency_s or 0.0, latency_s or 0.0)
             if basis > 0:
-                penalty = min(FAILURE_PENALTY * basis, self.settings.failure_cap_s)
+                penalty = min(FAILURE_PENALTY * basis, self.failure_cap_s)
                 self._add_sample(max(penalty, latency_s or 0.0), now)
             return
         if latency_s is not None:
@@ -198,7 +190,7 @@ class EndpointSignals:
         if self._kv_usage is None:
             return 0.0
         age_s = now - self._kv_reported_at
-        fresh_s, stale_s = self.settings.report_fresh_s, self.settings.report_stale_s
+        fresh_s, stale_s = self.config.queue_depth.fresh, self.config.queue_depth.stale
         if age_s <= fresh_s:
             return self._kv_usage
         if stale_s <= fresh_s:
@@ -240,7 +232,7 @@ class EndpointSignals:
         idle_s = now - self._sampled_at
         if idle_s <= 0:
             return self._latency_s
-        remaining = math.exp(-idle_s / self.settings.idle_decay_s)
+        remaining = math.exp(-idle_s / self.config.latency.idle_decay)
         return prior_s + (self._latency_s - prior_s) * remaining
 
     def queue_depth(self, now: float) -> float:
@@ -259,8 +251,8 @@ class EndpointSignals:
           meaningful for seconds. (In the fleet simulator, with scrapes seen 1-2 s late, this
           took weighted_score/p2c from 3.7x to 1.3x the oracle's p99 at G = 8 gateway
           replicas and M = 100 backends.)
-        * `freshness` is 1 up to `report_fresh_s`, then falls linearly to 0 at
-          `report_stale_s`: a hard bound on how long any report may steer traffic.
+        * `freshness` is 1 up to `queue_depth.fresh`, then falls linearly to 0 at
+          `queue_depth.stale`: a hard bound on how long any report may steer traffic.
 
         The result is never below our exact in-flight count.
         """
@@ -271,14 +263,14 @@ class EndpointSignals:
 
     def slow_start_factor(self, now: float) -> float:
         """Share of its weight a new or recovered endpoint gets, rising linearly from
-        `slow_start_min_weight` to 1 over `slow_start_s` (always 1 when slow start is off)."""
-        ramp_s = self.settings.slow_start_s
+        `slow_start_min_weight` to 1 over `slow_start` seconds (always 1 when slow start is off)."""
+        ramp_s = self.config.slow_start
         if ramp_s <= 0:
             return 1.0
         progress = (now - self._ramp_started_at) / ramp_s
         if progress >= 1:
             return 1.0
-        floor = self.settings.slow_start_min_weight
+        floor = self.config.slow_start_min_weight
         return floor + (1.0 - floor) * max(0.0, progress)
 
     def snapshot(self, now: float, prior_s: float) -> dict[str, float | int | None]:
@@ -307,11 +299,11 @@ class EndpointSignals:
 
     def _add_sample(self, sample_s: float, now: float) -> None:
         previous = self._latency_s
-        if previous is None or (self.settings.peak_sensitive and sample_s > previous):
+        if previous is None or (self.config.latency.peak_sensitive and sample_s > previous):
             self._latency_s = sample_s
         else:
             elapsed_s = max(0.0, now - self._sampled_at)
-            keep = math.exp(-elapsed_s / self.settings.decay_s)
+            keep = math.exp(-elapsed_s / self.config.latency.decay)
             self._latency_s = previous * keep + sample_s * (1.0 - keep)
         self._sampled_at = now
         self.samples += 1
@@ -324,10 +316,11 @@ class EndpointSignals:
 
     def _report_freshness(self, now: float) -> float:
         age_s = now - self._reported_at
-        fresh_s = self.settings.report_fresh_s
+        queue = self.config.queue_depth
+        fresh_s = queue.fresh
         if age_s <= fresh_s:
             return 1.0
-        fade_s = self.settings.report_stale_s - fresh_s
+        fade_s = queue.stale - fresh_s
         if fade_s <= 0:
             return 0.0
         return max(0.0, 1.0 - (age_s - fresh_s) / fade_s)

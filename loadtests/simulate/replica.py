@@ -115,8 +115,7 @@ class GatewayReplica:
 
     def sweep(self, now: float) -> None:
         """Every ``outlier_detection.interval``: the detector's sweep."""
-        if self.runtime.config.outlier_detection.enabled:
-            self.runtime.detector.sweep(self._healths, now)
+        self.runtime.detector.sweep(self._healths, now)
 
     def probe(self, ready: Sequence[bool], now: float) -> None:
         """One round of active health checks; ``ready[i]`` is pod i's /ready verdict."""

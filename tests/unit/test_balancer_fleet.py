@@ -4,7 +4,7 @@ import pytest
 
 from gateway.balancer.base import SimpleCandidate
 from gateway.balancer.fleet import MIN_LATENCY_S, FleetReference
-from gateway.load import SignalSettings
+from gateway.config.model import BalancerConfig
 
 DEFAULT_S = 0.1
 
@@ -49,10 +49,10 @@ def test_a_zero_latency_fleet_is_floored() -> None:
 
 
 def test_queue_median_is_per_unit_of_effective_weight() -> None:
-    slow_start = SignalSettings(slow_start_s=10.0, slow_start_min_weight=0.5)
+    slow_start = BalancerConfig(slow_start=10.0, slow_start_min_weight=0.5)
     big = SimpleCandidate.new("big", now=0.0, weight=4.0)
     small = SimpleCandidate.new("small", now=0.0, weight=1.0)
-    warming = SimpleCandidate.new("warming", now=0.0, weight=2.0, settings=slow_start)
+    warming = SimpleCandidate.new("warming", now=0.0, weight=2.0, config=slow_start)
     for c, depth in ((big, 8), (small, 3), (warming, 1)):
         for _ in range(depth):
             c.signals.request_started(0.0)

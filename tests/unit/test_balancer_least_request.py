@@ -7,11 +7,11 @@ import pytest
 
 from gateway.balancer.base import SimpleCandidate
 from gateway.balancer.least_request import LeastRequest
-from gateway.load import SignalSettings
+from gateway.config.model import BalancerConfig
 
 
-def busy(name: str, in_flight: int, weight: float = 1.0, settings=None) -> SimpleCandidate:
-    c = SimpleCandidate.new(name, now=0.0, weight=weight, settings=settings)
+def busy(name: str, in_flight: int, weight: float = 1.0, config=None) -> SimpleCandidate:
+    c = SimpleCandidate.new(name, now=0.0, weight=weight, config=config)
     for _ in range(in_flight):
         c.signals.request_started(0.0)
     return c
@@ -52,8 +52,8 @@ def test_closed_loop_load_follows_weight() -> None:
 
 
 def test_slow_start_counts_a_warming_endpoint_as_smaller() -> None:
-    ramp = SignalSettings(slow_start_s=10.0, slow_start_min_weight=0.25)
-    warming = busy("warming", 0, settings=ramp)
+    ramp = BalancerConfig(slow_start=10.0, slow_start_min_weight=0.25)
+    warming = busy("warming", 0, config=ramp)
     assert LeastRequest().score(warming, 0.0) == 4.0
     assert LeastRequest().score(warming, 10.0) == 1.0
 

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.balancer.base import SimpleCandidate
 from gateway.balancer.random_pick import RandomPick
-from gateway.load import SignalSettings
+from gateway.config.model import BalancerConfig
 
 
 def fleet(**weights: float) -> list[SimpleCandidate]:
@@ -41,9 +41,9 @@ def test_a_changed_candidate_set_is_followed() -> None:
 
 
 def test_slow_start_shrinks_the_share_until_refreshed_after_the_ramp() -> None:
-    ramp = SignalSettings(slow_start_s=10.0, slow_start_min_weight=0.1)
+    ramp = BalancerConfig(slow_start=10.0, slow_start_min_weight=0.1)
     steady = SimpleCandidate.new("steady", now=0.0)
-    warming = SimpleCandidate.new("warming", now=0.0, settings=ramp)
+    warming = SimpleCandidate.new("warming", now=0.0, config=ramp)
     p, rng = RandomPick(), random.Random(5)
     p.refresh([steady, warming], 0.0)
     early = Counter(p.pick([steady, warming], 0.0, rng).name for _ in range(2_000))

@@ -6,7 +6,7 @@ from itertools import groupby
 
 from gateway.balancer.base import SimpleCandidate
 from gateway.balancer.round_robin import RoundRobin
-from gateway.load import SignalSettings
+from gateway.config.model import BalancerConfig
 
 RNG = random.Random(0)  # round robin never draws; the argument is part of the interface
 
@@ -93,9 +93,9 @@ def test_a_new_endpoint_joins_the_rotation() -> None:
 
 
 def test_a_warming_endpoint_is_picked_during_its_ramp_and_more_as_it_grows() -> None:
-    ramp = SignalSettings(slow_start_s=10.0, slow_start_min_weight=0.1)
+    ramp = BalancerConfig(slow_start=10.0, slow_start_min_weight=0.1)
     steady = SimpleCandidate.new("steady", now=0.0)
-    warming = SimpleCandidate.new("warming", now=0.0, settings=ramp)
+    warming = SimpleCandidate.new("warming", now=0.0, config=ramp)
     p = RoundRobin()
     shares = []
     for tick in range(40):  # refresh every 250 ms, 20 picks between refreshes

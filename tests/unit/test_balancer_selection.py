@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.balancer import BalancerSettings, build_policy
+from gateway.balancer import build_policy
 from gateway.balancer.base import SimpleCandidate, pick_best, pick_p2c, sample_two
+from gateway.config.model import BalancerConfig
 
 
 def nodes(n: int) -> list[SimpleCandidate]:
@@ -119,7 +120,7 @@ def test_p2c_policies_never_pick_the_worse_of_their_two(name, states, seed, now)
         for _ in range(in_flight):
             c.signals.request_started(0.0)
         candidates.append(c)
-    policy = build_policy(BalancerSettings(policy=name, selection="p2c"))
+    policy = build_policy(BalancerConfig(policy=name, selection="p2c"))
     policy.refresh(candidates, now)
     picked = policy.pick(candidates, now, random.Random(seed))
     if len(candidates) == 1:

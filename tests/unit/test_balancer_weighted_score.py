@@ -7,7 +7,7 @@ import pytest
 
 from gateway.balancer.base import SimpleCandidate
 from gateway.balancer.weighted_score import WeightedScore
-from gateway.load import SignalSettings
+from gateway.config.model import BalancerConfig, LatencyConfig, QueueDepthConfig
 
 ALPHA, BETA, DEFAULT_S = 0.6, 0.4, 0.1
 
@@ -16,8 +16,13 @@ def policy(selection: str = "best") -> WeightedScore:
     return WeightedScore(ALPHA, BETA, selection, DEFAULT_S)
 
 
-def node(name: str, latency_s: float | None = None, weight: float = 1.0, **settings):
-    c = SimpleCandidate.new(name, now=0.0, weight=weight, settings=SignalSettings(**settings))
+def node(
+    name: str,
+    latency_s: float | None = None,
+    weight: float = 1.0,
+    config: BalancerConfig | None = None,
+):
+    c = SimpleCandidate.new(name, now=0.0, weight=weight, config=config)
     if latency_s is not None:
         c.signals.request_started(0.0)
         c.signals.request_finished(latency_s, 0.0)
@@ -142,14 +147,14 @@ def test_a_recovered_backend_starts_again_from_the_prior() -> None:
 
 
 def test_slow_start_eases_a_new_backend_in() -> None:
-    ramp = {"slow_start_s": 60.0, "slow_start_min_weight": 0.1}
-    warming = [node("steady", 0.1), node("warming", 0.1, **ramp)]
+    ramp = BalancerConfig(slow_start=60.0, slow_start_min_weight=0.1)
+    warming = [node("steady", 0.1), node("warming", 0.1, config=ramp)]
     p = policy()
     p.refresh(warming, 0.0)
     early = closed_loop(p, warming, 22)
     assert early["warming"] == 2  # a tenth of the weight: 1 request for every 10
 
-    grown = [node("steady", 0.1), node("warming", 0.1, **ramp)]
+    grown = [node("steady", 0.1), node("warming", 0.1, config=ramp)]
     p.refresh(grown, 60.0)
     assert closed_loop(p, grown, 22, now=60.0)["warming"] == 11
 
@@ -167,8 +172,10 @@ def test_a_slow_endpoint_is_tried_again_after_an_idle_spell() -> None:
 
 def test_a_reported_queue_steers_away_until_it_goes_stale() -> None:
     """Long generations (5 s): a report keeps its meaning for seconds, until it is stale."""
-    fresh = {"report_fresh_s": 2.0, "report_stale_s": 10.0, "idle_decay_s": 1e9}
-    fleet = [node("a", 5.0, **fresh), node("shared", 5.0, **fresh)]
+    fresh = BalancerConfig(
+        queue_depth=QueueDepthConfig(fresh=2.0, stale=10.0), latency=LatencyConfig(idle_decay=1e9)
+    )
+    fleet = [node("a", 5.0, config=fresh), node("shared", 5.0, config=fresh)]
     load(fleet[0], 2)
     fleet[1].signals.report_queue_depth(20.0, now=0.0)  # other gateways' requests
     p = policy()
@@ -180,8 +187,10 @@ def test_a_reported_queue_steers_away_until_it_goes_stale() -> None:
 
 def test_a_report_of_a_fast_backend_fades_as_its_queue_turns_over() -> None:
     """100 ms requests: a second-old report describes a queue that has long drained."""
-    fresh = {"report_fresh_s": 2.0, "report_stale_s": 10.0, "idle_decay_s": 1e9}
-    fleet = [node("a", 0.1, **fresh), node("shared", 0.1, **fresh)]
+    fresh = BalancerConfig(
+        queue_depth=QueueDepthConfig(fresh=2.0, stale=10.0), latency=LatencyConfig(idle_decay=1e9)
+    )
+    fleet = [node("a", 0.1, config=fresh), node("shared", 0.1, config=fresh)]
     load(fleet[0], 2)
     fleet[1].signals.report_queue_depth(20.0, now=0.0)
     p = policy()

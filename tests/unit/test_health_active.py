@@ -2,11 +2,12 @@ import random
 
 import pytest
 
-from gateway.health import ActiveCheckSettings, ActiveCheckState, CheckState, Reason, Transition
+from gateway.config.model import HealthCheckConfig
+from gateway.health import ActiveCheckState, CheckState, Reason, Transition
 
 
 def make(unhealthy: int = 3, healthy: int = 2, **kwargs: object) -> ActiveCheckState:
-    settings = ActiveCheckSettings(unhealthy_threshold=unhealthy, healthy_threshold=healthy)
+    settings = HealthCheckConfig(unhealthy_threshold=unhealthy, healthy_threshold=healthy)
     return ActiveCheckState(settings, **kwargs)  # type: ignore[arg-type]
 
 
@@ -69,7 +70,7 @@ def test_listener_and_name() -> None:
 
 
 def test_jitter_bounds_and_spread() -> None:
-    check = ActiveCheckState(ActiveCheckSettings(interval_s=5.0, jitter_percent=20))
+    check = ActiveCheckState(HealthCheckConfig(interval=5.0, jitter_percent=20))
     rng = random.Random(7)
     delays = [check.next_delay_s(rng) for _ in range(2000)]
     assert min(delays) >= 4.0 and max(delays) <= 6.0
@@ -80,9 +81,9 @@ def test_jitter_bounds_and_spread() -> None:
 
 
 def test_no_jitter_is_exact_and_rng_is_deterministic() -> None:
-    exact = ActiveCheckState(ActiveCheckSettings(interval_s=5.0, jitter_percent=0))
+    exact = ActiveCheckState(HealthCheckConfig(interval=5.0, jitter_percent=0))
     assert exact.next_delay_s(random.Random(1)) == 5.0
     assert exact.first_delay_s(random.Random(1)) == 0.0
-    check = ActiveCheckState(ActiveCheckSettings())
+    check = ActiveCheckState(HealthCheckConfig())
     a, b = random.Random(42), random.Random(42)
     assert [check.next_delay_s(a) for _ in range(5)] == [check.next_delay_s(b) for _ in range(5)]

@@ -2,13 +2,11 @@
 
 import pytest
 
+from gateway.config.model import CircuitBreakerConfig, HealthCheckConfig, OutlierDetectionConfig
 from gateway.health import (
-    ActiveCheckSettings,
-    BreakerSettings,
     CircuitState,
     EndpointHealth,
     Outcome,
-    OutlierSettings,
     Reason,
     Transition,
 )
@@ -24,8 +22,10 @@ def make(
     **kwargs: object,
 ) -> EndpointHealth:
     return EndpointHealth(
-        OutlierSettings(base_ejection_time_s=base_s, max_ejection_time_s=max_s),
-        BreakerSettings(failure_threshold=failure_threshold, half_open_requests=half_open_requests),
+        OutlierDetectionConfig(base_ejection_time=base_s, max_ejection_time=max_s),
+        CircuitBreakerConfig(
+            failure_threshold=failure_threshold, half_open_requests=half_open_requests
+        ),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -226,7 +226,7 @@ def test_decay_after_closed_intervals() -> None:
 
 
 def test_no_decay_while_open_or_failing_probes() -> None:
-    health = make(active=ActiveCheckSettings())
+    health = make(active=HealthCheckConfig())
     trip(health, 0.0)
     health.decay_ejection_count(1000.0, interval_s=10.0)
     assert health.ejection_count == 1
@@ -243,7 +243,7 @@ def test_no_decay_while_open_or_failing_probes() -> None:
 
 
 def test_failing_probes_make_it_unroutable_without_touching_the_circuit() -> None:
-    health = make(active=ActiveCheckSettings(unhealthy_threshold=2))
+    health = make(active=HealthCheckConfig(unhealthy_threshold=2))
     assert health.active is not None
     health.active.record(True, 0.0)
     health.active.record(False, 1.0)
@@ -272,7 +272,7 @@ def test_listener_sees_every_transition_including_half_open() -> None:
 
 
 def test_snapshot_reports_state_for_admin() -> None:
-    health = make(active=ActiveCheckSettings())
+    health = make(active=HealthCheckConfig())
     health.record(Outcome.SUCCESS, 0.0)
     health.record(Outcome.HTTP_5XX, 0.0)
     snap = health.snapshot(0.0)

@@ -4,20 +4,19 @@ from collections.abc import Sequence
 
 import pytest
 
+from gateway.config.model import CircuitBreakerConfig, OutlierDetectionConfig
 from gateway.health import (
-    BreakerSettings,
     CircuitState,
     EndpointHealth,
     Outcome,
     OutlierDetector,
-    OutlierSettings,
     Reason,
 )
 
-BREAKER_OFF = BreakerSettings(failure_threshold=0)
+BREAKER_OFF = CircuitBreakerConfig(enabled=False)
 
 
-def fleet_of(n: int, settings: OutlierSettings, breaker: BreakerSettings = BREAKER_OFF):
+def fleet_of(n: int, settings: OutlierDetectionConfig, breaker: CircuitBreakerConfig = BREAKER_OFF):
     return [EndpointHealth(settings, breaker, name=f"e{i}") for i in range(n)]
 
 
@@ -36,7 +35,7 @@ def feed(
 
 @pytest.mark.parametrize("outcome", [Outcome.HTTP_5XX, Outcome.GATEWAY_FAILURE])
 def test_consecutive_5xx_ejects_after_exactly_the_count(outcome: Outcome) -> None:
-    settings = OutlierSettings(consecutive_5xx=7, consecutive_gateway_failure=0)
+    settings = OutlierDetectionConfig(consecutive_5xx=7, consecutive_gateway_failure=0)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     assert feed(detector, fleet[0], fleet, outcome, 6) == []
@@ -44,12 +43,12 @@ def test_consecutive_5xx_ejects_after_exactly_the_count(outcome: Outcome) -> Non
     assert transition.reason == Reason.CONSECUTIVE_5XX
     assert transition.endpoint == "e0"
     assert fleet[0].state is CircuitState.OPEN
-    assert fleet[0].opened_until == settings.base_ejection_time_s
+    assert fleet[0].opened_until == 30.0  # the default base_ejection_time
 
 
 @pytest.mark.parametrize("outcome", [Outcome.GATEWAY_FAILURE, Outcome.LOCAL_ORIGIN_FAILURE])
 def test_consecutive_gateway_failure_ejects_after_exactly_the_count(outcome: Outcome) -> None:
-    settings = OutlierSettings(consecutive_5xx=0, consecutive_gateway_failure=3)
+    settings = OutlierDetectionConfig(consecutive_5xx=0, consecutive_gateway_failure=3)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     assert feed(detector, fleet[1], fleet, outcome, 2) == []
@@ -58,7 +57,7 @@ def test_consecutive_gateway_failure_ejects_after_exactly_the_count(outcome: Out
 
 
 def test_plain_5xx_does_not_count_as_gateway_failure() -> None:
-    settings = OutlierSettings(consecutive_5xx=0, consecutive_gateway_failure=2)
+    settings = OutlierDetectionConfig(consecutive_5xx=0, consecutive_gateway_failure=2)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     for _ in range(20):
@@ -68,7 +67,7 @@ def test_plain_5xx_does_not_count_as_gateway_failure() -> None:
 
 
 def test_success_resets_consecutive_rules() -> None:
-    settings = OutlierSettings(consecutive_5xx=3, consecutive_gateway_failure=3)
+    settings = OutlierDetectionConfig(consecutive_5xx=3, consecutive_gateway_failure=3)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     for _ in range(20):
@@ -78,7 +77,7 @@ def test_success_resets_consecutive_rules() -> None:
 
 
 def test_cancelled_counts_for_nothing() -> None:
-    settings = OutlierSettings(consecutive_5xx=2)
+    settings = OutlierDetectionConfig(consecutive_5xx=2)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     feed(detector, fleet[0], fleet, Outcome.HTTP_5XX, 1)
@@ -88,25 +87,25 @@ def test_cancelled_counts_for_nothing() -> None:
 
 
 def test_breaker_and_outlier_share_counters_and_open_once() -> None:
-    settings = OutlierSettings(consecutive_5xx=5, consecutive_gateway_failure=5)
+    settings = OutlierDetectionConfig(consecutive_5xx=5, consecutive_gateway_failure=5)
     detector = OutlierDetector(settings)
-    fleet = fleet_of(3, settings, BreakerSettings(failure_threshold=5))
+    fleet = fleet_of(3, settings, CircuitBreakerConfig(failure_threshold=5))
     transitions = feed(detector, fleet[0], fleet, Outcome.GATEWAY_FAILURE, 12)
     assert [t.reason for t in transitions] == [Reason.CIRCUIT_BREAKER]
     assert fleet[0].ejection_count == 1
 
 
 def test_gateway_rule_wins_when_it_is_lower_than_the_breaker() -> None:
-    settings = OutlierSettings(consecutive_5xx=5, consecutive_gateway_failure=2)
+    settings = OutlierDetectionConfig(consecutive_5xx=5, consecutive_gateway_failure=2)
     detector = OutlierDetector(settings)
-    fleet = fleet_of(3, settings, BreakerSettings(failure_threshold=5))
+    fleet = fleet_of(3, settings, CircuitBreakerConfig(failure_threshold=5))
     [transition] = feed(detector, fleet[0], fleet, Outcome.LOCAL_ORIGIN_FAILURE, 2)
     assert transition.reason == Reason.CONSECUTIVE_GATEWAY_FAILURE
     assert fleet[0].ejection_count == 1
 
 
 def test_max_ejection_percent_lets_one_go_but_not_a_second() -> None:
-    settings = OutlierSettings(consecutive_5xx=5, max_ejection_percent=10)
+    settings = OutlierDetectionConfig(consecutive_5xx=5, max_ejection_percent=10)
     detector = OutlierDetector(settings)
     fleet = fleet_of(3, settings)
     assert len(feed(detector, fleet[0], fleet, Outcome.HTTP_5XX, 5)) == 1
@@ -124,7 +123,7 @@ def test_max_ejection_percent_lets_one_go_but_not_a_second() -> None:
     [(3, 10, 1), (3, 34, 1), (3, 67, 2), (10, 10, 1), (10, 20, 2), (10, 50, 5), (4, 100, 4)],
 )
 def test_cap_arithmetic(n: int, percent: float, allowed: int) -> None:
-    settings = OutlierSettings(consecutive_5xx=1, max_ejection_percent=percent)
+    settings = OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=percent)
     detector = OutlierDetector(settings)
     fleet = fleet_of(n, settings)
     for health in fleet:
@@ -133,9 +132,9 @@ def test_cap_arithmetic(n: int, percent: float, allowed: int) -> None:
 
 
 def test_breaker_openings_count_toward_the_cap_but_are_not_limited_by_it() -> None:
-    settings = OutlierSettings(consecutive_5xx=0, consecutive_gateway_failure=2)
+    settings = OutlierDetectionConfig(consecutive_5xx=0, consecutive_gateway_failure=2)
     detector = OutlierDetector(settings)
-    fleet = fleet_of(4, settings, BreakerSettings(failure_threshold=3))
+    fleet = fleet_of(4, settings, CircuitBreakerConfig(failure_threshold=3))
     for health in fleet[:2]:
         feed(detector, health, fleet, Outcome.HTTP_5XX, 3)
     assert [h.state for h in fleet[:2]] == [CircuitState.OPEN] * 2  # breaker: no cap
@@ -156,7 +155,7 @@ def sweep_interval(detector, fleet, rates: Sequence[float], volume: int, now: fl
     return detector.sweep(fleet, now)
 
 
-SR = OutlierSettings(
+SR = OutlierDetectionConfig(
     consecutive_5xx=0,
     consecutive_gateway_failure=0,
     max_ejection_percent=100,
@@ -201,7 +200,7 @@ def test_success_rate_stdev_factor_sets_the_bar() -> None:
     rates = [1.0, 1.0, 1.0, 1.0, 0.9, 0.8]  # mean 0.95, pstdev 0.0764
     # Bars: 2.0 -> 0.797, 1.9 -> 0.805, 0.5 -> 0.912.
     for factor, ejected in ((2.0, []), (1.9, ["e5"]), (0.5, ["e5", "e4"])):
-        settings = OutlierSettings(
+        settings = OutlierDetectionConfig(
             consecutive_5xx=0,
             consecutive_gateway_failure=0,
             max_ejection_percent=100,
@@ -220,7 +219,7 @@ def test_success_rate_equal_fleet_ejects_nobody() -> None:
 
 
 def test_success_rate_obeys_the_cap_worst_first() -> None:
-    settings = OutlierSettings(
+    settings = OutlierDetectionConfig(
         consecutive_5xx=0,
         consecutive_gateway_failure=0,
         max_ejection_percent=10,
@@ -233,8 +232,8 @@ def test_success_rate_obeys_the_cap_worst_first() -> None:
 
 
 def test_success_rate_can_be_disabled() -> None:
-    settings = OutlierSettings(
-        consecutive_5xx=0, consecutive_gateway_failure=0, success_rate_enabled=False
+    settings = OutlierDetectionConfig(
+        consecutive_5xx=0, consecutive_gateway_failure=0, enabled=False
     )
     detector = OutlierDetector(settings)
     fleet = fleet_of(6, settings)
@@ -242,7 +241,7 @@ def test_success_rate_can_be_disabled() -> None:
 
 
 def test_sweep_decays_the_multiplier_of_healthy_endpoints() -> None:
-    settings = OutlierSettings(consecutive_5xx=1, max_ejection_percent=100)
+    settings = OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=100)
     detector = OutlierDetector(settings)
     fleet = fleet_of(2, settings)
     now = 0.0
@@ -260,7 +259,7 @@ def test_sweep_decays_the_multiplier_of_healthy_endpoints() -> None:
 
 
 def test_sweep_does_not_decay_an_open_endpoint() -> None:
-    settings = OutlierSettings(consecutive_5xx=1, max_ejection_percent=100)
+    settings = OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=100)
     detector = OutlierDetector(settings)
     fleet = fleet_of(2, settings)
     feed(detector, fleet[0], fleet, Outcome.HTTP_5XX, 1)
@@ -274,7 +273,7 @@ def test_sweep_does_not_decay_an_open_endpoint() -> None:
     [(4, 1, False), (4, 2, False), (4, 3, True), (5, 2, False), (5, 3, True), (1, 1, True)],
 )
 def test_panic_threshold(n: int, open_count: int, panic: bool) -> None:
-    settings = OutlierSettings(consecutive_5xx=1, max_ejection_percent=100)
+    settings = OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=100)
     detector = OutlierDetector(settings)
     fleet = fleet_of(n, settings)
     for health in fleet[:open_count]:
@@ -284,9 +283,9 @@ def test_panic_threshold(n: int, open_count: int, panic: bool) -> None:
 
 
 def test_panic_off_and_empty_fleet() -> None:
-    settings = OutlierSettings(consecutive_5xx=1, max_ejection_percent=100)
+    settings = OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=100)
     off = OutlierDetector(
-        OutlierSettings(consecutive_5xx=1, max_ejection_percent=100, panic_threshold_percent=0)
+        OutlierDetectionConfig(consecutive_5xx=1, max_ejection_percent=100, panic_threshold=0)
     )
     fleet = fleet_of(2, settings)
     for health in fleet:

@@ -5,13 +5,12 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.config.model import CircuitBreakerConfig, OutlierDetectionConfig
 from gateway.health import (
-    BreakerSettings,
     CircuitState,
     EndpointHealth,
     Outcome,
     OutlierDetector,
-    OutlierSettings,
     Reason,
     Transition,
 )
@@ -54,17 +53,17 @@ events = st.lists(
 def test_random_sequences_keep_every_invariant(
     events: list[tuple], n: int, percent: int, breaker_threshold: int, permits: int
 ) -> None:
-    outlier = OutlierSettings(
+    outlier = OutlierDetectionConfig(
         consecutive_5xx=4,
         consecutive_gateway_failure=3,
         max_ejection_percent=percent,
-        base_ejection_time_s=30.0,
-        max_ejection_time_s=100.0,
+        base_ejection_time=30.0,
+        max_ejection_time=100.0,
         success_rate_minimum_hosts=1,
         success_rate_request_volume=2,
         success_rate_stdev_factor=0.5,
     )
-    breaker = BreakerSettings(failure_threshold=breaker_threshold, half_open_requests=permits)
+    breaker = CircuitBreakerConfig(failure_threshold=breaker_threshold, half_open_requests=permits)
     seen: list[Transition] = []
     fleet = [EndpointHealth(outlier, breaker, name=str(i), listener=seen.append) for i in range(n)]
     detector = OutlierDetector(outlier)
@@ -120,7 +119,8 @@ def test_random_sequences_keep_every_invariant(
 @given(permits=st.integers(1, 5), callers=st.integers(1, 200))
 def test_concurrent_acquires_in_half_open_never_exceed_permits(permits: int, callers: int) -> None:
     health = EndpointHealth(
-        breaker=BreakerSettings(failure_threshold=1, half_open_requests=permits)
+        OutlierDetectionConfig(),
+        CircuitBreakerConfig(failure_threshold=1, half_open_requests=permits),
     )
     health.record(Outcome.HTTP_5XX, 0.0)
     granted = sum(health.try_acquire(30.0) for _ in range(callers))

@@ -7,11 +7,12 @@ import random
 import pytest
 
 from gateway.config import parse_config
+from gateway.config.model import HedgingConfig
 from gateway.endpoint import Endpoint
 from gateway.exchange import Exchange, open_exchange
 from gateway.failures import Failure
 from gateway.health.outcome import Outcome
-from gateway.hedging import HedgeSettings, Hedging, LatencyQuantile
+from gateway.hedging import Hedging, LatencyQuantile
 from gateway.request_info import NO_INFO
 from gateway.runtime import Runtime
 
@@ -41,7 +42,7 @@ def test_the_quantile_follows_the_recent_window_only() -> None:
 
 
 def test_no_delay_is_learned_before_enough_samples() -> None:
-    hedging = Hedging(HedgeSettings(min_samples=20))
+    hedging = Hedging(HedgingConfig(), min_samples=20)
     for _ in range(19):
         hedging.observe("default", False, 0.05)
     assert hedging.delay_s("default", False) is None
@@ -51,7 +52,7 @@ def test_no_delay_is_learned_before_enough_samples() -> None:
 
 
 def test_the_learned_delay_is_held_between_its_floor_and_its_cap() -> None:
-    hedging = Hedging(HedgeSettings(min_delay_s=0.01, max_delay_s=2.0, min_samples=1))
+    hedging = Hedging(HedgingConfig(min_delay=0.01, max_delay=2.0), min_samples=1)
     hedging.observe("fast", False, 0.0001)
     hedging.observe("slow", False, 30.0)
     assert hedging.delay_s("fast", False) == 0.01
@@ -59,12 +60,12 @@ def test_the_learned_delay_is_held_between_its_floor_and_its_cap() -> None:
 
 
 def test_a_fixed_delay_needs_no_samples_and_disabled_means_never() -> None:
-    assert Hedging(HedgeSettings(delay_s=0.2)).delay_s("g", False) == 0.2
-    assert Hedging(HedgeSettings(enabled=False, delay_s=0.2)).delay_s("g", False) is None
+    assert Hedging(HedgingConfig(delay=0.2)).delay_s("g", False) == 0.2
+    assert Hedging(HedgingConfig(enabled=False, delay=0.2)).delay_s("g", False) is None
 
 
 def test_the_budget_allows_its_percentage_of_requests_plus_the_floor() -> None:
-    hedging = Hedging(HedgeSettings(budget_percent=5.0, min_hedges_per_s=0.0))
+    hedging = Hedging(HedgingConfig(budget_percent=5.0), min_hedges_per_s=0.0)
     for _ in range(1000):
         hedging.record_request(0.0)
     sent = 0
@@ -72,7 +73,7 @@ def test_the_budget_allows_its_percentage_of_requests_plus_the_floor() -> None:
         hedging.spend(0.0)
         sent += 1
     assert sent == 50  # 5% of 1000
-    assert Hedging(HedgeSettings(min_hedges_per_s=1.0)).has_budget(0.0)  # 10 s window floor
+    assert Hedging(HedgingConfig(), min_hedges_per_s=1.0).has_budget(0.0)  # 10 s window floor
 
 
 def test_a_hedge_goes_to_the_other_backend_and_counts_as_a_try() -> None:

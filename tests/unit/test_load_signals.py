@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from gateway.load import EndpointSignals, SignalSettings
+from gateway.config import ConfigError, parse_config
+from gateway.config.model import BalancerConfig, LatencyConfig, QueueDepthConfig
+from gateway.load import EndpointSignals
 
 PRIOR_S = 0.2
 
@@ -19,28 +21,30 @@ def sample(signals: EndpointSignals, latency_s: float | None, now: float) -> Non
 
 
 def test_latency_is_the_prior_before_any_sample() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     assert not signals.has_latency
     assert signals.latency_s(0.0, PRIOR_S) == PRIOR_S
     assert signals.latency_s(1000.0, 0.7) == 0.7
 
 
 def test_first_sample_becomes_the_estimate() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     sample(signals, 0.05, now=5.0)
     assert signals.has_latency
     assert signals.latency_s(5.0, PRIOR_S) == pytest.approx(0.05)
 
 
 def test_one_slow_sample_raises_the_estimate_at_once() -> None:
-    signals = EndpointSignals(SignalSettings(decay_s=10.0), now=0.0)
+    signals = EndpointSignals(BalancerConfig(latency=LatencyConfig(decay=10.0)), now=0.0)
     sample(signals, 0.1, now=1.0)
     sample(signals, 2.0, now=1.001)
     assert signals.latency_s(1.001, PRIOR_S) == pytest.approx(2.0)
 
 
 def test_without_peak_sensitivity_a_slow_sample_is_averaged_in() -> None:
-    signals = EndpointSignals(SignalSettings(decay_s=10.0, peak_sensitive=False), now=0.0)
+    signals = EndpointSignals(
+        BalancerConfig(latency=LatencyConfig(decay=10.0, peak_sensitive=False)), now=0.0
+    )
     sample(signals, 0.1, now=1.0)
     sample(signals, 2.0, now=11.0)  # one time constant later: the old value keeps e^-1
     keep = math.exp(-1.0)
@@ -48,7 +52,7 @@ def test_without_peak_sensitivity_a_slow_sample_is_averaged_in() -> None:
 
 
 def test_recovery_decays_with_elapsed_time() -> None:
-    signals = EndpointSignals(SignalSettings(decay_s=10.0), now=0.0)
+    signals = EndpointSignals(BalancerConfig(latency=LatencyConfig(decay=10.0)), now=0.0)
     sample(signals, 2.0, now=0.0)
     sample(signals, 0.1, now=10.0)
     keep = math.exp(-1.0)
@@ -57,8 +61,8 @@ def test_recovery_decays_with_elapsed_time() -> None:
 
 def test_recovery_does_not_depend_on_the_number_of_samples() -> None:
     """A thousand fast samples within 1 ms move the estimate no further than time allows."""
-    one = EndpointSignals(SignalSettings(decay_s=10.0), now=0.0)
-    many = EndpointSignals(SignalSettings(decay_s=10.0), now=0.0)
+    one = EndpointSignals(BalancerConfig(latency=LatencyConfig(decay=10.0)), now=0.0)
+    many = EndpointSignals(BalancerConfig(latency=LatencyConfig(decay=10.0)), now=0.0)
     for signals in (one, many):
         sample(signals, 2.0, now=0.0)
     sample(one, 0.1, now=0.001)
@@ -69,7 +73,7 @@ def test_recovery_does_not_depend_on_the_number_of_samples() -> None:
 
 
 def test_latency_fades_toward_the_prior_while_idle() -> None:
-    signals = EndpointSignals(SignalSettings(idle_decay_s=30.0), now=0.0)
+    signals = EndpointSignals(BalancerConfig(latency=LatencyConfig(idle_decay=30.0)), now=0.0)
     sample(signals, 3.0, now=0.0)
     readings = [signals.latency_s(t, PRIOR_S) for t in (0.0, 30.0, 60.0, 300.0)]
     assert readings[0] == pytest.approx(3.0)
@@ -79,7 +83,7 @@ def test_latency_fades_toward_the_prior_while_idle() -> None:
 
 
 def test_a_fast_idle_endpoint_fades_up_toward_the_prior() -> None:
-    signals = EndpointSignals(SignalSettings(idle_decay_s=30.0), now=0.0)
+    signals = EndpointSignals(BalancerConfig(latency=LatencyConfig(idle_decay=30.0)), now=0.0)
     sample(signals, 0.01, now=0.0)
     assert signals.latency_s(30.0, PRIOR_S) == pytest.approx(
         PRIOR_S + (0.01 - PRIOR_S) * math.exp(-1.0)
@@ -87,7 +91,7 @@ def test_a_fast_idle_endpoint_fades_up_toward_the_prior() -> None:
 
 
 def test_reading_does_not_change_the_estimate() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     sample(signals, 1.0, now=0.0)
     signals.latency_s(100.0, PRIOR_S)
     assert signals.latency_s(0.0, PRIOR_S) == pytest.approx(1.0)
@@ -95,7 +99,7 @@ def test_reading_does_not_change_the_estimate() -> None:
 
 @pytest.mark.parametrize("bad", [None, math.nan, math.inf])
 def test_requests_without_a_usable_sample_leave_latency_alone(bad: float | None) -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     sample(signals, 0.3, now=0.0)
     sample(signals, bad, now=1.0)
     assert signals.samples == 1
@@ -104,7 +108,7 @@ def test_requests_without_a_usable_sample_leave_latency_alone(bad: float | None)
 
 
 def test_a_negative_latency_counts_as_zero() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     sample(signals, -0.5, now=0.0)
     assert signals.latency_s(0.0, PRIOR_S) == 0.0
 
@@ -113,7 +117,7 @@ def test_a_negative_latency_counts_as_zero() -> None:
 
 
 def test_in_flight_counts_started_minus_finished_and_never_goes_negative() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     for _ in range(3):
         signals.request_started(0.0)
     signals.request_finished(0.1, 1.0)
@@ -124,14 +128,14 @@ def test_in_flight_counts_started_minus_finished_and_never_goes_negative() -> No
 
 
 def test_queue_depth_without_a_report_is_the_in_flight_count() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)
     signals.request_started(0.0)
     assert signals.queue_depth(0.0) == 2.0
 
 
 def test_a_fresh_report_adds_the_requests_that_are_not_ours() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)
     signals.report_queue_depth(10.0, now=0.0)  # 1 of the 10 is ours
     assert signals.queue_depth(0.5) == 10.0
@@ -144,7 +148,9 @@ def test_a_fresh_report_adds_the_requests_that_are_not_ours() -> None:
 
 def test_a_report_fades_as_the_queue_turns_over_in_about_one_latency() -> None:
     """With a latency estimate L, others' reported requests count exp(-age / L)."""
-    signals = EndpointSignals(SignalSettings(report_fresh_s=60.0, report_stale_s=60.0), now=0.0)
+    signals = EndpointSignals(
+        BalancerConfig(queue_depth=QueueDepthConfig(fresh=60.0, stale=60.0)), now=0.0
+    )
     signals.request_started(0.0)
     signals.request_finished(0.5, 0.0)  # a 500 ms backend
     signals.report_queue_depth(10.0, now=0.0)
@@ -155,7 +161,7 @@ def test_a_report_fades_as_the_queue_turns_over_in_about_one_latency() -> None:
 
 def test_a_report_below_our_own_count_does_not_cancel_it() -> None:
     """A backend that reports only waiting requests: ours are still counted exactly."""
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     for _ in range(8):
         signals.request_started(0.0)
     signals.report_queue_depth(3.0, now=0.0)
@@ -163,8 +169,8 @@ def test_a_report_below_our_own_count_does_not_cancel_it() -> None:
 
 
 def test_a_stale_report_fades_out_linearly() -> None:
-    settings = SignalSettings(report_fresh_s=2.0, report_stale_s=10.0)
-    signals = EndpointSignals(settings, now=0.0)
+    config = BalancerConfig(queue_depth=QueueDepthConfig(fresh=2.0, stale=10.0))
+    signals = EndpointSignals(config, now=0.0)
     signals.request_started(0.0)
     signals.report_queue_depth(9.0, now=0.0)  # 8 requests are not ours
     assert signals.queue_depth(2.0) == 9.0
@@ -174,14 +180,16 @@ def test_a_stale_report_fades_out_linearly() -> None:
 
 
 def test_fresh_equal_to_stale_drops_the_report_at_once() -> None:
-    signals = EndpointSignals(SignalSettings(report_fresh_s=1.0, report_stale_s=1.0), now=0.0)
+    signals = EndpointSignals(
+        BalancerConfig(queue_depth=QueueDepthConfig(fresh=1.0, stale=1.0)), now=0.0
+    )
     signals.report_queue_depth(5.0, now=0.0)
     assert signals.queue_depth(1.0) == 5.0
     assert signals.queue_depth(1.0001) == 0.0
 
 
 def test_a_newer_report_replaces_the_older() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.report_queue_depth(50.0, now=0.0)
     signals.report_queue_depth(4.0, now=1.0)
     assert signals.queue_depth(1.0) == 4.0
@@ -189,7 +197,7 @@ def test_a_newer_report_replaces_the_older() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_unusable_reports_are_ignored(bad: float) -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.report_queue_depth(bad, now=0.0)
     assert signals.queue_depth(0.0) == 0.0
 
@@ -198,13 +206,13 @@ def test_unusable_reports_are_ignored(bad: float) -> None:
 
 
 def test_slow_start_off_means_full_weight_at_once() -> None:
-    signals = EndpointSignals(SignalSettings(slow_start_s=0.0), now=0.0)
+    signals = EndpointSignals(BalancerConfig(slow_start=0.0), now=0.0)
     assert signals.slow_start_factor(0.0) == 1.0
 
 
 def test_slow_start_ramps_linearly_from_the_minimum_weight() -> None:
-    settings = SignalSettings(slow_start_s=60.0, slow_start_min_weight=0.1)
-    signals = EndpointSignals(settings, now=100.0)
+    config = BalancerConfig(slow_start=60.0, slow_start_min_weight=0.1)
+    signals = EndpointSignals(config, now=100.0)
     assert signals.slow_start_factor(100.0) == pytest.approx(0.1)
     assert signals.slow_start_factor(130.0) == pytest.approx(0.55)
     assert signals.slow_start_factor(160.0) == 1.0
@@ -213,8 +221,8 @@ def test_slow_start_ramps_linearly_from_the_minimum_weight() -> None:
 
 
 def test_recovery_forgets_latency_and_reports_and_restarts_slow_start() -> None:
-    settings = SignalSettings(slow_start_s=10.0, slow_start_min_weight=0.2)
-    signals = EndpointSignals(settings, now=0.0)
+    config = BalancerConfig(slow_start=10.0, slow_start_min_weight=0.2)
+    signals = EndpointSignals(config, now=0.0)
     signals.request_started(0.0)
     sample(signals, 5.0, now=20.0)
     signals.report_queue_depth(40.0, now=20.0)
@@ -229,7 +237,7 @@ def test_recovery_forgets_latency_and_reports_and_restarts_slow_start() -> None:
 
 
 def test_snapshot_is_json_and_names_units() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     empty = signals.snapshot(0.0, PRIOR_S)
     assert empty["latency_s"] == PRIOR_S
     assert empty["report_age_s"] is None
@@ -250,25 +258,28 @@ def test_snapshot_is_json_and_names_units() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("yaml", "path"),
     [
-        {"decay_s": 0.0},
-        {"idle_decay_s": -1.0},
-        {"report_fresh_s": 5.0, "report_stale_s": 1.0},
-        {"report_fresh_s": -1.0},
-        {"slow_start_s": -1.0},
-        {"slow_start_min_weight": 0.0},
-        {"slow_start_min_weight": 1.5},
+        ("latency: {decay: 0}", "balancer.latency.decay"),
+        ("latency: {idle_decay: -1}", "balancer.latency.idle_decay"),
+        ("queue_depth: {fresh: 5s, stale: 1s}", "balancer.queue_depth.fresh"),
+        ("queue_depth: {fresh: -1}", "balancer.queue_depth.fresh"),
+        ("slow_start: -1", "balancer.slow_start"),
+        ("slow_start_min_weight: 0", "balancer.slow_start_min_weight"),
+        ("slow_start_min_weight: 1.5", "balancer.slow_start_min_weight"),
     ],
 )
-def test_settings_reject_values_the_arithmetic_cannot_use(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
-        SignalSettings(**kwargs)
+def test_the_config_rejects_what_the_arithmetic_cannot_use(yaml: str, path: str) -> None:
+    """The signals' settings are the `balancer:` section, validated there once, by field path."""
+    with pytest.raises(ConfigError, match=f"{path}: "):
+        parse_config(f"balancer: {{{yaml}}}\nbackends: [{{url: 'http://127.0.0.1:8000'}}]\n")
 
 
 def test_a_stream_turns_its_queue_over_in_a_whole_exchange_not_a_first_byte() -> None:
     """Streams report TTFB as latency; the queue they hold lasts for the whole generation."""
-    signals = EndpointSignals(SignalSettings(report_fresh_s=60.0, report_stale_s=60.0), now=0.0)
+    signals = EndpointSignals(
+        BalancerConfig(queue_depth=QueueDepthConfig(fresh=60.0, stale=60.0)), now=0.0
+    )
     signals.request_started(0.0)
     signals.request_finished(0.05, 10.0, duration_s=10.0)  # 50 ms to first token, 10 s stream
     signals.report_queue_depth(10.0, now=10.0)
@@ -279,8 +290,8 @@ def test_a_stream_turns_its_queue_over_in_a_whole_exchange_not_a_first_byte() ->
 
 
 def test_a_failure_counts_as_a_multiple_of_the_estimate_and_compounds_to_a_cap() -> None:
-    settings = SignalSettings(peak_sensitive=True, failure_cap_s=1.0)
-    signals = EndpointSignals(settings, now=0.0)
+    config = BalancerConfig(latency=LatencyConfig(peak_sensitive=True))
+    signals = EndpointSignals(config, now=0.0, failure_cap_s=1.0)
     signals.request_started(0.0)
     signals.request_finished(0.1, 0.0)
     for expected in (0.2, 0.4, 0.8, 1.0, 1.0):  # a fast 500 each time: the estimate climbs
@@ -290,7 +301,7 @@ def test_a_failure_counts_as_a_multiple_of_the_estimate_and_compounds_to_a_cap()
 
 
 def test_a_failure_with_nothing_to_compare_teaches_nothing() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)
     signals.request_finished(None, 0.0, failed=True)  # connect refused before any sample
     assert not signals.has_latency
@@ -301,7 +312,7 @@ def test_a_failure_with_nothing_to_compare_teaches_nothing() -> None:
 
 
 def test_a_hung_backend_looks_slow_as_its_requests_age() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)
     signals.request_finished(0.02, 0.02, started_at=0.0)  # a 20 ms backend...
     signals.request_started(1.0)
@@ -312,7 +323,7 @@ def test_a_hung_backend_looks_slow_as_its_requests_age() -> None:
 
 
 def test_a_stream_stops_waiting_at_its_first_byte() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)
     signals.headers_received(0.0)  # streaming for minutes from here on: not a hang
     assert signals.waiting_age_s(120.0) == 0.0
@@ -321,7 +332,7 @@ def test_a_stream_stops_waiting_at_its_first_byte() -> None:
 
 
 def test_recovery_forgets_requests_stuck_before_the_ejection() -> None:
-    signals = EndpointSignals(SignalSettings(), now=0.0)
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
     signals.request_started(0.0)  # stuck since before the ejection
     signals.reset_for_recovery(now=30.0)
     signals.request_started(31.0)

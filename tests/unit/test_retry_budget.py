@@ -1,6 +1,7 @@
 import pytest
 
-from gateway.retry_budget import RetryBudget, RetryBudgetSettings
+from gateway.config import ConfigError, parse_config
+from gateway.retry_budget import RetryBudget
 
 
 def spend_all(budget: RetryBudget, now: float) -> int:
@@ -12,14 +13,13 @@ def spend_all(budget: RetryBudget, now: float) -> int:
 
 
 def test_quiet_service_can_still_retry_at_the_floor() -> None:
-    budget = RetryBudget(RetryBudgetSettings(min_retries_per_s=0.5, window_s=10.0))
+    budget = RetryBudget(20, 0.5, window_s=10.0)
     assert spend_all(budget, 0.0) == 5
 
 
 def test_caps_retries_at_the_share_under_fleet_wide_failure() -> None:
     """Every request fails and wants a retry: retries stay at ~budget_percent of requests."""
-    settings = RetryBudgetSettings(budget_percent=20, min_retries_per_s=1, window_s=10.0)
-    budget = RetryBudget(settings)
+    budget = RetryBudget(20, 1, window_s=10.0)
     requests = retries = 0
     now = 0.0
     while now < 60.0:  # 100 requests/s for 60 s
@@ -34,8 +34,7 @@ def test_caps_retries_at_the_share_under_fleet_wide_failure() -> None:
 
 
 def test_no_window_ever_exceeds_its_allowance() -> None:
-    settings = RetryBudgetSettings(budget_percent=10, min_retries_per_s=0, window_s=1.0, buckets=4)
-    budget = RetryBudget(settings)
+    budget = RetryBudget(10, 0, window_s=1.0, buckets=4)
     events: list[tuple[float, str]] = []
     for i in range(400):
         now = i * 0.01
@@ -51,8 +50,7 @@ def test_no_window_ever_exceeds_its_allowance() -> None:
 
 
 def test_refills_as_the_window_slides() -> None:
-    settings = RetryBudgetSettings(budget_percent=50, min_retries_per_s=0, window_s=10.0)
-    budget = RetryBudget(settings)
+    budget = RetryBudget(50, 0, window_s=10.0)
     for _ in range(10):
         budget.record_request(0.0)
     assert spend_all(budget, 0.0) == 5
@@ -64,28 +62,27 @@ def test_refills_as_the_window_slides() -> None:
 
 
 def test_retries_do_not_fund_retries() -> None:
-    budget = RetryBudget(RetryBudgetSettings(budget_percent=100, min_retries_per_s=0))
+    budget = RetryBudget(100, 0)
     budget.record_request(0.0)
     assert budget.try_spend(0.0)
     assert not budget.try_spend(0.0)
 
 
 def test_zero_budget_and_zero_floor_never_retries() -> None:
-    budget = RetryBudget(RetryBudgetSettings(budget_percent=0, min_retries_per_s=0))
+    budget = RetryBudget(0, 0)
     for i in range(100):
         budget.record_request(float(i))
         assert not budget.try_spend(float(i))
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("yaml", "path"),
     [
-        ({"budget_percent": -1}, "budget_percent"),
-        ({"min_retries_per_s": -1}, "min_retries_per_s"),
-        ({"window_s": 0}, "window_s"),
-        ({"buckets": 0}, "buckets"),
+        ("retries: {budget_percent: -1}", "retries.budget_percent"),
+        ("retries: {min_retries_per_second: -1}", "retries.min_retries_per_second"),
+        ("hedging: {budget_percent: 101}", "hedging.budget_percent"),
     ],
 )
-def test_invalid_settings(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=f"^{field}: "):
-        RetryBudgetSettings(**kwargs)
+def test_the_owning_section_rejects_a_bad_budget_by_its_field_path(yaml: str, path: str) -> None:
+    with pytest.raises(ConfigError, match=f"{path}: "):
+        parse_config(yaml + "\nbackends: [{url: 'http://127.0.0.1:8000'}]\n")
