@@ -38,6 +38,14 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
     p.add_argument("--tp", type=int, help="tensor-parallel ranks (default: all GPUs; 1 on CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument(
+        "--dist-backend",
+        choices=["nccl", "gloo"],
+        help=(
+            "process group of the TP ranks (default: nccl on cuda, gloo on cpu); gloo on cuda "
+            "lets ranks share one GPU: a correctness check, not a speed one"
+        ),
+    )
+    p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         help="default: bfloat16 on cuda, float32 on cpu",
@@ -106,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         served_model_name=a.served_model_name,
         tp=a.tp if a.tp is not None else _default_tp(device),
         device=device,
+        dist_backend=a.dist_backend,
         dtype=a.dtype or ("bfloat16" if device == "cuda" else "float32"),
         seed=a.seed,
         max_batch_size=a.max_batch_size,

@@ -31,6 +31,10 @@ class BackendConfig:
     served_model_name: str | None = None
     tp: int = 1
     device: str = "cpu"
+    # Process-group backend of the TP ranks: "nccl" or "gloo"; None: nccl on cuda, gloo on cpu.
+    # Gloo on cuda lets ranks share one GPU (a correctness check; its collectives go through
+    # the host, so it says nothing about TP speed, and decode graphs are not captured).
+    dist_backend: str | None = None
     dtype: str = "float32"
     seed: int = 0
     max_batch_size: int = 8
@@ -55,8 +59,19 @@ class BackendConfig:
     shutdown_timeout_s: float = 5.0
 
     @property
+    def group_backend(self) -> str:
+        if self.dist_backend:
+            return self.dist_backend
+        return "nccl" if self.device == "cuda" else "gloo"
+
+    @property
+    def graphs_capturable(self) -> bool:
+        """CUDA graphs can hold NCCL's collectives, not gloo's (those run on the host)."""
+        return self.device == "cuda" and (self.tp == 1 or self.group_backend == "nccl")
+
+    @property
     def use_cuda_graphs(self) -> bool:
-        return self.device == "cuda" if self.cuda_graphs is None else self.cuda_graphs
+        return self.graphs_capturable if self.cuda_graphs is None else self.cuda_graphs
 
     @property
     def model_name(self) -> str:
@@ -74,6 +89,11 @@ class BackendConfig:
             (0 <= self.port <= 65535, "port must be in 0..65535"),
             (self.tp >= 1, "tp must be at least 1"),
             (self.device in ("cpu", "cuda"), "device must be cpu or cuda"),
+            (
+                self.dist_backend in (None, "nccl", "gloo"),
+                "dist_backend must be nccl or gloo",
+            ),
+            (self.device == "cuda" or self.group_backend != "nccl", "nccl needs --device cuda"),
             (
                 self.dtype in ("float32", "bfloat16", "float16"),
                 "dtype must be float32, bfloat16 or float16",
@@ -97,6 +117,11 @@ class BackendConfig:
             ),
             (self.device == "cuda" or self.dtype != "float16", "float16 needs --device cuda"),
             (self.device == "cuda" or not self.use_cuda_graphs, "cuda_graphs needs --device cuda"),
+            (
+                self.device != "cuda" or self.graphs_capturable or not self.use_cuda_graphs,
+                "cuda_graphs at tp > 1 needs --dist-backend nccl (gloo's collectives run on "
+                "the host and cannot be captured)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -72,6 +72,11 @@ class DecodeGraphs:
         self._outputs: dict[GraphKey, Tensor] = {}
         self.capture_s = 0.0
 
+    @property
+    def captured(self) -> bool:
+        """Whether replays run captured graphs (else the static-shape steps run eagerly)."""
+        return bool(self._graphs)
+
     def key_for(self, step: Step) -> GraphKey:
         """The smallest (batch, width) bucket holding ``step``, or ``EAGER`` if none does."""
         batch, width = step.block_table.shape

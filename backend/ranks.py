@@ -53,9 +53,26 @@ class Rank:
         return self.rank == 0
 
 
+# Process-group backends a rank can join. NCCL is the one for speed on GPUs; gloo runs the
+# same collectives on the host (CUDA tensors included, copied through host memory), so ranks
+# can also share one GPU, which NCCL refuses: a correctness check of the sharded model on a
+# GPU's kernels where only one GPU is at hand, never a measure of TP speed.
+DIST_BACKENDS = ("nccl", "gloo")
+
+
+def default_dist_backend(device_type: str) -> str:
+    """NCCL on GPUs, gloo on CPU."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def device_for(rank: int, device_type: str) -> torch.device:
-    """Rank r drives GPU r; on CPU every rank shares the host."""
-    return torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    """Rank r drives GPU r, round robin when ranks outnumber GPUs; on CPU all share the host.
+
+    Only gloo can run two ranks on one GPU; :func:`init_group` refuses it for NCCL.
+    """
+    if device_type != "cuda":
+        return torch.device("cpu")
+    return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
 
 
 def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPStore:
@@ -64,15 +81,23 @@ def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPSt
     return dist.TCPStore(host, port, rank.world, rank.is_driver, timeout, wait_for_workers=False)
 
 
-def init_group(rank: Rank, store: dist.Store, timeout_s: float) -> None:
-    """Join the process group: NCCL on GPUs, gloo on CPU; collectives give up after timeout_s."""
+def init_group(rank: Rank, store: dist.Store, timeout_s: float, backend: str) -> None:
+    """Join the process group over ``backend`` (:data:`DIST_BACKENDS`); collectives give up
+    after timeout_s."""
     if rank.world == 1:
         return
-    nccl = rank.device.type == "cuda"
-    if nccl:
+    nccl = backend == "nccl"
+    if nccl and rank.device.type != "cuda":
+        raise ValueError("the nccl process-group backend needs --device cuda")
+    if nccl and rank.world > torch.cuda.device_count():
+        raise ValueError(
+            f"--tp {rank.world} with nccl needs {rank.world} GPUs, "
+            f"{torch.cuda.device_count()} visible (gloo lets ranks share a GPU)"
+        )
+    if rank.device.type == "cuda":
         torch.cuda.set_device(rank.device)
     dist.init_process_group(
-        "nccl" if nccl else "gloo",
+        backend,
         store=store,
         rank=rank.rank,
         world_size=rank.world,
@@ -208,8 +233,8 @@ class Workers:
             # The sentinel can fire just before the exit status is readable (is_alive() may
             # still say True); wait for it so the report names the exit code.
             dead.join(1.0)
-            if self._stopping.is_set() and dead.exitcode == 0:
-                return
+            if self._stopping.is_set() and dead.exitcode in (0, None):
+                return  # the exit we asked for; stop() reports a bad exit code once it is known
             reason = self._report(dead)
             if not self._stopping.is_set():
                 on_death(reason)

@@ -8,6 +8,8 @@ With ``cuda_graphs`` each rank also captures its decode step as CUDA graphs at s
 (:mod:`backend.graphs`); rank 0 picks eager or a graph per step and the header carries the
 choice. Prefills always run eagerly. Every rank destroys its graphs before it leaves the
 process group, which NCCL would otherwise wait on forever (:meth:`DecodeGraphs.release`).
+Over gloo (ranks sharing a GPU) nothing is captured at TP > 1: gloo's collectives run on the
+host, which a CUDA graph cannot hold, so the graphs' static-shape steps run eagerly as on a CPU.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RunnerSpec:
     store_host: str = "127.0.0.1"
     store_port: int = 0
     timeout_s: float = 30.0
+    # Process-group backend of the ranks (ranks.DIST_BACKENDS); None: nccl on GPUs, gloo on CPU.
+    dist_backend: str | None = None
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
     # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise) instead of
@@ -55,6 +59,15 @@ class RunnerSpec:
 
     def rank(self, rank: int) -> ranks.Rank:
         return ranks.Rank(rank, self.world, ranks.device_for(rank, self.device_type))
+
+    @property
+    def group_backend(self) -> str:
+        return self.dist_backend or ranks.default_dist_backend(self.device_type)
+
+    @property
+    def can_capture(self) -> bool:
+        """Whether decode graphs can be captured: on a GPU, with collectives NCCL's (or none)."""
+        return self.device_type == "cuda" and (self.world == 1 or self.group_backend == "nccl")
 
     @property
     def max_width(self) -> int:
@@ -112,7 +125,7 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     _limit_cpu_threads(spec)
     _pick_attention_kernels(spec)
     if store is not None:
-        ranks.init_group(rank, store, spec.timeout_s)
+        ranks.init_group(rank, store, spec.timeout_s, spec.group_backend)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
     if spec.compile:
         model.ops = Pointwise.compiled()
@@ -122,8 +135,14 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     if not spec.cuda_graphs:
         return Shard(model, None)
     graphs = DecodeGraphs(model, spec.max_batch_size, spec.max_width)
-    if rank.device.type == "cuda":
+    if spec.can_capture:
         graphs.capture()
+    elif rank.device.type == "cuda" and rank.is_driver:
+        log.warning(
+            "decode graphs not captured: %s collectives run on the host; their static-shape "
+            "steps run eagerly",
+            spec.group_backend,
+        )
     return Shard(model, graphs)
 
 
