@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,9 @@ import torch
 
 from backend import paged_attention, ranks
 from backend.model import PRESETS, PagedKVCache, Step, rope_tables
-from backend.runner import ModelRunner, RunnerSpec, worker_main
+from backend.runner import ModelRunner, RunnerSpec
 from backend.sampling import SamplingParams, sample
+from backend.tools.launch import sharded_runner
 from backend.tools.parity import (
     PARITY_PROMPT_LENS,
     decode_step,
@@ -248,12 +248,6 @@ def _profile(runner: ModelRunner, prompt_len: int) -> str:
     )
 
 
-def _exit_on_worker_death(reason: str) -> None:
-    """A dead rank would leave rank 0 waiting forever inside a replayed collective."""
-    print(f"tensor-parallel {reason}", file=sys.stderr, flush=True)
-    os._exit(3)
-
-
 def run_case(case: Case) -> dict[str, Any]:
     """One case in this process as rank 0; returns its measurements and parity checks."""
     needed = max(case.prompt_len + case.steps, max(PARITY_PROMPT_LENS) + PARITY_TOKENS) + 8
@@ -270,18 +264,12 @@ def run_case(case: Case) -> dict[str, Any]:
     )
     # One run of blocks per batch row (what the hand-driven sequences use), plus the null block.
     spec = replace(spec, num_blocks=spec.max_batch_size * spec.max_width + 1)
-    world = case.world
-    store = ranks.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s) if world > 1 else None
-    spec = replace(spec, store_port=store.port if store else 0)
-    workers = ranks.Workers.launch(world, worker_main, (spec,))
-    workers.watch(_exit_on_worker_death)
     t0 = time.perf_counter()
-    runner = ModelRunner.start(spec, store)
-    load_s = time.perf_counter() - t0
-    try:
-        result = {
+    with sharded_runner(spec) as runner:
+        load_s = time.perf_counter() - t0
+        result: dict[str, Any] = {
             "preset": case.preset + ("+compile" if case.compile else ""),
-            "tp": world,
+            "tp": case.world,
             "max_model_len": spec.max_model_len,
             "load_s": load_s,
             "parity": [],
@@ -297,12 +285,8 @@ def run_case(case: Case) -> dict[str, Any]:
         if case.cuda_graphs:
             for seqs in PARITY_SEQS:
                 result["parity"].append(graph_parity(runner, seqs, PARITY_TOKENS))
-        result["gpu_mem_used_gib"] = _gpu_memory_used_gib(world, runner.device)
+        result["gpu_mem_used_gib"] = _gpu_memory_used_gib(case.world, runner.device)
         return result
-    finally:
-        workers.expect_exit()
-        runner.close()
-        workers.stop(30)
 
 
 def _run_one(case: Case, timeout_s: float) -> dict[str, Any] | str:
