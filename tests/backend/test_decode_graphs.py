@@ -132,6 +132,29 @@ def test_graphs_are_on_by_default_on_gpus_only_and_allowed_at_any_tp() -> None:
     assert runner_spec(replace(gpu, tp=2).validate(), 0).cuda_graphs
 
 
+def test_dist_backend_defaults_and_gloo_on_gpus_runs_graphs_uncaptured() -> None:
+    """NCCL on GPUs and gloo on CPU by default; gloo on a GPU at TP > 1 turns graphs off by
+    default (its collectives run on the host) and refuses them when asked for."""
+    from backend.cli import parse_args
+    from backend.config import ConfigError
+    from backend.lifecycle import runner_spec
+
+    assert parse_args(["--device", "cpu"]).group_backend == "gloo"
+    gpu = parse_args(["--device", "cuda", "--tp", "2"]).validate()
+    assert runner_spec(gpu, 0).dist_backend == "nccl"
+    shared = parse_args(["--device", "cuda", "--tp", "2", "--dist-backend", "gloo"]).validate()
+    assert runner_spec(shared, 0).dist_backend == "gloo"
+    assert not shared.use_cuda_graphs
+    assert runner_spec(replace(shared, tp=1), 0).cuda_graphs  # one rank: nothing to capture
+    with pytest.raises(ConfigError, match="needs --dist-backend nccl"):
+        replace(shared, cuda_graphs=True).validate()
+    with pytest.raises(ConfigError, match="nccl needs --device cuda"):
+        parse_args(["--device", "cpu", "--dist-backend", "nccl"]).validate()
+    spec = runner_spec(shared, 0)
+    assert not replace(spec, cuda_graphs=True).can_capture
+    assert replace(spec, dist_backend="nccl").can_capture
+
+
 def test_only_float32_parity_decides_the_bench_verdict() -> None:
     from backend.tools.report import parity_lines
 
