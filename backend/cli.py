@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         ),
     )
     p.add_argument(
+        "--prefill-graph-tokens",
+        type=int,
+        default=256,
+        help="with CUDA graphs, prefill chunks of up to this many tokens replay graphs (0: eager)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="fuse the elementwise work between GEMMs with torch.compile (slower start-up)",
@@ -125,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         num_kv_blocks=a.num_kv_blocks,
         max_num_batched_tokens=a.max_num_batched_tokens,
         cuda_graphs=a.cuda_graphs,
+        prefill_graph_tokens=a.prefill_graph_tokens,
         compile=a.compile,
         fault_latency_s=a.fault_latency,
         fault_error_rate=a.fault_error_rate,

@@ -50,6 +50,9 @@ class BackendConfig:
     # Decode through CUDA graphs (backend.graphs), at any TP degree; None: on for --device cuda
     # (float32 greedy tokens equal eager's on an H200, BENCHMARKS-backend.md).
     cuda_graphs: bool | None = None
+    # With graphs, prefill chunks of up to this many tokens replay graphs too (0: eager): a
+    # short chunk, like the tail after a long cached prefix, is as launch-bound as a decode.
+    prefill_graph_tokens: int = 256
     # Fuse the elementwise work between GEMMs with torch.compile (minutes of start-up).
     compile: bool = False
     fault_latency_s: float = 0.0
@@ -109,6 +112,7 @@ class BackendConfig:
                 "num_kv_blocks must hold one sequence of max_model_len plus the null block",
             ),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be at least 1"),
+            (self.prefill_graph_tokens >= 0, "prefill_graph_tokens must be non-negative"),
             (self.fault_latency_s >= 0, "fault_latency must be non-negative"),
             (0.0 <= self.fault_error_rate <= 1.0, "fault_error_rate must be in [0, 1]"),
             (

@@ -44,6 +44,7 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         timeout_s=config.collective_timeout_s,
         dist_backend=config.group_backend,
         cuda_graphs=config.use_cuda_graphs,
+        prefill_graph_tokens=config.prefill_graph_tokens,
         compile=config.compile,
     )
 

@@ -34,10 +34,10 @@ from backend.model import Step
 log = logging.getLogger("tailgate.backend.ranks")
 
 CMD_STEP, CMD_HEARTBEAT, CMD_STOP = 0, 1, 2
-# cmd, batch, seq, width (blocks per row), last_only, graph (batch, width); (0, 0): run eagerly
-HEADER_LEN = 7
-GraphKey = tuple[int, int]
-EAGER: GraphKey = (0, 0)
+# cmd, batch, seq, width (blocks per row), last_only, graph (rows, tokens, width); EAGER: none
+HEADER_LEN = 8
+GraphKey = tuple[int, int, int]
+EAGER: GraphKey = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -114,15 +114,15 @@ def close_group() -> None:
 class StepChannel:
     """Rank 0 broadcasts each step's inputs; the other ranks receive and replay them.
 
-    The header also names the CUDA graph (batch, width) rank 0 chose for the step (``EAGER``: none),
-    so every rank replays the same graph and its captured collectives meet.
+    The header also names the CUDA graph (rows, tokens, width) rank 0 chose for the step
+    (``EAGER``: none), so every rank replays the same graph and its captured collectives meet.
     """
 
     def __init__(self, rank: Rank) -> None:
         self.rank = rank
 
     def _header(self, cmd: int, step: Step | None, graph: GraphKey = EAGER) -> Tensor:
-        values = [cmd, 0, 0, 0, 0, 0, 0]
+        values = [cmd, 0, 0, 0, 0, *EAGER]
         if step is not None:
             b, t = step.tokens.shape
             width = step.block_table.shape[1]
@@ -155,7 +155,7 @@ class StepChannel:
         while True:
             header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.rank.device)
             dist.broadcast(header, src=0)
-            cmd, b, t, width, last_only, graph_batch, graph_width = header.tolist()
+            cmd, b, t, width, last_only, *graph = header.tolist()
             if cmd == CMD_STOP:
                 return None
             if cmd == CMD_HEARTBEAT:
@@ -171,7 +171,7 @@ class StepChannel:
                 block_table=table.view(b, width),
                 last_only=bool(last_only),
             )
-            return step, (graph_batch, graph_width)
+            return step, (graph[0], graph[1], graph[2])
 
 
 def _die_with_parent() -> None:

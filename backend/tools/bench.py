@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from backend import paged_attention, ranks
+from backend.config import BackendConfig
 from backend.model import PRESETS, PagedKVCache, Step, rope_tables
 from backend.runner import ModelRunner, RunnerSpec
 from backend.sampling import SamplingParams, sample
@@ -46,6 +47,7 @@ GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
 PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
 ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
+PREFILL_GRAPH_TOKENS = BackendConfig.prefill_graph_tokens  # what a server captures by default
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ def run_case(case: Case) -> dict[str, Any]:
         max_model_len=max(needed, case.max_model_len),
         timeout_s=120,
         cuda_graphs=case.cuda_graphs,
+        prefill_graph_tokens=PREFILL_GRAPH_TOKENS if case.cuda_graphs else 0,
         compile=case.compile,
     )
     # One run of blocks per batch row (what the hand-driven sequences use), plus the null block.
@@ -278,7 +281,12 @@ def run_case(case: Case) -> dict[str, Any]:
             result |= _measure(runner, case)
         if case.scenarios:
             runner.use_graphs = runner.shard.graphs is not None
-            result["ttft_cached"] = prefix_cached_ttft(runner, spec.max_model_len)
+            result["ttft_cached"] = []
+            for prefill_graphs in sorted({False, runner.shard.prefill_graphs is not None}):
+                runner.use_prefill_graphs = prefill_graphs  # the tail after the prefix
+                ttft = prefix_cached_ttft(runner, spec.max_model_len)
+                result["ttft_cached"].append(ttft | {"prefill_graphs": prefill_graphs})
+            runner.use_prefill_graphs = runner.shard.prefill_graphs is not None
             result["itl"] = [
                 itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
             ]

@@ -6,7 +6,8 @@
 The same seeded random weights are loaded at TP = 1, then at TP = N, and both run the same
 passes; every check compares TP = N's logits with TP = 1's (max absolute difference) and counts
 the greedy picks that differ. The checks: whole prefills; a prompt prefilled in chunks; a prompt
-whose first blocks are another's cached prefix, against its uncached prefill; greedy decoding
+whose first blocks are another's cached prefix, against its uncached prefill; last-token
+prefills through the prefill graphs (padded to their bucket); greedy decoding
 eagerly (on a GPU through :mod:`backend.paged_attention`'s kernel, each rank with 1/N of the
 heads) and through the decode graphs; and the engine end to end (chunked prefill under a small
 token budget, a second prompt served from the first one's cached prefix): identical tokens.
@@ -14,7 +15,9 @@ token budget, a second prompt served from the first one's cached prefix): identi
 With ``--dist-backend gloo`` the ranks may share one GPU (NCCL refuses that), which checks the
 sharded math on the GPU's kernels with one GPU; gloo's collectives run on the host, so at
 TP > 1 the decode graphs are not captured and their static-shape steps run eagerly: graph
-capture at TP > 1 is only checked over NCCL, on N GPUs. Nothing here is a measure of speed.
+capture at TP > 1 is only checked over NCCL, on N GPUs. Controls compare TP = 1 with itself
+(chunks, cached prefix, graphs against eager): the rounding that reordering alone brings.
+Nothing here is a measure of speed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ CHUNKS = (5, 16, 19)  # prompt 0 prefilled in these pieces (the second crosses a
 DECODE_TOKENS = 16
 ENGINE_BUDGET = 24  # max_num_batched_tokens of the engine check: prompts go in chunks
 ENGINE_TIMEOUT_S = 120.0
+PREFILL_GRAPH_TOKENS = 64  # the prompts' and the engine's chunks fit: their prefills replay graphs
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,13 @@ def _prefill_outputs(runner: ModelRunner, prompts: list[list[int]]) -> dict[str,
     shared = SHARED_BLOCKS * runner.block_size
     blocks = own_blocks(0, width)[:SHARED_BLOCKS] + own_blocks(3, width)[SHARED_BLOCKS:]
     out["cached"] = _pass(runner, prompts[2][shared:], shared, blocks)
+    if runner.shard.prefill_graphs is not None:  # last-token prefills, through their graphs
+        runner.use_graphs = runner.use_prefill_graphs = True
+        for i, ids in enumerate(prompts):
+            step = paged_step(
+                [(ids, 0, own_blocks(i, width))], runner.block_size, runner.device, True
+            )
+            out[f"graph_last{i}"] = runner.forward(step)[0].float().cpu()
     return out
 
 
@@ -180,6 +191,24 @@ def compare(tp1: Outputs, tpn: Outputs, block_size: int) -> list[Check]:
             _max_diff(tp1.passes["whole2"][shared:], tpn.passes["cached"]),
         ),
     ]
+    graphed = [k for k in tpn.passes if k.startswith("graph_last")]
+    if graphed:
+        checks.append(
+            Check(
+                "prefill graphs (last token) vs TP=1 eager",
+                max(_max_diff(tp1.passes[f"whole{k[-1]}"][-1:], tpn.passes[k]) for k in graphed),
+            )
+        )
+    checks += [
+        Check(
+            "control: TP=1 chunks vs TP=1 whole",
+            _max_diff(tp1.passes["whole0"], tp1.passes["chunked"]),
+        ),
+        Check(
+            "control: TP=1 cached prefix vs TP=1 uncached",
+            _max_diff(tp1.passes["whole2"][shared:], tp1.passes["cached"]),
+        ),
+    ]
     reference_logits, reference_picks = tp1.decode_logits["eager"], tp1.picks["eager"]
     for path in tpn.picks:
         checks.append(
@@ -225,6 +254,7 @@ def spec_for(a: argparse.Namespace, world: int) -> RunnerSpec:
         timeout_s=120,
         dist_backend=a.dist_backend,
         cuda_graphs=True,  # on a CPU (and over gloo at TP > 1) uncaptured: static steps, eager
+        prefill_graph_tokens=PREFILL_GRAPH_TOKENS,
     )
 
 
@@ -245,6 +275,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "paged_decode_kernel": paged,
         "graphs_captured": {"tp1": tp1.graphs_captured, f"tp{a.tp}": tpn.graphs_captured},
         "prefix_hit_tokens": tpn.hit_tokens,
+        "logit_std": float(tp1.passes["whole0"].std()),
         "checks": [asdict(c) | {"passed": c.passed} for c in checks],
         "passed": all(c.passed for c in checks),
     }
@@ -254,7 +285,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines = [
         f"TP={result['tp']} vs TP=1, {result['preset']} float32 on {result['device']} "
         f"({result['dist_backend']}), paged decode kernel: {result['paged_decode_kernel']}, "
-        f"graphs captured: {result['graphs_captured']}",
+        f"graphs captured: {result['graphs_captured']}, logit std {result['logit_std']:.3g}",
         "| check | max abs logit diff | differing picks | passed |",
         "|---|--:|--:|---|",
     ]
