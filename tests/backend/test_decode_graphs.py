@@ -224,19 +224,3 @@ def test_only_float32_parity_decides_the_bench_verdict() -> None:
     result["parity"] = [check("float32", False)]
     lines, ok = parity_lines(result)
     assert not ok and "FAIL, picks differ" in lines[0]
-
-
-def test_a_smaller_step_after_a_larger_one_leaves_its_padding_zero(runners) -> None:
-    """The fill skips zeroing at a steady batch; a batch or table that shrinks must not leave
-    the larger step's rows behind as padding (their write slots would be live)."""
-    _, graphs = runners
-    buffers = graphs.shard.graphs
-    three = decode_step(graphs, {0: [5], 2: [6], 5: [7]})
-    buffers._fill(three)
-    assert buffers._inputs[:3].any(1).all()
-    one = decode_step(graphs, {2: [6]})
-    buffers._fill(one)
-    width = one.block_table.shape[1]
-    assert not buffers._inputs[1:].any()
-    assert not buffers._inputs[0, 3 + width :].any()
-    torch.testing.assert_close(buffers._inputs[0, 3 : 3 + width], one.block_table[0])
