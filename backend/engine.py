@@ -8,6 +8,14 @@ token in one batched decode step, then spends the rest of the step's token budge
 iteration while the running streams keep their pace, instead of pausing them all for one
 whole prefill. Tokens go back through each request's ``on_event`` callback, which the server
 points at its event loop.
+
+While the batch only decodes (nothing waits, every row greedy and far from its length limit),
+each decode step is launched before the previous one's tokens are read: its input tokens are
+the previous step's picks, still on the device, and its positions and blocks are known ahead.
+The host's work for step N (reading its tokens, events, building step N+1) then runs while the
+GPU computes step N+1, instead of between the two. A row that ends on an EOS in step N has
+also run step N+1; that token is dropped, and its K/V went to a position of the row's own,
+uncommitted blocks, which are released with it.
 """
 
 from __future__ import annotations
@@ -100,6 +108,20 @@ class StepRecord:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A decode step started on the device: its logits and, when every row is greedy, its
+    picks (``[rows]``, not yet read back)."""
+
+    logits: Tensor
+    picks: Tensor | None
+
+    def rows(self, keep: list[int]) -> Launched:
+        index = torch.tensor(keep, device=self.logits.device)
+        picks = None if self.picks is None else self.picks[index]
+        return Launched(self.logits[index], picks)
+
+
 # Tokens per scheduling round (decode rows + prompt chunk): large enough that a chunk keeps the
 # GPU compute-bound, small enough that running streams wait one short pass per token.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
@@ -118,6 +140,7 @@ class Engine:
         on_fatal: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        look_ahead: bool = True,
     ) -> None:
         self._runner_factory = runner_factory
         self.max_batch_size = max_batch_size
@@ -125,6 +148,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_num_batched_tokens = max_num_batched_tokens
         self.heartbeat_s = heartbeat_s
+        self.look_ahead = look_ahead  # launch decode step N+1 before reading step N's tokens
         self._rng = rng
         self._observer = observer
         self._on_fatal = on_fatal
@@ -278,27 +302,38 @@ class Engine:
         return request.chain.blocks[position // size] * size + position % size
 
     def _step(
-        self, runner: Runner, rows: list[Request], starts: list[int], length: int, last_only: bool
+        self,
+        runner: Runner,
+        rows: list[Request],
+        starts: list[int],
+        length: int,
+        last_only: bool,
+        fed: Tensor | None = None,
     ) -> Step:
-        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy."""
+        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy.
+
+        ``fed`` (``[rows]``, on the device) are the rows' input tokens of a one-token step
+        whose tokens the host does not know yet: the previous step's picks.
+        """
         size = runner.block_size
         width = max(blocks_for(start + length, size) for start in starts)
         tokens, positions, slots, table = [], [], [], []
         for request, start in zip(rows, starts, strict=True):
             assert request.chain is not None
-            seq = request.tokens
             span = range(start, start + length)
-            tokens += [seq[p] for p in span]
+            if fed is None:
+                seq = request.tokens
+                tokens += [seq[p] for p in span]
             positions += span
             slots += [self._slot(request, p, size) for p in span]
             held = request.chain.blocks[: blocks_for(start + length, size)]
             table += held + [NULL_BLOCK] * (width - len(held))
-        n, b = len(tokens), len(rows)
+        n, b = len(positions), len(rows)
         flat = torch.tensor(tokens + positions + slots + table, dtype=torch.int64)
         flat = flat.to(runner.device, non_blocking=True)
-        tok, pos, write, blocks = flat.split((n, n, n, b * width))
+        tok, pos, write, blocks = flat.split((len(tokens), n, n, b * width))
         return Step(
-            tokens=tok.view(b, length),
+            tokens=(tok if fed is None else fed).view(b, length),
             input_pos=pos.view(b, length),
             write_slots=write,
             block_table=blocks.view(b, width),
@@ -320,8 +355,54 @@ class Engine:
         return length
 
     def _decode(self, runner: Runner, batch: list[Request]) -> None:
-        step = self._step(runner, batch, [r.last_pos for r in batch], 1, last_only=False)
+        """Decode steps for ``batch``: one, or back to back while :meth:`_may_look_ahead`."""
+        launched = self._launch_decode(runner, batch, None)
+        while True:
+            ahead = None
+            if launched.picks is not None and self._may_look_ahead(batch):
+                ahead = self._launch_decode(runner, batch, launched.picks)
+            self._accept_decode(runner, batch, launched)
+            if ahead is None:
+                return
+            launched = ahead
+            live = [i for i, r in enumerate(batch) if not r.finished]
+            if len(live) < len(batch) or self._needs_scheduling():
+                # Rows that ended in the step before ran this one too: drop their tokens.
+                self._accept_decode(runner, [batch[i] for i in live], launched.rows(live))
+                return
+
+    def _launch_decode(self, runner: Runner, batch: list[Request], fed: Tensor | None) -> Launched:
+        """Start one decode step; with ``fed`` (the previous step's picks, not yet read back)
+        the rows' newest tokens are those picks, one position past what the host holds."""
+        ahead = int(fed is not None)
+        starts = [r.last_pos + ahead for r in batch]
+        step = self._step(runner, batch, starts, 1, last_only=False, fed=fed)
         logits = runner.forward(step)[:, -1]
+        greedy = all(r.sampling.greedy for r in batch)
+        # Picks on the device, before a later step can overwrite a graph's logits buffer.
+        return Launched(logits, logits.argmax(dim=-1) if greedy else None)
+
+    def _may_look_ahead(self, batch: list[Request]) -> bool:
+        """Whether the next step can start before this one's tokens are known: nothing else
+        needs the model, and no row can end by length with the token in flight (its next
+        position may hold no block). A row may still end on an EOS; :meth:`_decode` drops it."""
+        if not self.look_ahead or self._needs_scheduling():
+            return False
+        for request in batch:
+            made = len(request.output_ids) + 1  # with the token in flight
+            if made >= request.max_tokens or request.last_pos + 2 >= self.max_model_len:
+                return False
+        return len(batch) == len(self._running)
+
+    def _needs_scheduling(self) -> bool:
+        """Work only a new scheduling round can do: admissions, cancellations, a stop."""
+        return (
+            bool(self._waiting)
+            or self._stopping
+            or any(r.cancelled for r in self._running.values())
+        )
+
+    def _accept_decode(self, runner: Runner, batch: list[Request], launched: Launched) -> None:
         assert self.blocks is not None
         for request in batch:
             assert request.chain is not None
@@ -329,11 +410,16 @@ class Engine:
             if request.computed % runner.block_size == 0:
                 self.blocks.commit(request.chain, request.tokens, request.computed)
         self._record("decode", batch, len(batch))
-        self._accept(batch, logits, runner.device)
+        if launched.picks is not None:
+            self._deliver(batch, launched.picks.tolist())
+        else:
+            self._accept(batch, launched.logits, runner.device)
 
     def _accept(self, batch: list[Request], logits: Tensor, device: torch.device) -> None:
         generators = [self._generator(r, device) for r in batch]
-        tokens = sample(logits, [r.sampling for r in batch], generators)
+        self._deliver(batch, sample(logits, [r.sampling for r in batch], generators))
+
+    def _deliver(self, batch: list[Request], tokens: list[int]) -> None:
         for request, token in zip(batch, tokens, strict=True):
             request.output_ids.append(token)
             reason = self._finish_reason(request, token)

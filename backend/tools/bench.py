@@ -40,13 +40,14 @@ from backend.tools.parity import (
     random_prompt,
 )
 from backend.tools.report import parity_lines, scenario_lines, table
-from backend.tools.scenarios import itl_under_long_prefill, prefix_cached_ttft
+from backend.tools.scenarios import engine_decode, itl_under_long_prefill, prefix_cached_ttft
 from backend.weights import ModelSource
 
 GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
 PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
 ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
+ENGINE_BATCHES = (1, 8)  # streams decoded together through the engine (its batch limit: 8)
 PREFILL_GRAPH_TOKENS = BackendConfig.prefill_graph_tokens  # what a server captures by default
 
 
@@ -287,6 +288,11 @@ def run_case(case: Case) -> dict[str, Any]:
                 ttft = prefix_cached_ttft(runner, spec.max_model_len)
                 result["ttft_cached"].append(ttft | {"prefill_graphs": prefill_graphs})
             runner.use_prefill_graphs = runner.shard.prefill_graphs is not None
+            result["engine_decode"] = [
+                engine_decode(runner, spec.max_model_len, batch, look_ahead)
+                for batch in ENGINE_BATCHES
+                for look_ahead in (False, True)
+            ]
             result["itl"] = [
                 itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
             ]

@@ -73,6 +73,12 @@ def scenario_lines(result: dict[str, Any]) -> list[str]:
             f"{ttft['uncached_ttft_ms']:.1f} ms uncached (ratio {ttft['ratio']:.3f}; "
             f"{ttft['hit_tokens']} of {ttft['query_tokens']} prompt tokens hit)"
         )
+    for d in result.get("engine_decode", []):
+        how = "look-ahead" if d["look_ahead"] else "one step at a time"
+        lines.append(
+            f"engine decode {result['preset']} batch {d['batch']} ({how}): "
+            f"{d['itl_ms']:.2f} ms between a stream's tokens (median)"
+        )
     for itl in result.get("itl", []):
         lines.append(
             f"ITL {result['preset']} max_num_batched_tokens={itl['budget']}: a running stream's "
