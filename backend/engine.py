@@ -330,6 +330,10 @@ class Engine:
             table += held + [NULL_BLOCK] * (width - len(held))
         n, b = len(positions), len(rows)
         flat = torch.tensor(tokens + positions + slots + table, dtype=torch.int64)
+        if runner.device.type == "cuda":
+            # From pageable memory the driver may wait for the stream's queued work before it
+            # copies, which would undo the look-ahead; torch caches pinned buffers.
+            flat = flat.pin_memory()
         flat = flat.to(runner.device, non_blocking=True)
         tok, pos, write, blocks = flat.split((len(tokens), n, n, b * width))
         return Step(
