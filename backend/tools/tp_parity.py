@@ -103,7 +103,9 @@ def _prefill_outputs(runner: ModelRunner, prompts: list[list[int]]) -> dict[str,
     return out
 
 
-def _engine_tokens(runner: ModelRunner, prompts: list[list[int]]) -> tuple[list[list[int]], int]:
+def _engine_tokens(
+    runner: ModelRunner, prompts: list[list[int]], look_ahead: bool = True
+) -> tuple[list[list[int]], int]:
     """Greedy tokens of prompts 0 then 2 through the engine, one after the other (so the
     second finds the first's blocks cached), prefilled in chunks; and the prefix-hit tokens."""
     engine = Engine(
@@ -113,6 +115,7 @@ def _engine_tokens(runner: ModelRunner, prompts: list[list[int]]) -> tuple[list[
         max_queue=4,
         rng=random.Random(0),
         max_num_batched_tokens=ENGINE_BUDGET,
+        look_ahead=look_ahead,
     )
     engine.start()
     outputs = []
@@ -143,6 +146,7 @@ class Outputs:
     picks: dict[str, dict[int, list[int]]]
     decode_logits: dict[str, list[Tensor]]
     engine_tokens: list[list[int]]
+    serial_engine_tokens: list[list[int]]  # the engine without look-ahead
     hit_tokens: int
     graphs_captured: bool
 
@@ -161,9 +165,9 @@ def collect(runner: ModelRunner, reference: Outputs | None) -> Outputs:
         picks[path], logits[path] = greedy(runner, decode_prompts, DECODE_TOKENS, forced)
     runner.use_graphs = graphs is not None
     engine_tokens, hits = _engine_tokens(runner, prompts)
-    return Outputs(
-        passes, picks, logits, engine_tokens, hits, graphs is not None and graphs.captured
-    )
+    serial, _ = _engine_tokens(runner, prompts, look_ahead=False)
+    captured = graphs is not None and graphs.captured
+    return Outputs(passes, picks, logits, engine_tokens, serial, hits, captured)
 
 
 def _max_diff(a: list[Tensor] | Tensor, b: list[Tensor] | Tensor) -> float:
@@ -224,6 +228,16 @@ def compare(tp1: Outputs, tpn: Outputs, block_size: int) -> list[Check]:
                 "control: TP=1 graphs vs TP=1 eager",
                 _max_diff(reference_logits, tp1.decode_logits["graphs"]),
                 _differing(reference_picks, tp1.picks["graphs"]),
+            )
+        )
+    for name, out in (("TP=1", tp1), ("TP=N", tpn)):
+        checks.append(
+            Check(
+                f"control: {name} engine look-ahead vs one step at a time",
+                0.0,
+                _differing(
+                    dict(enumerate(out.engine_tokens)), dict(enumerate(out.serial_engine_tokens))
+                ),
             )
         )
     engine_differs = sum(
