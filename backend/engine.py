@@ -9,8 +9,10 @@ iteration while the running streams keep their pace, instead of pausing them all
 whole prefill. Tokens go back through each request's ``on_event`` callback, which the server
 points at its event loop.
 
-While the batch only decodes (nothing waits, every row greedy and far from its length limit),
-each decode step is launched before the previous one's tokens are read: its input tokens are
+With ``look_ahead`` (off by default: its first form measured no gain on an H200, and the form
+here, with each step's read-back queued before the next launch, is not measured yet), while
+the batch only decodes (nothing waits, every row greedy and far from its length limit), each
+decode step is launched before the previous one's tokens are read: its input tokens are
 the previous step's picks, still on the device, and its positions and blocks are known ahead.
 The host's work for step N (reading its tokens, events, building step N+1) then runs while the
 GPU computes step N+1, instead of between the two. A row that ends on an EOS in step N has
@@ -111,15 +113,39 @@ class StepRecord:
 @dataclass(frozen=True)
 class Launched:
     """A decode step started on the device: its logits and, when every row is greedy, its
-    picks (``[rows]``, not yet read back)."""
+    picks (``[rows]``), with their copy to the host already queued behind them.
+
+    The copy is queued when the step is launched, before any later step: a plain ``tolist()``
+    after the next step's launch would wait for that step too, and nothing would overlap.
+    """
 
     logits: Tensor
     picks: Tensor | None
+    host_picks: Tensor | None = None
+    copied: torch.cuda.Event | None = None
 
-    def rows(self, keep: list[int]) -> Launched:
-        index = torch.tensor(keep, device=self.logits.device)
-        picks = None if self.picks is None else self.picks[index]
-        return Launched(self.logits[index], picks)
+    @classmethod
+    def start(cls, logits: Tensor, greedy: bool) -> Launched:
+        if not greedy:
+            return cls(logits, None)
+        picks = logits.argmax(dim=-1)
+        if not picks.is_cuda:
+            return cls(logits, picks)
+        host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
+        host.copy_(picks, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(logits, picks, host, copied)
+
+    def read(self, keep: list[int] | None = None) -> list[int]:
+        """The picks on the host (rows ``keep`` only, if given), once they have arrived."""
+        assert self.picks is not None, "only greedy steps are read back as picks"
+        if self.copied is not None and self.host_picks is not None:
+            self.copied.synchronize()
+            tokens = self.host_picks.tolist()
+        else:
+            tokens = self.picks.tolist()
+        return tokens if keep is None else [tokens[i] for i in keep]
 
 
 # Tokens per scheduling round (decode rows + prompt chunk): large enough that a chunk keeps the
@@ -140,7 +166,7 @@ class Engine:
         on_fatal: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
-        look_ahead: bool = True,
+        look_ahead: bool = False,
     ) -> None:
         self._runner_factory = runner_factory
         self.max_batch_size = max_batch_size
@@ -372,7 +398,7 @@ class Engine:
             live = [i for i, r in enumerate(batch) if not r.finished]
             if len(live) < len(batch) or self._needs_scheduling():
                 # Rows that ended in the step before ran this one too: drop their tokens.
-                self._accept_decode(runner, [batch[i] for i in live], launched.rows(live))
+                self._accept_decode(runner, [batch[i] for i in live], launched, live)
                 return
 
     def _launch_decode(self, runner: Runner, batch: list[Request], fed: Tensor | None) -> Launched:
@@ -382,9 +408,8 @@ class Engine:
         starts = [r.last_pos + ahead for r in batch]
         step = self._step(runner, batch, starts, 1, last_only=False, fed=fed)
         logits = runner.forward(step)[:, -1]
-        greedy = all(r.sampling.greedy for r in batch)
         # Picks on the device, before a later step can overwrite a graph's logits buffer.
-        return Launched(logits, logits.argmax(dim=-1) if greedy else None)
+        return Launched.start(logits, greedy=all(r.sampling.greedy for r in batch))
 
     def _may_look_ahead(self, batch: list[Request]) -> bool:
         """Whether the next step can start before this one's tokens are known: nothing else
@@ -406,7 +431,14 @@ class Engine:
             or any(r.cancelled for r in self._running.values())
         )
 
-    def _accept_decode(self, runner: Runner, batch: list[Request], launched: Launched) -> None:
+    def _accept_decode(
+        self,
+        runner: Runner,
+        batch: list[Request],
+        launched: Launched,
+        keep: list[int] | None = None,
+    ) -> None:
+        """Book one decode step's tokens for ``batch`` (rows ``keep`` of the step, if given)."""
         assert self.blocks is not None
         for request in batch:
             assert request.chain is not None
@@ -415,7 +447,7 @@ class Engine:
                 self.blocks.commit(request.chain, request.tokens, request.computed)
         self._record("decode", batch, len(batch))
         if launched.picks is not None:
-            self._deliver(batch, launched.picks.tolist())
+            self._deliver(batch, launched.read(keep))
         else:
             self._accept(batch, launched.logits, runner.device)
 
