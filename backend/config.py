@@ -18,6 +18,18 @@ def parse_duration_s(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+# Process-group backends of the TP ranks. NCCL is the one for speed on GPUs; gloo runs the same
+# collectives on the host (CUDA tensors included, copied through host memory), so ranks can
+# also share one GPU, which NCCL refuses: a correctness check of the sharded model on a GPU's
+# kernels where only one GPU is at hand, never a measure of TP speed.
+DIST_BACKENDS = ("nccl", "gloo")
+
+
+def default_dist_backend(device: str) -> str:
+    """NCCL on GPUs, gloo on CPU."""
+    return "nccl" if device == "cuda" else "gloo"
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
 
@@ -63,9 +75,7 @@ class BackendConfig:
 
     @property
     def group_backend(self) -> str:
-        if self.dist_backend:
-            return self.dist_backend
-        return "nccl" if self.device == "cuda" else "gloo"
+        return self.dist_backend or default_dist_backend(self.device)
 
     @property
     def graphs_capturable(self) -> bool:
@@ -93,7 +103,7 @@ class BackendConfig:
             (self.tp >= 1, "tp must be at least 1"),
             (self.device in ("cpu", "cuda"), "device must be cpu or cuda"),
             (
-                self.dist_backend in (None, "nccl", "gloo"),
+                self.dist_backend is None or self.dist_backend in DIST_BACKENDS,
                 "dist_backend must be nccl or gloo",
             ),
             (self.device == "cuda" or self.group_backend != "nccl", "nccl needs --device cuda"),
@@ -112,7 +122,10 @@ class BackendConfig:
                 "num_kv_blocks must hold one sequence of max_model_len plus the null block",
             ),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be at least 1"),
-            (self.prefill_graph_tokens >= 0, "prefill_graph_tokens must be non-negative"),
+            (
+                self.prefill_graph_tokens == 0 or self.prefill_graph_tokens >= 2,
+                "prefill_graph_tokens must be 0 (off) or at least 2",
+            ),
             (self.fault_latency_s >= 0, "fault_latency must be non-negative"),
             (0.0 <= self.fault_error_rate <= 1.0, "fault_error_rate must be in [0, 1]"),
             (

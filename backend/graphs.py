@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -66,7 +67,7 @@ def buckets(limit: int) -> tuple[int, ...]:
 PREFILL_MIN_TOKENS = 16  # smallest prefill bucket: shorter chunks pad up to it
 
 
-class StepGraphs:
+class StepGraphs(ABC):
     """Static inputs and one graph per bucket of one kind of step of a paged-cache model.
 
     Subclasses say which buckets exist (:meth:`key_for`), how a bucket's step reads the static
@@ -84,14 +85,17 @@ class StepGraphs:
         self._outputs: dict[GraphKey, Tensor] = {}
         self.capture_s = 0.0
 
+    @abstractmethod
     def key_for(self, step: Step) -> GraphKey:
-        raise NotImplementedError
+        """The bucket that runs ``step``, or ``EAGER`` if none of this kind does."""
 
+    @abstractmethod
     def _static_step(self, key: GraphKey) -> Step:
-        raise NotImplementedError
+        """Bucket ``key``'s step: views of the static buffer."""
 
+    @abstractmethod
     def _fill(self, step: Step) -> None:
-        raise NotImplementedError
+        """Write a live ``step`` into the static buffer, padding included."""
 
     def _rows(self, step: Step) -> slice:
         """The rows of a bucket's output that belong to ``step``."""

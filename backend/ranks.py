@@ -53,18 +53,6 @@ class Rank:
         return self.rank == 0
 
 
-# Process-group backends a rank can join. NCCL is the one for speed on GPUs; gloo runs the
-# same collectives on the host (CUDA tensors included, copied through host memory), so ranks
-# can also share one GPU, which NCCL refuses: a correctness check of the sharded model on a
-# GPU's kernels where only one GPU is at hand, never a measure of TP speed.
-DIST_BACKENDS = ("nccl", "gloo")
-
-
-def default_dist_backend(device_type: str) -> str:
-    """NCCL on GPUs, gloo on CPU."""
-    return "nccl" if device_type == "cuda" else "gloo"
-
-
 def device_for(rank: int, device_type: str) -> torch.device:
     """Rank r drives GPU r, round robin when ranks outnumber GPUs; on CPU all share the host.
 
@@ -82,8 +70,8 @@ def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPSt
 
 
 def init_group(rank: Rank, store: dist.Store, timeout_s: float, backend: str) -> None:
-    """Join the process group over ``backend`` (:data:`DIST_BACKENDS`); collectives give up
-    after timeout_s."""
+    """Join the process group over ``backend`` (nccl or gloo, :mod:`backend.config` says
+    when each); collectives give up after timeout_s."""
     if rank.world == 1:
         return
     nccl = backend == "nccl"

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from backend import fused_pointwise, ranks
+from backend.config import default_dist_backend
 from backend.graphs import DecodeGraphs, PrefillGraphs, StepGraphs
 from backend.kv_blocks import blocks_for
 from backend.model import ModelConfig, Pointwise, Step, Transformer
@@ -50,7 +51,7 @@ class RunnerSpec:
     store_host: str = "127.0.0.1"
     store_port: int = 0
     timeout_s: float = 30.0
-    # Process-group backend of the ranks (ranks.DIST_BACKENDS); None: nccl on GPUs, gloo on CPU.
+    # Process-group backend of the ranks (config.DIST_BACKENDS); None: nccl on GPUs, gloo on CPU.
     dist_backend: str | None = None
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
@@ -65,7 +66,7 @@ class RunnerSpec:
 
     @property
     def group_backend(self) -> str:
-        return self.dist_backend or ranks.default_dist_backend(self.device_type)
+        return self.dist_backend or default_dist_backend(self.device_type)
 
     @property
     def can_capture(self) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend import ranks
+from backend.config import DIST_BACKENDS, default_dist_backend
 from backend.engine import Engine, Request
 from backend.runner import ModelRunner, RunnerSpec
 from backend.tools.launch import sharded_runner
@@ -284,7 +284,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "preset": a.preset,
         "tp": a.tp,
         "device": a.device,
-        "dist_backend": a.dist_backend or ranks.default_dist_backend(a.device),
+        "dist_backend": a.dist_backend or default_dist_backend(a.device),
         "torch": torch.__version__,
         "paged_decode_kernel": paged,
         "graphs_captured": {"tp1": tp1.graphs_captured, f"tp{a.tp}": tpn.graphs_captured},
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--tp", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dist-backend", choices=list(ranks.DIST_BACKENDS), default=None)
+    p.add_argument("--dist-backend", choices=list(DIST_BACKENDS), default=None)
     p.add_argument("--max-model-len", type=int, default=256)
     p.add_argument("--json", type=Path, help="also write the result here")
     a = p.parse_args(argv)

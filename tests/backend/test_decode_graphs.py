@@ -206,6 +206,9 @@ def test_dist_backend_defaults_and_gloo_on_gpus_runs_graphs_uncaptured() -> None
         replace(shared, cuda_graphs=True).validate()
     with pytest.raises(ConfigError, match="nccl needs --device cuda"):
         parse_args(["--device", "cpu", "--dist-backend", "nccl"]).validate()
+    with pytest.raises(ConfigError, match="prefill_graph_tokens must be 0"):
+        replace(gpu, prefill_graph_tokens=1).validate()
+    assert runner_spec(gpu, 0).prefill_graph_tokens == 256  # short prefills as graphs by default
     spec = runner_spec(shared, 0)
     assert not replace(spec, cuda_graphs=True).can_capture
     assert replace(spec, dist_backend="nccl").can_capture
