@@ -125,11 +125,13 @@ class Launched:
     copied: torch.cuda.Event | None = None
 
     @classmethod
-    def start(cls, logits: Tensor, greedy: bool) -> Launched:
+    def start(cls, logits: Tensor, greedy: bool, copy_early: bool) -> Launched:
+        """Picks for a greedy batch; ``copy_early`` queues their copy to the host now (only
+        worth it when a later step will be launched before they are read)."""
         if not greedy:
             return cls(logits, None)
         picks = logits.argmax(dim=-1)
-        if not picks.is_cuda:
+        if not (copy_early and picks.is_cuda):
             return cls(logits, picks)
         host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
         host.copy_(picks, non_blocking=True)
@@ -409,7 +411,8 @@ class Engine:
         step = self._step(runner, batch, starts, 1, last_only=False, fed=fed)
         logits = runner.forward(step)[:, -1]
         # Picks on the device, before a later step can overwrite a graph's logits buffer.
-        return Launched.start(logits, greedy=all(r.sampling.greedy for r in batch))
+        greedy = all(r.sampling.greedy for r in batch)
+        return Launched.start(logits, greedy, copy_early=self.look_ahead)
 
     def _may_look_ahead(self, batch: list[Request]) -> bool:
         """Whether the next step can start before this one's tokens are known: nothing else
