@@ -59,8 +59,9 @@ class BackendConfig:
     num_kv_blocks: int = 0
     # Chunked prefill: decode rows plus prompt tokens per scheduling round.
     max_num_batched_tokens: int = 512
-    # Decode through CUDA graphs (backend.graphs), at any TP degree; None: on for --device cuda
-    # (float32 greedy tokens equal eager's on an H200, BENCHMARKS-backend.md).
+    # Decode through CUDA graphs (backend.graphs), at any TP degree over NCCL; None: on for
+    # --device cuda unless TP > 1 runs over gloo (float32 greedy tokens equal eager's on an
+    # H200, BENCHMARKS-backend.md).
     cuda_graphs: bool | None = None
     # With graphs, prefill chunks of up to this many tokens replay graphs too (0: eager): a
     # short chunk, like the tail after a long cached prefix, is as launch-bound as a decode.
