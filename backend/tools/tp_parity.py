@@ -10,7 +10,8 @@ whose first blocks are another's cached prefix, against its uncached prefill; la
 prefills through the prefill graphs (padded to their bucket); greedy decoding
 eagerly (on a GPU through :mod:`backend.paged_attention`'s kernel, each rank with 1/N of the
 heads) and through the decode graphs; and the engine end to end (chunked prefill under a small
-token budget, a second prompt served from the first one's cached prefix): identical tokens.
+token budget, a second prompt served from the first one's cached prefix, with the engine's
+decode look-ahead; and without it, at both TP degrees): identical tokens.
 
 With ``--dist-backend gloo`` the ranks may share one GPU (NCCL refuses that), which checks the
 sharded math on the GPU's kernels with one GPU; gloo's collectives run on the host, so at
