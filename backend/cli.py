@@ -38,6 +38,14 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
     p.add_argument("--tp", type=int, help="tensor-parallel ranks (default: all GPUs; 1 on CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument(
+        "--dist-backend",
+        choices=["nccl", "gloo"],
+        help=(
+            "process group of the TP ranks (default: nccl on cuda, gloo on cpu); gloo on cuda "
+            "lets ranks share one GPU: a correctness check, not a speed one"
+        ),
+    )
+    p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         help="default: bfloat16 on cuda, float32 on cpu",
@@ -68,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
             "decode through CUDA graphs per (batch, context) bucket (default: on with "
             "--device cuda; float32 greedy tokens equal eager's)"
         ),
+    )
+    p.add_argument(
+        "--prefill-graph-tokens",
+        type=int,
+        default=256,
+        help="with CUDA graphs, prefill chunks of up to this many tokens replay graphs (0: eager)",
     )
     p.add_argument(
         "--compile",
@@ -106,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         served_model_name=a.served_model_name,
         tp=a.tp if a.tp is not None else _default_tp(device),
         device=device,
+        dist_backend=a.dist_backend,
         dtype=a.dtype or ("bfloat16" if device == "cuda" else "float32"),
         seed=a.seed,
         max_batch_size=a.max_batch_size,
@@ -116,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         num_kv_blocks=a.num_kv_blocks,
         max_num_batched_tokens=a.max_num_batched_tokens,
         cuda_graphs=a.cuda_graphs,
+        prefill_graph_tokens=a.prefill_graph_tokens,
         compile=a.compile,
         fault_latency_s=a.fault_latency,
         fault_error_rate=a.fault_error_rate,

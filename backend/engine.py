@@ -8,6 +8,16 @@ token in one batched decode step, then spends the rest of the step's token budge
 iteration while the running streams keep their pace, instead of pausing them all for one
 whole prefill. Tokens go back through each request's ``on_event`` callback, which the server
 points at its event loop.
+
+With ``look_ahead`` (off by default: its first form measured no gain on an H200, and the form
+here, with each step's read-back queued before the next launch, is not measured yet), while
+the batch only decodes (nothing waits, every row greedy and far from its length limit), each
+decode step is launched before the previous one's tokens are read: its input tokens are
+the previous step's picks, still on the device, and its positions and blocks are known ahead.
+The host's work for step N (reading its tokens, events, building step N+1) then runs while the
+GPU computes step N+1, instead of between the two. A row that ends on an EOS in step N has
+also run step N+1; that token is dropped, and its K/V went to a position of the row's own,
+uncommitted blocks, which are released with it.
 """
 
 from __future__ import annotations
@@ -100,6 +110,46 @@ class StepRecord:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A decode step started on the device: its logits and, when every row is greedy, its
+    picks (``[rows]``), with their copy to the host already queued behind them.
+
+    The copy is queued when the step is launched, before any later step: a plain ``tolist()``
+    after the next step's launch would wait for that step too, and nothing would overlap.
+    """
+
+    logits: Tensor
+    picks: Tensor | None
+    host_picks: Tensor | None = None
+    copied: torch.cuda.Event | None = None
+
+    @classmethod
+    def start(cls, logits: Tensor, greedy: bool, copy_early: bool) -> Launched:
+        """Picks for a greedy batch; ``copy_early`` queues their copy to the host now (only
+        worth it when a later step will be launched before they are read)."""
+        if not greedy:
+            return cls(logits, None)
+        picks = logits.argmax(dim=-1)
+        if not (copy_early and picks.is_cuda):
+            return cls(logits, picks)
+        host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
+        host.copy_(picks, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(logits, picks, host, copied)
+
+    def read(self, keep: list[int] | None = None) -> list[int]:
+        """The picks on the host (rows ``keep`` only, if given), once they have arrived."""
+        assert self.picks is not None, "only greedy steps are read back as picks"
+        if self.copied is not None and self.host_picks is not None:
+            self.copied.synchronize()
+            tokens = self.host_picks.tolist()
+        else:
+            tokens = self.picks.tolist()
+        return tokens if keep is None else [tokens[i] for i in keep]
+
+
 # Tokens per scheduling round (decode rows + prompt chunk): large enough that a chunk keeps the
 # GPU compute-bound, small enough that running streams wait one short pass per token.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
@@ -118,6 +168,7 @@ class Engine:
         on_fatal: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        look_ahead: bool = False,
     ) -> None:
         self._runner_factory = runner_factory
         self.max_batch_size = max_batch_size
@@ -125,6 +176,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_num_batched_tokens = max_num_batched_tokens
         self.heartbeat_s = heartbeat_s
+        self.look_ahead = look_ahead  # launch decode step N+1 before reading step N's tokens
         self._rng = rng
         self._observer = observer
         self._on_fatal = on_fatal
@@ -278,27 +330,42 @@ class Engine:
         return request.chain.blocks[position // size] * size + position % size
 
     def _step(
-        self, runner: Runner, rows: list[Request], starts: list[int], length: int, last_only: bool
+        self,
+        runner: Runner,
+        rows: list[Request],
+        starts: list[int],
+        length: int,
+        last_only: bool,
+        fed: Tensor | None = None,
     ) -> Step:
-        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy."""
+        """``length`` tokens per row from ``starts[i]`` on, sent as one host-to-device copy.
+
+        ``fed`` (``[rows]``, on the device) are the rows' input tokens of a one-token step
+        whose tokens the host does not know yet: the previous step's picks.
+        """
         size = runner.block_size
         width = max(blocks_for(start + length, size) for start in starts)
         tokens, positions, slots, table = [], [], [], []
         for request, start in zip(rows, starts, strict=True):
             assert request.chain is not None
-            seq = request.tokens
             span = range(start, start + length)
-            tokens += [seq[p] for p in span]
+            if fed is None:
+                seq = request.tokens
+                tokens += [seq[p] for p in span]
             positions += span
             slots += [self._slot(request, p, size) for p in span]
             held = request.chain.blocks[: blocks_for(start + length, size)]
             table += held + [NULL_BLOCK] * (width - len(held))
-        n, b = len(tokens), len(rows)
+        n, b = len(positions), len(rows)
         flat = torch.tensor(tokens + positions + slots + table, dtype=torch.int64)
+        if runner.device.type == "cuda":
+            # From pageable memory the driver may wait for the stream's queued work before it
+            # copies, which would undo the look-ahead; torch caches pinned buffers.
+            flat = flat.pin_memory()
         flat = flat.to(runner.device, non_blocking=True)
-        tok, pos, write, blocks = flat.split((n, n, n, b * width))
+        tok, pos, write, blocks = flat.split((len(tokens), n, n, b * width))
         return Step(
-            tokens=tok.view(b, length),
+            tokens=(tok if fed is None else fed).view(b, length),
             input_pos=pos.view(b, length),
             write_slots=write,
             block_table=blocks.view(b, width),
@@ -320,8 +387,61 @@ class Engine:
         return length
 
     def _decode(self, runner: Runner, batch: list[Request]) -> None:
-        step = self._step(runner, batch, [r.last_pos for r in batch], 1, last_only=False)
+        """Decode steps for ``batch``: one, or back to back while :meth:`_may_look_ahead`."""
+        launched = self._launch_decode(runner, batch, None)
+        while True:
+            ahead = None
+            if launched.picks is not None and self._may_look_ahead(batch):
+                ahead = self._launch_decode(runner, batch, launched.picks)
+            self._accept_decode(runner, batch, launched)
+            if ahead is None:
+                return
+            launched = ahead
+            live = [i for i, r in enumerate(batch) if not r.finished]
+            if len(live) < len(batch) or self._needs_scheduling():
+                # Rows that ended in the step before ran this one too: drop their tokens.
+                self._accept_decode(runner, [batch[i] for i in live], launched, live)
+                return
+
+    def _launch_decode(self, runner: Runner, batch: list[Request], fed: Tensor | None) -> Launched:
+        """Start one decode step; with ``fed`` (the previous step's picks, not yet read back)
+        the rows' newest tokens are those picks, one position past what the host holds."""
+        ahead = int(fed is not None)
+        starts = [r.last_pos + ahead for r in batch]
+        step = self._step(runner, batch, starts, 1, last_only=False, fed=fed)
         logits = runner.forward(step)[:, -1]
+        # Picks on the device, before a later step can overwrite a graph's logits buffer.
+        greedy = all(r.sampling.greedy for r in batch)
+        return Launched.start(logits, greedy, copy_early=self.look_ahead)
+
+    def _may_look_ahead(self, batch: list[Request]) -> bool:
+        """Whether the next step can start before this one's tokens are known: nothing else
+        needs the model, and no row can end by length with the token in flight (its next
+        position may hold no block). A row may still end on an EOS; :meth:`_decode` drops it."""
+        if not self.look_ahead or self._needs_scheduling():
+            return False
+        for request in batch:
+            made = len(request.output_ids) + 1  # with the token in flight
+            if made >= request.max_tokens or request.last_pos + 2 >= self.max_model_len:
+                return False
+        return len(batch) == len(self._running)
+
+    def _needs_scheduling(self) -> bool:
+        """Work only a new scheduling round can do: admissions, cancellations, a stop."""
+        return (
+            bool(self._waiting)
+            or self._stopping
+            or any(r.cancelled for r in self._running.values())
+        )
+
+    def _accept_decode(
+        self,
+        runner: Runner,
+        batch: list[Request],
+        launched: Launched,
+        keep: list[int] | None = None,
+    ) -> None:
+        """Book one decode step's tokens for ``batch`` (rows ``keep`` of the step, if given)."""
         assert self.blocks is not None
         for request in batch:
             assert request.chain is not None
@@ -329,11 +449,16 @@ class Engine:
             if request.computed % runner.block_size == 0:
                 self.blocks.commit(request.chain, request.tokens, request.computed)
         self._record("decode", batch, len(batch))
-        self._accept(batch, logits, runner.device)
+        if launched.picks is not None:
+            self._deliver(batch, launched.read(keep))
+        else:
+            self._accept(batch, launched.logits, runner.device)
 
     def _accept(self, batch: list[Request], logits: Tensor, device: torch.device) -> None:
         generators = [self._generator(r, device) for r in batch]
-        tokens = sample(logits, [r.sampling for r in batch], generators)
+        self._deliver(batch, sample(logits, [r.sampling for r in batch], generators))
+
+    def _deliver(self, batch: list[Request], tokens: list[int]) -> None:
         for request, token in zip(batch, tokens, strict=True):
             request.output_ids.append(token)
             reason = self._finish_reason(request, token)

@@ -1,12 +1,20 @@
-"""Decode steps as CUDA graphs: captured once per (batch, width) bucket, replayed with new inputs.
+"""Decode steps and short prefill chunks as CUDA graphs: captured once per bucket, replayed.
 
 Eager decoding launches about a thousand small kernels per step from Python, so on a GPU the
 host sets the step time, not HBM. A captured graph replays them all with one launch. A graph
-fixes every shape and address, hence:
+fixes every shape and address, hence buckets, keyed ``(rows, tokens, width)``:
 
-- **Batch**: one graph per batch bucket (1, 2, 4, ... up to ``max_batch_size``); a step runs in
-  the smallest bucket that holds its rows. Rows past the step's are padding: token 0 at
-  position 0, writing into the null block and attending to it alone; their logits are dropped.
+- **Decode** (:class:`DecodeGraphs`, one token per row): one graph per batch bucket (1, 2, 4,
+  ... up to ``max_batch_size``); a step runs in the smallest bucket that holds its rows. Rows
+  past the step's are padding: token 0 at position 0, writing into the null block and
+  attending to it alone; their logits are dropped.
+- **Prefill chunks** (:class:`PrefillGraphs`, one row of 2..``max_tokens`` tokens, last
+  token's logits): a short chunk, such as the tail after a long cached prefix, is as
+  launch-bound as a decode step. Token buckets are powers of two from 16. The real tokens sit
+  at the end of the bucket and the padding in front (token 0 at position 0, written into the
+  null block), so the last position is still the last real token and no real query can see
+  a padding key: padding writes only the null block, which a row's table names only past its
+  real blocks, at positions masked for every real query.
 - **Width**: the block-table width (blocks attended per row) is bucketed the same way, up to
   the blocks of ``max_model_len``. Attention reads ``width * block_size`` positions per row, so
   a step's cost follows the longest live context in its batch (within a factor of two), not
@@ -20,10 +28,11 @@ the graph that rank 0 names in each step's header, so the NCCL kernels meet in l
 captured collectives share the communicator with the eager control broadcasts: each rank issues
 both in one order from one thread, and the streams serialize them. NCCL will not destroy a
 communicator while a graph holding its collectives lives, so every rank calls
-:meth:`DecodeGraphs.release` before it leaves the process group.
+:meth:`StepGraphs.release` before it leaves the process group.
 
-On a CPU nothing is captured: :meth:`DecodeGraphs.run` runs the same static-shape step eagerly,
-which lets the tests check the padding where no GPU is available.
+Where nothing is captured (a CPU; gloo's host-side collectives at TP > 1),
+:meth:`StepGraphs.run` runs the same static-shape, padded step eagerly, which lets the tests
+check the padding where no GPU is available.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -54,48 +64,55 @@ def buckets(limit: int) -> tuple[int, ...]:
     return (*sizes, limit)
 
 
-class DecodeGraphs:
-    """Static decode inputs and one graph per (batch, width) bucket of a paged-cache model."""
+PREFILL_MIN_TOKENS = 16  # smallest prefill bucket: shorter chunks pad up to it
 
-    def __init__(self, model: Transformer, max_batch_size: int, max_width: int) -> None:
-        cache = model.layers[0].self_attn.cache
-        assert cache is not None, "call Transformer.setup_cache first"
-        self.model = model
-        self.batches = buckets(max_batch_size)
-        self.widths = buckets(max_width)
-        # Padding rows: token 0 at position 0, writing slot 0 of the null block, attending to it.
+
+class StepGraphs(ABC):
+    """Static inputs and one graph per bucket of one kind of step of a paged-cache model.
+
+    Subclasses say which buckets exist (:meth:`key_for`), how a bucket's step reads the static
+    buffer (:meth:`_static_step`) and how a live step is written into it (:meth:`_fill`).
+    """
+
+    kind = "step"
+
+    def __init__(self, model: Transformer, keys: list[GraphKey], inputs: Tensor) -> None:
         assert NULL_BLOCK == 0, "padding relies on zeros naming the null block"
-        self._inputs = torch.zeros(
-            max_batch_size, TABLE + max_width, dtype=torch.int64, device=cache.k.device
-        )
+        self.model = model
+        self.keys = keys
+        self._inputs = inputs
         self._graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[GraphKey, Tensor] = {}
         self.capture_s = 0.0
 
+    @abstractmethod
     def key_for(self, step: Step) -> GraphKey:
-        """The smallest (batch, width) bucket holding ``step``, or ``EAGER`` if none does."""
-        batch, width = step.block_table.shape
-        b = next((size for size in self.batches if size >= batch), 0)
-        w = next((size for size in self.widths if size >= width), 0)
-        return (b, w) if b and w else EAGER
+        """The bucket that runs ``step``, or ``EAGER`` if none of this kind does."""
 
+    @abstractmethod
     def _static_step(self, key: GraphKey) -> Step:
-        batch, width = key
-        rows = self._inputs[:batch]
-        return Step(
-            tokens=rows[:, TOKEN, None],
-            input_pos=rows[:, POSITION, None],
-            write_slots=rows[:, WRITE_SLOT],
-            block_table=rows[:, TABLE : TABLE + width],
-        )
+        """Bucket ``key``'s step: views of the static buffer."""
+
+    @abstractmethod
+    def _fill(self, step: Step) -> None:
+        """Write a live ``step`` into the static buffer, padding included."""
+
+    def _rows(self, step: Step) -> slice:
+        """The rows of a bucket's output that belong to ``step``."""
+        return slice(0, step.tokens.shape[0])
+
+    @property
+    def captured(self) -> bool:
+        """Whether replays run captured graphs (else the static-shape steps run eagerly)."""
+        return bool(self._graphs)
 
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture every bucket, largest first, so the smaller ones reuse its memory pool.
 
         Each bucket runs once eagerly first (on the capture stream) so one-off set-up such as
-        library handles and workspaces happens outside the capture; with all rows padding, that
-        pass writes only the null block.
+        library handles and workspaces happens outside the capture; with all inputs padding,
+        that pass writes only the null block.
         """
         start_s = time.perf_counter()
         self._inputs.zero_()
@@ -103,7 +120,7 @@ class DecodeGraphs:
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        for key in sorted(itertools.product(self.batches, self.widths), reverse=True):
+        for key in sorted(self.keys, reverse=True):
             step = self._static_step(key)
             with torch.cuda.stream(stream):
                 self.model(step)
@@ -118,10 +135,9 @@ class DecodeGraphs:
         torch.cuda.synchronize(device)
         self.capture_s = time.perf_counter() - start_s
         log.info(
-            "captured %d decode graphs (batch %s x width %s blocks) in %.2fs",
+            "captured %d %s graphs (rows x tokens x width buckets) in %.2fs",
             len(self._graphs),
-            ",".join(map(str, self.batches)),
-            ",".join(map(str, self.widths)),
+            self.kind,
             self.capture_s,
         )
 
@@ -152,19 +168,109 @@ class DecodeGraphs:
         return (time.perf_counter() - start_s) / repeats
 
     def run(self, step: Step, key: GraphKey) -> Tensor:
-        """Logits ``[rows, 1, vocab]`` of a one-token-per-row ``step`` run in bucket ``key``.
+        """Logits of ``step`` run in bucket ``key`` (the rows and positions ``step`` asked for).
 
         On a GPU the result is a view of the graph's output buffer: read it before the next
         step.
         """
+        self._fill(step)
+        graph = self._graphs.get(key)
+        if graph is None:  # not captured (CPU, gloo) or released: the static step, eagerly
+            return self.model(self._static_step(key))[self._rows(step)]
+        graph.replay()
+        return self._outputs[key][self._rows(step)]
+
+
+class DecodeGraphs(StepGraphs):
+    """One token per row: a graph per (batch bucket, 1, width bucket)."""
+
+    kind = "decode"
+
+    def __init__(self, model: Transformer, max_batch_size: int, max_width: int) -> None:
+        cache = model.layers[0].self_attn.cache
+        assert cache is not None, "call Transformer.setup_cache first"
+        self.batches = buckets(max_batch_size)
+        self.widths = buckets(max_width)
+        keys = [(b, 1, w) for b, w in itertools.product(self.batches, self.widths)]
+        # Padding rows: token 0 at position 0, writing slot 0 of the null block, attending to it.
+        inputs = torch.zeros(
+            max_batch_size, TABLE + max_width, dtype=torch.int64, device=cache.k.device
+        )
+        super().__init__(model, keys, inputs)
+
+    def key_for(self, step: Step) -> GraphKey:
+        """The smallest (batch, 1, width) bucket holding ``step``, or ``EAGER`` if none does."""
+        batch, width = step.block_table.shape
+        b = next((size for size in self.batches if size >= batch), 0)
+        w = next((size for size in self.widths if size >= width), 0)
+        return (b, 1, w) if b and w and step.tokens.shape[1] == 1 else EAGER
+
+    def _static_step(self, key: GraphKey) -> Step:
+        batch, _, width = key
+        rows = self._inputs[:batch]
+        return Step(
+            tokens=rows[:, TOKEN, None],
+            input_pos=rows[:, POSITION, None],
+            write_slots=rows[:, WRITE_SLOT],
+            block_table=rows[:, TABLE : TABLE + width],
+        )
+
+    def _fill(self, step: Step) -> None:
         rows, width = step.block_table.shape
         self._inputs.zero_()
         self._inputs[:rows, TOKEN] = step.tokens[:, 0]
         self._inputs[:rows, POSITION] = step.input_pos[:, 0]
         self._inputs[:rows, WRITE_SLOT] = step.write_slots
         self._inputs[:rows, TABLE : TABLE + width] = step.block_table
-        graph = self._graphs.get(key)
-        if graph is None:  # not captured (CPU) or released: the same static-shape step, eagerly
-            return self.model(self._static_step(key))[:rows]
-        graph.replay()
-        return self._outputs[key][:rows]
+
+
+class PrefillGraphs(StepGraphs):
+    """One row of 2..``max_tokens`` tokens, last token's logits: a graph per (1, tokens, width).
+
+    The static buffer is ``[3, max_tokens + max_width]``: tokens, positions and write slots
+    right-aligned in the first ``max_tokens`` columns (a bucket of ``T`` reads the last ``T``),
+    and the block table in row 0 after them.
+    """
+
+    kind = "prefill"
+
+    def __init__(self, model: Transformer, max_tokens: int, max_width: int) -> None:
+        cache = model.layers[0].self_attn.cache
+        assert cache is not None, "call Transformer.setup_cache first"
+        self.max_tokens = max_tokens
+        self.tokens = tuple(t for t in buckets(max_tokens) if t >= PREFILL_MIN_TOKENS) or (
+            max_tokens,
+        )
+        self.widths = buckets(max_width)
+        keys = [(1, t, w) for t, w in itertools.product(self.tokens, self.widths)]
+        inputs = torch.zeros(3, max_tokens + max_width, dtype=torch.int64, device=cache.k.device)
+        super().__init__(model, keys, inputs)
+
+    def key_for(self, step: Step) -> GraphKey:
+        """The smallest (1, tokens, width) bucket holding a one-row last-token ``step``."""
+        rows, length = step.tokens.shape
+        width = step.block_table.shape[1]
+        if rows != 1 or length < 2 or not step.last_only:
+            return EAGER
+        t = next((size for size in self.tokens if size >= length), 0)
+        w = next((size for size in self.widths if size >= width), 0)
+        return (1, t, w) if t and w else EAGER
+
+    def _static_step(self, key: GraphKey) -> Step:
+        _, tokens, width = key
+        end = self.max_tokens
+        return Step(
+            tokens=self._inputs[TOKEN, end - tokens : end][None],
+            input_pos=self._inputs[POSITION, end - tokens : end][None],
+            write_slots=self._inputs[WRITE_SLOT, end - tokens : end],
+            block_table=self._inputs[0, end : end + width][None],
+            last_only=True,
+        )
+
+    def _fill(self, step: Step) -> None:
+        length, width, end = step.tokens.shape[1], step.block_table.shape[1], self.max_tokens
+        self._inputs.zero_()
+        self._inputs[TOKEN, end - length : end] = step.tokens[0]
+        self._inputs[POSITION, end - length : end] = step.input_pos[0]
+        self._inputs[WRITE_SLOT, end - length : end] = step.write_slots
+        self._inputs[0, end : end + width] = step.block_table[0]

@@ -42,7 +42,9 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         block_size=config.block_size,
         store_port=store_port,
         timeout_s=config.collective_timeout_s,
+        dist_backend=config.group_backend,
         cuda_graphs=config.use_cuda_graphs,
+        prefill_graph_tokens=config.prefill_graph_tokens,
         compile=config.compile,
     )
 
@@ -79,9 +81,11 @@ class Lifecycle:
             sharding.check_divisible(model_config, cfg.tp)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if cfg.device == "cuda" and cfg.tp > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        if cfg.device == "cuda" and cfg.group_backend == "nccl" and cfg.tp > gpus:
             raise ConfigError(
-                f"--tp {cfg.tp} needs {cfg.tp} GPUs; {torch.cuda.device_count()} visible"
+                f"--tp {cfg.tp} needs {cfg.tp} GPUs with nccl; {gpus} visible "
+                "(--dist-backend gloo lets ranks share a GPU, for correctness checks)"
             )
         rank0 = ranks.Rank(0, cfg.tp, ranks.device_for(0, cfg.device))
         store = (

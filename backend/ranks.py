@@ -34,10 +34,10 @@ from backend.model import Step
 log = logging.getLogger("tailgate.backend.ranks")
 
 CMD_STEP, CMD_HEARTBEAT, CMD_STOP = 0, 1, 2
-# cmd, batch, seq, width (blocks per row), last_only, graph (batch, width); (0, 0): run eagerly
-HEADER_LEN = 7
-GraphKey = tuple[int, int]
-EAGER: GraphKey = (0, 0)
+# cmd, batch, seq, width (blocks per row), last_only, graph (rows, tokens, width); EAGER: none
+HEADER_LEN = 8
+GraphKey = tuple[int, int, int]
+EAGER: GraphKey = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,13 @@ class Rank:
 
 
 def device_for(rank: int, device_type: str) -> torch.device:
-    """Rank r drives GPU r; on CPU every rank shares the host."""
-    return torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    """Rank r drives GPU r, round robin when ranks outnumber GPUs; on CPU all share the host.
+
+    Only gloo can run two ranks on one GPU; :func:`init_group` refuses it for NCCL.
+    """
+    if device_type != "cuda":
+        return torch.device("cpu")
+    return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
 
 
 def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPStore:
@@ -64,15 +69,23 @@ def open_store(host: str, port: int, rank: Rank, timeout_s: float) -> dist.TCPSt
     return dist.TCPStore(host, port, rank.world, rank.is_driver, timeout, wait_for_workers=False)
 
 
-def init_group(rank: Rank, store: dist.Store, timeout_s: float) -> None:
-    """Join the process group: NCCL on GPUs, gloo on CPU; collectives give up after timeout_s."""
+def init_group(rank: Rank, store: dist.Store, timeout_s: float, backend: str) -> None:
+    """Join the process group over ``backend`` (nccl or gloo, :mod:`backend.config` says
+    when each); collectives give up after timeout_s."""
     if rank.world == 1:
         return
-    nccl = rank.device.type == "cuda"
-    if nccl:
+    nccl = backend == "nccl"
+    if nccl and rank.device.type != "cuda":
+        raise ValueError("the nccl process-group backend needs --device cuda")
+    if nccl and rank.world > torch.cuda.device_count():
+        raise ValueError(
+            f"--tp {rank.world} with nccl needs {rank.world} GPUs, "
+            f"{torch.cuda.device_count()} visible (gloo lets ranks share a GPU)"
+        )
+    if rank.device.type == "cuda":
         torch.cuda.set_device(rank.device)
     dist.init_process_group(
-        "nccl" if nccl else "gloo",
+        backend,
         store=store,
         rank=rank.rank,
         world_size=rank.world,
@@ -89,15 +102,15 @@ def close_group() -> None:
 class StepChannel:
     """Rank 0 broadcasts each step's inputs; the other ranks receive and replay them.
 
-    The header also names the CUDA graph (batch, width) rank 0 chose for the step (``EAGER``: none),
-    so every rank replays the same graph and its captured collectives meet.
+    The header also names the CUDA graph (rows, tokens, width) rank 0 chose for the step
+    (``EAGER``: none), so every rank replays the same graph and its captured collectives meet.
     """
 
     def __init__(self, rank: Rank) -> None:
         self.rank = rank
 
     def _header(self, cmd: int, step: Step | None, graph: GraphKey = EAGER) -> Tensor:
-        values = [cmd, 0, 0, 0, 0, 0, 0]
+        values = [cmd, 0, 0, 0, 0, *EAGER]
         if step is not None:
             b, t = step.tokens.shape
             width = step.block_table.shape[1]
@@ -130,7 +143,7 @@ class StepChannel:
         while True:
             header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.rank.device)
             dist.broadcast(header, src=0)
-            cmd, b, t, width, last_only, graph_batch, graph_width = header.tolist()
+            cmd, b, t, width, last_only, *graph = header.tolist()
             if cmd == CMD_STOP:
                 return None
             if cmd == CMD_HEARTBEAT:
@@ -146,7 +159,7 @@ class StepChannel:
                 block_table=table.view(b, width),
                 last_only=bool(last_only),
             )
-            return step, (graph_batch, graph_width)
+            return step, (graph[0], graph[1], graph[2])
 
 
 def _die_with_parent() -> None:
@@ -208,8 +221,8 @@ class Workers:
             # The sentinel can fire just before the exit status is readable (is_alive() may
             # still say True); wait for it so the report names the exit code.
             dead.join(1.0)
-            if self._stopping.is_set() and dead.exitcode == 0:
-                return
+            if self._stopping.is_set() and dead.exitcode in (0, None):
+                return  # the exit we asked for; stop() reports a bad exit code once it is known
             reason = self._report(dead)
             if not self._stopping.is_set():
                 on_death(reason)

@@ -4,10 +4,13 @@ Rank 0's :class:`ModelRunner` is what the engine calls; each :meth:`ModelRunner.
 broadcasts its :class:`~backend.model.Step` before running it, so the workers (``worker_main``,
 in their own processes) execute the identical pass and meet rank 0 in every all-reduce.
 
-With ``cuda_graphs`` each rank also captures its decode step as CUDA graphs at start-up
-(:mod:`backend.graphs`); rank 0 picks eager or a graph per step and the header carries the
-choice. Prefills always run eagerly. Every rank destroys its graphs before it leaves the
-process group, which NCCL would otherwise wait on forever (:meth:`DecodeGraphs.release`).
+With ``cuda_graphs`` each rank also captures its decode step, and prefill chunks of up to
+``prefill_graph_tokens`` tokens, as CUDA graphs at start-up (:mod:`backend.graphs`); rank 0
+picks eager or a graph per step and the header carries the choice. Longer prefills run
+eagerly. Every rank destroys its graphs before it leaves the process group, which NCCL would
+otherwise wait on forever (:meth:`StepGraphs.release`).
+Over gloo (ranks sharing a GPU) nothing is captured at TP > 1: gloo's collectives run on the
+host, which a CUDA graph cannot hold, so the graphs' static-shape steps run eagerly as on a CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 from torch import Tensor
 
 from backend import fused_pointwise, ranks
-from backend.graphs import DecodeGraphs
+from backend.config import default_dist_backend
+from backend.graphs import DecodeGraphs, PrefillGraphs, StepGraphs
 from backend.kv_blocks import blocks_for
 from backend.model import ModelConfig, Pointwise, Step, Transformer
 from backend.ranks import EAGER, GraphKey
@@ -47,14 +51,27 @@ class RunnerSpec:
     store_host: str = "127.0.0.1"
     store_port: int = 0
     timeout_s: float = 30.0
+    # Process-group backend of the ranks (config.DIST_BACKENDS); None: nccl on GPUs, gloo on CPU.
+    dist_backend: str | None = None
     # Decode through CUDA graphs; on a CPU the graphs' static-shape steps run eagerly (tests).
     cuda_graphs: bool = False
+    # With cuda_graphs: prefill chunks of up to this many tokens replay graphs too (0: none).
+    prefill_graph_tokens: int = 0
     # Fuse the elementwise work between GEMMs with torch.compile (model.Pointwise) instead of
     # the Triton kernels of backend.fused_pointwise that GPUs' decode steps get by default.
     compile: bool = False
 
     def rank(self, rank: int) -> ranks.Rank:
         return ranks.Rank(rank, self.world, ranks.device_for(rank, self.device_type))
+
+    @property
+    def group_backend(self) -> str:
+        return self.dist_backend or default_dist_backend(self.device_type)
+
+    @property
+    def can_capture(self) -> bool:
+        """Whether decode graphs can be captured: on a GPU, with collectives NCCL's (or none)."""
+        return self.device_type == "cuda" and (self.world == 1 or self.group_backend == "nccl")
 
     @property
     def max_width(self) -> int:
@@ -89,22 +106,28 @@ def _pick_attention_kernels(spec: RunnerSpec) -> None:
 
 @dataclass
 class Shard:
-    """One rank's model and, when enabled, its decode graphs."""
+    """One rank's model and, when enabled, its decode and prefill graphs."""
 
     model: Transformer
     graphs: DecodeGraphs | None
+    prefill_graphs: PrefillGraphs | None = None
+
+    @property
+    def all_graphs(self) -> list[StepGraphs]:
+        return [g for g in (self.graphs, self.prefill_graphs) if g is not None]
 
     def run(self, step: Step, graph: GraphKey) -> Tensor:
         """Logits of ``step``: replayed from graph ``graph``, or eagerly when it is ``EAGER``."""
-        if graph != EAGER:
-            assert self.graphs is not None, "rank 0 asked for a graph this rank never captured"
-            return self.graphs.run(step, graph)
-        return self.model(step)
+        if graph == EAGER:
+            return self.model(step)
+        graphs = self.graphs if graph[1] == 1 else self.prefill_graphs  # (rows, tokens, width)
+        assert graphs is not None, "rank 0 asked for a graph this rank never captured"
+        return graphs.run(step, graph)
 
     def release_graphs(self) -> None:
-        """Free the graphs before leaving the group (:meth:`DecodeGraphs.release` says why)."""
-        if self.graphs is not None:
-            self.graphs.release()
+        """Free the graphs before leaving the group (:meth:`StepGraphs.release` says why)."""
+        for graphs in self.all_graphs:
+            graphs.release()
 
 
 def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Store | None) -> Shard:
@@ -112,7 +135,7 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     _limit_cpu_threads(spec)
     _pick_attention_kernels(spec)
     if store is not None:
-        ranks.init_group(rank, store, spec.timeout_s)
+        ranks.init_group(rank, store, spec.timeout_s, spec.group_backend)
     model = load_model(spec.source, rank, DTYPES[spec.dtype])
     if spec.compile:
         model.ops = Pointwise.compiled()
@@ -121,17 +144,27 @@ def build_shard(spec: RunnerSpec, rank: ranks.Rank, store: torch.distributed.Sto
     model.setup_cache(spec.cache_blocks, spec.block_size, spec.max_model_len)
     if not spec.cuda_graphs:
         return Shard(model, None)
-    graphs = DecodeGraphs(model, spec.max_batch_size, spec.max_width)
-    if rank.device.type == "cuda":
-        graphs.capture()
-    return Shard(model, graphs)
+    shard = Shard(model, DecodeGraphs(model, spec.max_batch_size, spec.max_width))
+    if spec.prefill_graph_tokens:
+        tokens = min(spec.prefill_graph_tokens, spec.max_model_len)
+        shard.prefill_graphs = PrefillGraphs(model, tokens, spec.max_width)
+    if spec.can_capture:
+        for graphs in shard.all_graphs:
+            graphs.capture()
+    elif rank.device.type == "cuda" and rank.is_driver:
+        log.warning(
+            "decode graphs not captured: %s collectives run on the host; their static-shape "
+            "steps run eagerly",
+            spec.group_backend,
+        )
+    return shard
 
 
 class ModelRunner:
     """Rank 0's handle on the (possibly sharded) model.
 
-    ``use_graphs`` may be switched off at run time (the benchmark compares both paths); the
-    workers follow whatever each step's header says.
+    ``use_graphs`` (all graphs) and ``use_prefill_graphs`` may be switched off at run time (the
+    benchmark compares the paths); the workers follow whatever each step's header says.
     """
 
     def __init__(self, shard: Shard, rank: ranks.Rank, spec: RunnerSpec) -> None:
@@ -143,6 +176,7 @@ class ModelRunner:
         self.max_width = spec.max_width
         self.channel = ranks.StepChannel(rank)
         self.use_graphs = shard.graphs is not None
+        self.use_prefill_graphs = shard.prefill_graphs is not None
         self._closed = False
 
     @classmethod
@@ -165,13 +199,15 @@ class ModelRunner:
     def graph_key(self, step: Step) -> GraphKey:
         """The graph that runs ``step``, or ``EAGER``.
 
-        Graphs serve one token per row (decodes); prefills, and any step when graphs are off,
-        run eagerly.
+        Decodes (one token per row) run in decode graphs; short one-row prefill chunks in
+        prefill graphs; longer prefills, and any step when graphs are off, eagerly.
         """
-        graphs = self.shard.graphs
-        if not self.use_graphs or graphs is None or step.tokens.shape[1] != 1:
+        if not self.use_graphs:
             return EAGER
-        return graphs.key_for(step)
+        if step.tokens.shape[1] == 1:
+            return self.shard.graphs.key_for(step) if self.shard.graphs else EAGER
+        prefill = self.shard.prefill_graphs
+        return prefill.key_for(step) if prefill and self.use_prefill_graphs else EAGER
 
     @torch.inference_mode()
     def forward(self, step: Step) -> Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,9 +27,11 @@ from typing import Any
 import torch
 
 from backend import paged_attention, ranks
+from backend.config import BackendConfig
 from backend.model import PRESETS, PagedKVCache, Step, rope_tables
-from backend.runner import ModelRunner, RunnerSpec, worker_main
+from backend.runner import ModelRunner, RunnerSpec
 from backend.sampling import SamplingParams, sample
+from backend.tools.launch import sharded_runner
 from backend.tools.parity import (
     PARITY_PROMPT_LENS,
     decode_step,
@@ -39,13 +40,15 @@ from backend.tools.parity import (
     random_prompt,
 )
 from backend.tools.report import parity_lines, scenario_lines, table
-from backend.tools.scenarios import itl_under_long_prefill, prefix_cached_ttft
+from backend.tools.scenarios import engine_decode, itl_under_long_prefill, prefix_cached_ttft
 from backend.weights import ModelSource
 
 GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
 PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
 ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
+ENGINE_BATCHES = (1, 8)  # streams decoded together through the engine (its batch limit: 8)
+PREFILL_GRAPH_TOKENS = BackendConfig.prefill_graph_tokens  # what a server captures by default
 
 
 @dataclass(frozen=True)
@@ -248,12 +251,6 @@ def _profile(runner: ModelRunner, prompt_len: int) -> str:
     )
 
 
-def _exit_on_worker_death(reason: str) -> None:
-    """A dead rank would leave rank 0 waiting forever inside a replayed collective."""
-    print(f"tensor-parallel {reason}", file=sys.stderr, flush=True)
-    os._exit(3)
-
-
 def run_case(case: Case) -> dict[str, Any]:
     """One case in this process as rank 0; returns its measurements and parity checks."""
     needed = max(case.prompt_len + case.steps, max(PARITY_PROMPT_LENS) + PARITY_TOKENS) + 8
@@ -266,22 +263,17 @@ def run_case(case: Case) -> dict[str, Any]:
         max_model_len=max(needed, case.max_model_len),
         timeout_s=120,
         cuda_graphs=case.cuda_graphs,
+        prefill_graph_tokens=PREFILL_GRAPH_TOKENS if case.cuda_graphs else 0,
         compile=case.compile,
     )
     # One run of blocks per batch row (what the hand-driven sequences use), plus the null block.
     spec = replace(spec, num_blocks=spec.max_batch_size * spec.max_width + 1)
-    world = case.world
-    store = ranks.open_store("127.0.0.1", 0, spec.rank(0), spec.timeout_s) if world > 1 else None
-    spec = replace(spec, store_port=store.port if store else 0)
-    workers = ranks.Workers.launch(world, worker_main, (spec,))
-    workers.watch(_exit_on_worker_death)
     t0 = time.perf_counter()
-    runner = ModelRunner.start(spec, store)
-    load_s = time.perf_counter() - t0
-    try:
-        result = {
+    with sharded_runner(spec) as runner:
+        load_s = time.perf_counter() - t0
+        result: dict[str, Any] = {
             "preset": case.preset + ("+compile" if case.compile else ""),
-            "tp": world,
+            "tp": case.world,
             "max_model_len": spec.max_model_len,
             "load_s": load_s,
             "parity": [],
@@ -290,19 +282,25 @@ def run_case(case: Case) -> dict[str, Any]:
             result |= _measure(runner, case)
         if case.scenarios:
             runner.use_graphs = runner.shard.graphs is not None
-            result["ttft_cached"] = prefix_cached_ttft(runner, spec.max_model_len)
+            result["ttft_cached"] = []
+            for prefill_graphs in sorted({False, runner.shard.prefill_graphs is not None}):
+                runner.use_prefill_graphs = prefill_graphs  # the tail after the prefix
+                ttft = prefix_cached_ttft(runner, spec.max_model_len)
+                result["ttft_cached"].append(ttft | {"prefill_graphs": prefill_graphs})
+            runner.use_prefill_graphs = runner.shard.prefill_graphs is not None
+            result["engine_decode"] = [
+                engine_decode(runner, spec.max_model_len, batch, look_ahead)
+                for batch in ENGINE_BATCHES
+                for look_ahead in (False, True)
+            ]
             result["itl"] = [
                 itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
             ]
         if case.cuda_graphs:
             for seqs in PARITY_SEQS:
                 result["parity"].append(graph_parity(runner, seqs, PARITY_TOKENS))
-        result["gpu_mem_used_gib"] = _gpu_memory_used_gib(world, runner.device)
+        result["gpu_mem_used_gib"] = _gpu_memory_used_gib(case.world, runner.device)
         return result
-    finally:
-        workers.expect_exit()
-        runner.close()
-        workers.stop(30)
 
 
 def _run_one(case: Case, timeout_s: float) -> dict[str, Any] | str:

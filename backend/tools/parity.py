@@ -41,22 +41,31 @@ def paged_step(
     device: torch.device,
     last_only: bool = False,
 ) -> Step:
-    """A step of ``(tokens, start position, blocks held)`` rows, all with as many tokens."""
+    """A step of ``(tokens, start position, blocks held)`` rows, all with as many tokens.
+
+    Sent to the device as one host-to-device copy, as the engine sends its steps.
+    """
     length = len(rows[0][0])
     width = max(-(-(start + length) // block_size) for _, start, _ in rows)
-    table = [blocks[:width] + [0] * (width - len(blocks[:width])) for _, _, blocks in rows]
+    tokens = [t for ids, _, _ in rows for t in ids]
+    positions = [p for _, start, _ in rows for p in range(start, start + length)]
     slots = [
         blocks[p // block_size] * block_size + p % block_size
         for _, start, blocks in rows
         for p in range(start, start + length)
     ]
+    table = [
+        b for _, _, blocks in rows for b in blocks[:width] + [0] * (width - len(blocks[:width]))
+    ]
+    flat = torch.tensor(tokens + positions + slots + table, dtype=torch.int64)
+    flat = flat.to(device, non_blocking=True)
+    n, b = len(tokens), len(rows)
+    tok, pos, write, blocks = flat.split((n, n, n, b * width))
     return Step(
-        tokens=torch.tensor([tokens for tokens, _, _ in rows], device=device),
-        input_pos=torch.tensor(
-            [list(range(start, start + length)) for _, start, _ in rows], device=device
-        ),
-        write_slots=torch.tensor(slots, device=device),
-        block_table=torch.tensor(table, device=device),
+        tokens=tok.view(b, length),
+        input_pos=pos.view(b, length),
+        write_slots=write,
+        block_table=blocks.view(b, width),
         last_only=last_only,
     )
 

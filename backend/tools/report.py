@@ -64,12 +64,20 @@ def parity_lines(result: dict[str, Any]) -> tuple[list[str], bool]:
 def scenario_lines(result: dict[str, Any]) -> list[str]:
     """Human lines for a case's engine scenarios (prefix-cached TTFT, ITL under prefill)."""
     lines = []
-    if (ttft := result.get("ttft_cached")) is not None:
+    for ttft in result.get("ttft_cached", []):
+        prefill = "graphs" if ttft.get("prefill_graphs") else "eager"
         lines.append(
-            f"prefix cache {result['preset']}: {ttft['prompt_len']}-token prompt, first "
+            f"prefix cache {result['preset']} (short prefills {prefill}): "
+            f"{ttft['prompt_len']}-token prompt, first "
             f"{ttft['cached_len']} shared: TTFT {ttft['cached_ttft_ms']:.1f} ms cached vs "
             f"{ttft['uncached_ttft_ms']:.1f} ms uncached (ratio {ttft['ratio']:.3f}; "
             f"{ttft['hit_tokens']} of {ttft['query_tokens']} prompt tokens hit)"
+        )
+    for d in result.get("engine_decode", []):
+        how = "look-ahead" if d["look_ahead"] else "one step at a time"
+        lines.append(
+            f"engine decode {result['preset']} batch {d['batch']} ({how}): "
+            f"{d['itl_ms']:.2f} ms between a stream's tokens (median)"
         )
     for itl in result.get("itl", []):
         lines.append(

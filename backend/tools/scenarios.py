@@ -169,3 +169,32 @@ def itl_under_long_prefill(
         "mean_itl_during_prefill_ms": statistics.mean(window),
         "long_ttft_ms": long.ttft_s * 1000,
     }
+
+
+def engine_decode(
+    runner: ModelRunner, max_model_len: int, batch: int, look_ahead: bool, tokens: int = 96
+) -> dict[str, Any]:
+    """Median time between a stream's tokens while ``batch`` streams decode through the engine.
+
+    What a client sees per token at a steady batch, the host's per-step work included; with
+    ``look_ahead`` the engine launches each step before reading the previous one's tokens.
+    The first tokens (admission, prefill) are left out.
+    """
+    vocab = runner.config.vocab_size
+    engine = _engine(runner, max_model_len, budget=max_model_len)
+    engine.look_ahead = look_ahead
+    try:
+        streams = [
+            _submit(engine, random_prompt(vocab, 128, seed=50 + i), tokens) for i in range(batch)
+        ]
+        for stream in streams:
+            _finish(stream)
+    finally:
+        engine.stop(30)
+    skip = 16
+    gaps_ms = [
+        (b - a) * 1000
+        for s in streams
+        for a, b in zip(s.token_s[skip:], s.token_s[skip + 1 :], strict=False)
+    ]
+    return {"batch": batch, "look_ahead": look_ahead, "itl_ms": statistics.median(gaps_ms)}

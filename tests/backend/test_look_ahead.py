@@ -1,0 +1,106 @@
+"""The engine's look-ahead: decode step N+1 launched before step N's tokens are read back.
+
+It must change nothing a client sees: the same greedy tokens as one step at a time, while the
+batch shrinks by length and when a row ends on an EOS with the next step already in flight
+(that step's token for the row is dropped).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backend.engine import Engine, Request  # noqa: E402
+from backend.model import Step  # noqa: E402
+from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
+from backend.tools.scenarios import Borrowed  # noqa: E402
+from backend.weights import ModelSource  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+WAIT_S = 30
+PROMPTS = [[256, 72, 105, 33], [256, 9, 8], [256, 1, 2, 3, 4, 5, 6]]
+MAX_TOKENS = (12, 7, 20)  # the batch shrinks twice by length
+
+
+@pytest.fixture(scope="module")
+def model() -> ModelRunner:
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 4, 64, block_size=4)
+    return ModelRunner.start(spec, None)
+
+
+class Logged(Borrowed):
+    """The shared runner, logging each launch beside the token events (one timeline)."""
+
+    def __init__(self, runner: ModelRunner, log: list[str], eos: tuple[int, ...]) -> None:
+        super().__init__(runner)
+        self.config = runner.config.with_tokens(runner.config.bos_token_id, eos)
+        self.log = log
+
+    def forward(self, step: Step) -> torch.Tensor:
+        self.log.append("launch")
+        return super().forward(step)
+
+
+def generate(model: ModelRunner, look_ahead: bool, eos: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
+    """Every prompt's tokens and finish reason, all decoded in one batch; and the timeline."""
+    log: list[str] = []
+    engine = Engine(
+        lambda: Logged(model, log, eos), 4, 64, 8, random.Random(0), look_ahead=look_ahead
+    )
+    done = [threading.Event() for _ in PROMPTS]
+    reasons: list[str | None] = [None] * len(PROMPTS)
+
+    def on_event(i: int):  # type: ignore[no-untyped-def]
+        def record(event) -> None:  # type: ignore[no-untyped-def]
+            log.append("token")
+            if event.finish_reason:
+                reasons[i] = event.finish_reason
+                done[i].set()
+
+        return record
+
+    requests = [
+        Request(list(p), n, on_event=on_event(i), ignore_eos=not eos)
+        for i, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True))
+    ]
+    for request in requests:  # all waiting before the engine starts: admitted together
+        engine.submit(request)
+    engine.start()
+    try:
+        assert all(event.wait(WAIT_S) for event in done)
+    finally:
+        engine.stop(WAIT_S)
+    return [r.output_ids for r in requests], reasons, log
+
+
+def launched_ahead(log: list[str]) -> bool:
+    """Whether some step was launched before the tokens of the one before it were read."""
+    decoding = log[log.index("token") :]
+    return any(a == b == "launch" for a, b in itertools.pairwise(decoding))
+
+
+def test_look_ahead_gives_the_tokens_of_one_step_at_a_time(model: ModelRunner) -> None:
+    ahead, ahead_reasons, ahead_log = generate(model, look_ahead=True)
+    serial, serial_reasons, serial_log = generate(model, look_ahead=False)
+    assert ahead == serial
+    assert [len(t) for t in ahead] == list(MAX_TOKENS)
+    assert ahead_reasons == serial_reasons == ["length"] * 3
+    assert launched_ahead(ahead_log) and not launched_ahead(serial_log)
+
+
+def test_a_row_ending_on_eos_with_the_next_step_in_flight_drops_that_token(model) -> None:
+    baseline, _, _ = generate(model, look_ahead=False)
+    stop = baseline[1][2]  # the second prompt's third token ends it
+    ahead, ahead_reasons, _ = generate(model, look_ahead=True, eos=(stop,))
+    serial, serial_reasons, _ = generate(model, look_ahead=False, eos=(stop,))
+    assert ahead == serial and ahead_reasons == serial_reasons
+    assert ahead[1] == baseline[1][: baseline[1].index(stop) + 1]
+    assert ahead_reasons[1] == "stop"
+    for tokens, full in zip(ahead, baseline, strict=True):  # the others run on unharmed
+        assert tokens == full[: len(tokens)]
