@@ -41,6 +41,7 @@ from gateway.resume import (
     Transcript,
     continuation_body,
     is_opening_role_only,
+    read_to_first_token,
     without_opening_role,
 )
 from gateway.routing import find_model
@@ -283,8 +284,7 @@ class ProxyHandler:
         self, ctx: RequestContext, one: _Try, read_ahead: bool, body: RequestBody | None = None
     ) -> _Head:
         """Send one try (``body``, else the client's) and wait for its response head; with
-        ``read_ahead``, for a stream also its first body byte (what a streamed try is hedged
-        on)."""
+        ``read_ahead``, for a stream also its first token (what a streamed try is hedged on)."""
         rt, request, config = self.runtime, ctx.request, ctx.config
         body = body if body is not None else ctx.body
         assert body is not None and rt.upstream is not None
@@ -315,7 +315,7 @@ class ProxyHandler:
             first_chunk = b""
             if read_ahead and streaming and upstream.status < 300:
                 try:
-                    first_chunk = await upstream.readany()
+                    first_chunk = await read_to_first_token(upstream)
                 except UpstreamError as exc:  # nothing relayed yet: still a clean failure
                     raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
                 if not is_opening_role_only(first_chunk):  # else the relay's next one is

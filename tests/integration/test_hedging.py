@@ -34,6 +34,7 @@ class Backend:
     chunk_every_s: float = 0.0
     break_after: int | None = None  # close the connection after this many chunks
     stall_first_chunk: bool = False  # a stream's head goes out, its first chunk never
+    stall_after_role: bool = False  # a chat stream's role event goes out, its first token never
     started: int = 0
     continuations: int = 0
     disconnects: int = 0
@@ -73,6 +74,8 @@ class Backend:
         if chat:
             opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
             await response.write(b"data: " + json.dumps(opening).encode() + b"\n\n")
+            if self.stall_after_role:  # as vLLM does: the role at once, the token after prefill
+                await asyncio.Event().wait()
         for sent, i in enumerate(range(start, end)):
             if self.break_after is not None and sent == self.break_after:
                 assert request.transport is not None
@@ -174,6 +177,25 @@ async def test_a_stream_is_hedged_on_its_first_body_byte() -> None:
                 texts.append(await resp.text())
         assert all(t.endswith("data: [DONE]\n\n") and "t2" in t for t in texts)
         assert hedges(gw, "won") >= 1
+        await wait_until(lambda: slow.disconnects == slow.started)
+
+
+async def test_a_chat_stream_is_hedged_on_its_first_token_not_its_opening_role_event() -> None:
+    slow, fast = Backend("slow", stall_after_role=True), Backend("fast")
+    extra = ROUTE_CONFIG + "hedging: {delay: 50ms}\n"
+    payload = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with (
+        backends_and_gateway([slow, fast], extra) as (_, gw),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client,
+    ):
+        texts = []
+        for _ in range(2):  # round robin: one of the two first goes to the slow backend
+            async with client.post(f"{base(gw)}/v1/chat/completions", json=payload) as resp:
+                raw = await resp.text()
+                assert raw.endswith("data: [DONE]\n\n") and raw.count('"role"') == 1
+                texts.append(streamed_text(raw))
+        assert texts == ["t0 t1 t2 "] * 2
+        assert slow.started >= 1 and hedges(gw, "won") >= 1
         await wait_until(lambda: slow.disconnects == slow.started)
 
 
