@@ -3,8 +3,10 @@
     python -m loadtests.llm.kill --duration 20s --markdown kill.md
 
 ``streams`` users each keep one streamed chat in flight (closed loop: the next one leaves as
-the last ends) against four emulated pods. At ``kill_at`` pod 0's process is sent SIGKILL by
-its PID, with every stream it holds in flight; at ``restart_at`` it starts again on its port.
+the last ends) against four emulated pods. At ``kill_at`` the pod holding the most sequences
+(running + waiting: the worst one to lose, and the same choice for every router, whatever its
+policy concentrated where) is sent SIGKILL by its PID, with every stream it holds in flight;
+at ``restart_at`` it starts again on its port.
 
 A stream is *lost* when the client does not get one whole answer: it broke off (no
 ``[DONE]``: a cut chunked encoding, a reset, a stall past the timeout), it ended in an error
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtests import procs
 from loadtests.__main__ import _duration_s
 from loadtests.llm.client import MODEL
 from loadtests.llm.runner import LLM_BUDGET, LlmPairRun, tailgate_peer
@@ -39,7 +42,6 @@ from loadtests.llm.scenarios import LlmScenario
 from loadtests.llm.tokens import answer_start, answer_token, chat_tokens
 from loadtests.llm.workloads import WorkloadSpec, system_prompt
 from loadtests.peers import SHIPPED_DEFAULTS, Peer
-from loadtests.procs import StartError
 from loadtests.runner import Settings, _run_async
 
 KILL_PEERS: dict[str, Peer] = {
@@ -51,7 +53,6 @@ KILL_PEERS: dict[str, Peer] = {
         Peer("nginx least_conn", "nginx", "least_conn"),
     )
 }
-KILLED_POD = 0
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ class Stream:
 @dataclass
 class KillRow:
     peer: str
-    on_killed_pod: int = -1  # sequences pod 0 held (running + waiting) just before the kill
-    after_restart: int = -1  # streams the restarted pod 0 finished; -1: not restarted
+    on_killed_pod: int = -1  # sequences the killed pod held (running + waiting) at the kill
+    after_restart: int = -1  # streams the restarted pod finished; -1: not restarted
+    back_after_s: float | None = None  # the restarted pod answered its /health, after the kill
     verdicts: dict[str, int] = field(default_factory=dict)
     resumed: float | None = None  # tailgate: streams continued on another pod
     note: str = ""
@@ -162,29 +164,39 @@ def _pod_stats(port: int) -> dict[str, float]:
 
 
 class KillRun(LlmPairRun):
-    """A pair whose pod 0 is killed by its PID, then (optionally) started again."""
+    """A pair whose busiest pod is killed by its PID, then (optionally) started again."""
 
+    killed = -1  # the index of the killed pod
     killed_in_flight = -1
-    restarted = False
+    killed_at = 0.0  # time.perf_counter()
+    back_after_s: float | None = None
 
     def kill(self) -> None:
-        pod = next(c for c in self.children if c.name == f"pod{KILLED_POD}")
-        stats = _pod_stats(self.backends[KILLED_POD].port)
-        self.killed_in_flight = int(stats["running"] + stats["waiting"])
+        held = []
+        for backend in self.backends:
+            stats = _pod_stats(backend.port)
+            held.append(int(stats["running"] + stats["waiting"]))
+        self.killed_in_flight = max(held)
+        self.killed = held.index(self.killed_in_flight)
+        pod = self._pod_process()
+        self.killed_at = time.perf_counter()
         pod.proc.send_signal(signal.SIGKILL)
         pod.proc.wait(5.0)
 
     def restart(self) -> None:
         """The same command line again (the same port): a replacement pod, its cache cold."""
-        dead = next(c for c in self.children if c.name == f"pod{KILLED_POD}")
-        again = self._start(f"pod{KILLED_POD}-restarted", list(dead.proc.args), None)  # type: ignore[arg-type]
-        again.wait_http(f"http://127.0.0.1:{self.backends[KILLED_POD].port}/health")
-        self.restarted = True
+        args = [str(a) for a in self._pod_process().proc.args]  # type: ignore[union-attr]
+        again = self._start(f"pod{self.killed}-restarted", args, None)
+        again.wait_http(f"http://127.0.0.1:{self.backends[self.killed].port}/health")
+        self.back_after_s = time.perf_counter() - self.killed_at
 
     def served_after_restart(self) -> int:
-        if not self.restarted:
+        if self.back_after_s is None:
             return -1
-        return int(_pod_stats(self.backends[KILLED_POD].port)["finished"])
+        return int(_pod_stats(self.backends[self.killed].port)["finished"])
+
+    def _pod_process(self) -> procs.Child:
+        return next(c for c in self.children if c.name == f"pod{self.killed}")
 
 
 async def _drive(run: KillRun, url: str, plan: KillPlan, seed: int) -> list[Stream]:
@@ -229,10 +241,12 @@ def run_row(peer: Peer, plan: KillPlan, settings: Settings) -> KillRow:
         try:
             run.start_upstream()
             url = run.start_peer()[0] + "/v1/chat/completions"
-        except StartError as exc:
+        except procs.StartError as exc:
             return KillRow(peer.label, note=f"not available: {str(exc).splitlines()[-1][:120]}")
         streams = _run_async(_drive(run, url, plan, settings.seed))
-        row = KillRow(peer.label, run.killed_in_flight, run.served_after_restart())
+        row = KillRow(
+            peer.label, run.killed_in_flight, run.served_after_restart(), run.back_after_s
+        )
         if peer.kind == "tailgate":
             row.resumed = _broken_streams(run.admin_port).get("resumed", 0.0)
     for stream in streams:
@@ -243,7 +257,7 @@ def run_row(peer: Peer, plan: KillPlan, settings: Settings) -> KillRow:
 VERDICTS = ("broken", "error_event", "wrong_text", "failed")
 HEAD = (
     "| router | streams | on the killed pod | lost | broken | error event | wrong text "
-    "| failed before the stream | resumed (tailgate) | served by the restarted pod |"
+    "| failed before the stream | resumed (tailgate) | restarted pod: up after, served |"
 )
 
 
@@ -256,7 +270,10 @@ def table(rows: Sequence[KillRow]) -> str:
         cells = [r.peer, str(r.streams), str(r.on_killed_pod), f"**{r.lost}**"]
         cells += [str(r.verdicts.get(v, 0)) for v in VERDICTS]
         cells.append("-" if r.resumed is None else f"{r.resumed:.0f}")
-        cells.append("-" if r.after_restart < 0 else str(r.after_restart))
+        if r.back_after_s is None:
+            cells.append("-")
+        else:
+            cells.append(f"{r.back_after_s:.1f} s, {r.after_restart}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -267,7 +284,8 @@ def render(rows: Sequence[KillRow], plan: KillPlan, cmd: str) -> str:
     return (
         f"## A pod killed mid-stream ({when})\n\n    {cmd}\n\n"
         f"{plan.streams} streamed chats in flight at a time over four emulated pods for "
-        f"{plan.duration_s:g} s; pod 0 is sent SIGKILL at {plan.kill_at_s:g} s and {restart}. "
+        f"{plan.duration_s:g} s; the busiest pod is sent SIGKILL at {plan.kill_at_s:g} s and "
+        f"{restart}. "
         "Lost: the client got no whole answer (broken off, an error event, or text that "
         "differs from the unbroken stream's, checked word for word).\n\n" + table(rows) + "\n"
     )
