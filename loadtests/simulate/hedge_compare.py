@@ -20,8 +20,8 @@ from loadtests.simulate.scenarios import Scenario, build_scenario
 SCENARIOS = (("pausing_pod", 0.0), ("hanging_pod", 10.0), ("slow_pod", 0.0), ("failing_pod", 10.0))
 SETTINGS = (
     ("hedging off", "hedging: {enabled: false}\n"),
-    ("hedging as shipped (p95)", ""),
-    ("hedging at p99", "hedging: {quantile: 0.99}\n"),
+    ("hedging as shipped (p99)", ""),
+    ("hedging at p95", "hedging: {quantile: 0.95}\n"),
 )
 BASE = "backends: [{url: 'http://127.0.0.1:1'}]\ntimeouts: {per_try: 1s}\n"
 
