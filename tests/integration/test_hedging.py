@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class Backend:
 
 @asynccontextmanager
 async def backends_and_gateway(
-    backends: list[Backend], extra: str
+    backends: list[Backend], extra: str, access_log: bool = False
 ) -> AsyncIterator[tuple[list[Backend], Gateway]]:
     for backend in backends:
         app = web.Application()
@@ -108,7 +109,10 @@ async def backends_and_gateway(
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         backend.url = f"http://127.0.0.1:{port}"
     try:
-        async with running_gateway(gateway_yaml([b.url for b in backends], extra)) as gateway:
+        config = gateway_yaml([b.url for b in backends], extra)
+        if access_log:
+            config = config.replace("logging: {access_log: false}", "logging: {access_log: true}")
+        async with running_gateway(config) as gateway:
             yield backends, gateway
     finally:
         for backend in backends:
@@ -251,7 +255,9 @@ def streamed_text(sse: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])
-async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str) -> None:
+async def test_a_stream_broken_mid_way_is_continued_on_another_backend(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     dying, healthy = (
         Backend("dying", stream_chunks=6, break_after=2),
         Backend("healthy", stream_chunks=6),
@@ -262,9 +268,10 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str
     else:
         payload["prompt"] = "x"
     async with (
-        backends_and_gateway([dying, healthy], ROUTE_CONFIG) as (_, gw),
+        backends_and_gateway([dying, healthy], ROUTE_CONFIG, access_log=True) as (_, gw),
         aiohttp.ClientSession() as client,
     ):
+        caplog.set_level(logging.INFO, logger="tailgate.access")
         texts = []
         for _ in range(2):  # round robin: at least one of them starts on the dying backend
             async with client.post(f"{base(gw)}{PATHS[kind]}", json=payload) as resp:
@@ -278,3 +285,6 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str
         metrics = gw.runtime.metrics.registry
         labels = {"route": "default", "result": "resumed"}
         assert metrics.get_sample_value("tailgate_broken_streams_total", labels) == dying.started
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tailgate.access"]
+    resumed = [e for e in access if e.get("stream_break") == "resumed"]
+    assert len(resumed) == dying.started and all(e["tries"] == 2 for e in resumed)
