@@ -41,6 +41,7 @@ from gateway.resume import (
     Transcript,
     continuation_body,
     is_opening_role_only,
+    read_to_first_token,
     without_opening_role,
 )
 from gateway.routing import find_model
@@ -86,6 +87,7 @@ class RequestContext:
     admitted: Admitted | None = None  # tenants: tenant, class, token charge
     answer: AnswerReport | None = None  # what the relayed answer showed (tokens)
     failure: Failure | None = None  # what broke a response already under way
+    stream_break: str | None = None  # how a body that broke after its first byte ended
 
     @property
     def route_name(self) -> str:
@@ -283,8 +285,7 @@ class ProxyHandler:
         self, ctx: RequestContext, one: _Try, read_ahead: bool, body: RequestBody | None = None
     ) -> _Head:
         """Send one try (``body``, else the client's) and wait for its response head; with
-        ``read_ahead``, for a stream also its first body byte (what a streamed try is hedged
-        on)."""
+        ``read_ahead``, for a stream also its first token (what a streamed try is hedged on)."""
         rt, request, config = self.runtime, ctx.request, ctx.config
         body = body if body is not None else ctx.body
         assert body is not None and rt.upstream is not None
@@ -315,7 +316,7 @@ class ProxyHandler:
             first_chunk = b""
             if read_ahead and streaming and upstream.status < 300:
                 try:
-                    first_chunk = await upstream.readany()
+                    first_chunk = await read_to_first_token(upstream)
                 except UpstreamError as exc:  # nothing relayed yet: still a clean failure
                     raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
                 if not is_opening_role_only(first_chunk):  # else the relay's next one is
@@ -583,19 +584,24 @@ class ProxyHandler:
     async def _after_break(self, ctx: RequestContext, relay: _Relay, streaming: bool) -> None:
         """A response broke after its first byte: resume it, end it with an error event, or
         (not an event stream) cut the client off."""
-        metrics, route = self.runtime.metrics, ctx.route_name
         response, transcript = relay.response, relay.transcript
         if not streaming:
             ctx.failure = Failure.BROKEN_RESPONSE
-            metrics.broken_streams.labels(route, "cut").inc()
+            self._count_break(ctx, "cut")
             _abort(ctx.request)
             return
         if transcript is not None and await self._resume(ctx, relay, transcript):
             return
         ctx.failure = Failure.BROKEN_RESPONSE
-        metrics.broken_streams.labels(route, "error_event").inc()
+        self._count_break(ctx, "error_event")
         await response.write(sse_error_event(Failure.BROKEN_RESPONSE))
         await response.write_eof()
+
+    def _count_break(self, ctx: RequestContext, result: str) -> None:
+        """A body broke after its first byte: the metric, and the access log's
+        ``stream_break`` (a resumed stream is a success to the client, not to the backend)."""
+        ctx.stream_break = result
+        self.runtime.metrics.broken_streams.labels(ctx.route_name, result).inc()
 
     def _answer_relayed(self, ctx: RequestContext, transcript: Transcript) -> None:
         """A stream ended whole: tell the policy what the backend that finished it (after a
@@ -623,7 +629,7 @@ class ProxyHandler:
         if finished:  # it broke after the answer was complete: end it as it would have
             await relay.write(transcript.flush(), self.runtime.clock)
             await relay.response.write_eof()
-            self.runtime.metrics.broken_streams.labels(ctx.route_name, "finished").inc()
+            self._count_break(ctx, "finished")
             return True
         continued = continuation_body(body.buffered, text, tokens)
         if transcript.overflowed or continued is None:
@@ -649,7 +655,7 @@ class ProxyHandler:
                 if upstream.status != 200 or upstream.content_type != "text/event-stream":
                     return False
                 ctx.backend = endpoint.name
-                self.runtime.metrics.broken_streams.labels(ctx.route_name, "resumed").inc()
+                self._count_break(ctx, "resumed")
                 try:
                     await self._stream_body(ctx, relay, upstream, True, one.attempt, endpoint, True)
                 except ConnectionError:  # the client left during the continuation
@@ -705,6 +711,7 @@ class ProxyHandler:
                         "tries": ctx.tries,
                         "trace_id": trace_id,
                         "error": ctx.failure.value if ctx.failure is not None else None,
+                        **({"stream_break": ctx.stream_break} if ctx.stream_break else {}),
                         **({"model_undecided": ctx.model_undecided} if ctx.model_undecided else {}),
                     },
                     separators=(",", ":"),

@@ -1,4 +1,5 @@
-"""Resuming an event stream that broke mid-way on another backend. Pure: bytes in, bytes out.
+"""Resuming an event stream that broke mid-way on another backend. Bytes in, bytes out (one
+helper reads ahead, to a stream's first token).
 
 When a backend dies after a stream's first byte, the client has part of the answer. Instead of
 cutting it off, the gateway asks another backend to *continue*: the same request with the text
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+from gateway.cache import ChunkSource
 
 _EVENT_END = b"\n\n"
 _EVENT_END_CRLF = b"\r\n\r\n"
@@ -134,6 +137,20 @@ def is_opening_role_only(chunk: bytes) -> bool:
     servers may send it before prefill, so it is no first token: a TTFT measured to it would
     read every backend as equally fast and every prompt as free to prefill."""
     return bool(chunk) and not without_opening_role(chunk).strip()
+
+
+async def read_to_first_token(source: ChunkSource) -> bytes:
+    """A stream's first chunks up to and with its first token (or its end): what a hedge
+    race is decided on. A chat stream's opening role event, which vLLM-like servers send
+    before prefill, is held with them rather than taken for the answer: a try stuck in its
+    queue or its prefill has sent it too, and TTFT counts from the first token."""
+    held = await source.readany()
+    while held and is_opening_role_only(held):
+        more = await source.readany()
+        if not more:
+            break
+        held += more
+    return held
 
 
 def _last_event_end(data: bytes) -> int:

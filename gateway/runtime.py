@@ -285,7 +285,8 @@ class Runtime:
         return picked
 
     def _on_transition(self, transition: Transition) -> None:
-        """Every health state change: metrics, logs, cached views, and a fresh start on recovery."""
+        """Every health state change: metrics, logs, cached views, and a fresh start on an
+        ejection and on recovery."""
         self.fleet.invalidate()
         name = transition.endpoint
         to = transition.to_state
@@ -300,8 +301,11 @@ class Runtime:
             to.value,
             transition.reason,
         )
+        # An ejection forgets the latency learnt before it (failure penalties compounded up to
+        # the per-try timeout): when its time is up the backend returns at the fleet's prior,
+        # so the policy sends it the trial that closes its circuit instead of starving it.
         back_from_probes = transition.from_state is CheckState.UNHEALTHY
-        if transition.recovered or back_from_probes:
+        if transition.recovered or back_from_probes or to is CircuitState.OPEN:
             endpoint = self.fleet.endpoints.get(name)
             if endpoint is not None:
                 endpoint.signals.reset_for_recovery(self.clock())

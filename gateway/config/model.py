@@ -449,11 +449,11 @@ class HedgingConfig:
     delay: float | None = field(
         None,
         parse=parse_duration,
-        doc="fixed hedge delay; unset: the group's recent p95 time to head (streams: to the "
-        "first body byte), within min_delay..max_delay",
+        doc="fixed hedge delay; unset: the group's recent p99 time to head (streams: to the "
+        "first token), within min_delay..max_delay",
     )
     quantile: float = field(
-        0.95, check=in_range(0.5, 1), doc="which latency quantile the learned delay is"
+        0.99, check=in_range(0.5, 1), doc="which latency quantile the learned delay is"
     )
     min_delay: float = _duration(0.005, non_negative)
     max_delay: float = _duration(2.0, positive)

@@ -47,6 +47,7 @@ class EndpointSignals:
 
     __slots__ = (
         "_duration_s",
+        "_forgotten_before",
         "_in_flight_at_report",
         "_kv_reported_at",
         "_kv_usage",
@@ -56,7 +57,6 @@ class EndpointSignals:
         "_reported_depth",
         "_sampled_at",
         "_waiting",
-        "_waiting_epoch",
         "_waiting_since_sum",
         "config",
         "failure_cap_s",
@@ -82,7 +82,7 @@ class EndpointSignals:
         self._kv_reported_at = now
         self._waiting = 0  # requests sent that have no response headers yet
         self._waiting_since_sum = 0.0  # the sum of their start times
-        self._waiting_epoch = -math.inf  # requests started before this were forgotten
+        self._forgotten_before = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
 
@@ -106,7 +106,7 @@ class EndpointSignals:
         self._stop_waiting(started_at)
 
     def _stop_waiting(self, started_at: float | None) -> None:
-        if self._waiting <= 0 or (started_at is not None and started_at < self._waiting_epoch):
+        if self._waiting <= 0 or (started_at is not None and started_at < self._forgotten_before):
             return
         if started_at is None:  # unknown: take out an average one
             started_at = self._waiting_since_sum / self._waiting
@@ -146,12 +146,16 @@ class EndpointSignals:
         other sample. `duration_s` is the whole exchange (for a stream, `latency_s` is only
         the time to first byte); it sets how fast a reported queue is taken to turn over.
         `started_at` and `headers_seen` keep the count of requests waiting for headers exact
-        (see :meth:`waiting_age_s`).
+        (see :meth:`waiting_age_s`); a request started before :meth:`reset_for_recovery`
+        teaches nothing (the rest of a burst of failures that ejected the backend would
+        otherwise compound its penalty again, and the policy would never send it its trial).
         """
         # Clamped so that a double-finish bug cannot make an endpoint look infinitely idle.
         self.in_flight = max(0, self.in_flight - 1)
         if not headers_seen:
             self._stop_waiting(started_at)
+        if started_at is not None and started_at < self._forgotten_before:
+            return  # begun before an ejection: it says nothing about the backend that returns
         if latency_s is not None and not math.isfinite(latency_s):
             latency_s = None
         if failed:
@@ -199,7 +203,8 @@ class EndpointSignals:
 
     def reset_for_recovery(self, now: float) -> None:
         """Forget what was learnt before an ejection: start again from the prior, restart slow
-        start. In-flight requests are kept: they still finish and are counted out."""
+        start. In-flight requests are kept: they still finish and are counted out, but teach
+        no latency."""
         self._latency_s = None
         self._duration_s = None
         self.samples = 0
@@ -210,7 +215,7 @@ class EndpointSignals:
         self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
         self._waiting_since_sum = 0.0
-        self._waiting_epoch = now
+        self._forgotten_before = now
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from loadtests.fakepod import Faults, pause_left
 from loadtests.llm.blocks import Allocation, BlockPool, chain_keys
 from loadtests.llm.costs import EngineCosts
-from loadtests.llm.tokens import answer_seed, answer_token
+from loadtests.llm.tokens import answer_start, answer_token
 
 
 class PromptTooLong(ValueError):
@@ -41,6 +41,7 @@ class Sequence:
     computed: int = 0  # prompt tokens with their KV in the cache
     output: list[str] = field(default_factory=list)
     seed: int = 0
+    first_index: int = 0  # a continued answer's words already generated elsewhere
     finished: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -90,7 +91,8 @@ class Engine:
                 f"({self.pool.num_blocks * self.pool.block_tokens} tokens)"
             )
         keys = chain_keys(prompt, self.costs.block_tokens)
-        seq = Sequence(prompt, max_tokens, keys, seed=answer_seed(prompt))
+        seed, first_index = answer_start(prompt)
+        seq = Sequence(prompt, max_tokens, keys, seed=seed, first_index=first_index)
         self.waiting.append(seq)
         self._work.set()
         return seq
@@ -185,7 +187,7 @@ class Engine:
             if seq.finished:  # aborted during the step
                 continue
             gained.append(seq)
-            seq.output.append(answer_token(seq.seed, len(seq.output)))
+            seq.output.append(answer_token(seq.seed, seq.first_index + len(seq.output)))
             self.counters.generation_tokens += 1
             if len(seq.output) >= seq.max_tokens:
                 self._finish(seq)

@@ -8,7 +8,9 @@ then ``[DONE]``. A client that goes away aborts its sequence (counted as
 ``vllm:request_success_total{finished_reason="abort"}``). Faults are set while it runs with
 ``POST /_control``, e.g. ``{"slow_factor": 3}``, ``{"error_rate": 1.0}``, ``{"hang": true}``
 (the engine stops stepping: streams get their head and then nothing, as a wedged engine's
-would), ``{"pause_every_s": 2, "pause_for_s": 0.5}``, ``{"ready": false}``.
+would), ``{"pause_every_s": 2, "pause_for_s": 0.5}``, ``{"ready": false}``. A chat request
+with ``continue_final_message`` (vLLM's) continues its final assistant message: the words
+after it are the very ones an unbroken answer would have had next.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from loadtests.fakepod import Faults
 from loadtests.llm.costs import EngineCosts
 from loadtests.llm.engine import Engine, PromptTooLong, Sequence
 from loadtests.llm.shapes import Reply
-from loadtests.llm.tokens import chat_tokens, tokenize
+from loadtests.llm.tokens import chat_tokens, continued_chat_tokens, tokenize
 
 ENGINE = web.AppKey("engine", Engine)
 MODEL = web.AppKey("model", str)
@@ -57,6 +59,9 @@ def _prompt(body: dict[str, Any], chat: bool) -> list[str]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("messages must be a list of objects")
+        final = messages[-1] if messages else {}
+        if body.get("continue_final_message") and final.get("role") == "assistant":
+            return continued_chat_tokens(messages)  # a stream resumed elsewhere goes on
         return chat_tokens(messages)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():

@@ -3,7 +3,8 @@
 Exactness matters more than realism here: a client that sends back the previous answer
 must produce the very tokens the pod generated, so multi-turn histories hit the blocks the
 pod cached. Generated words are a pure function of the prompt, so every peer of a run sees
-the same answers.
+the same answers, and a stream continued on another pod (the partial answer sent back) gives
+the same text as an unbroken one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ def chat_tokens(messages: Iterable[Mapping[str, object]]) -> list[str]:
         tokens.extend(tokenize(content if isinstance(content, str) else ""))
     tokens.append(ASSISTANT)
     return tokens
+
+
+def continued_chat_tokens(messages: Iterable[Mapping[str, object]]) -> list[str]:
+    """vLLM's ``continue_final_message`` (with ``add_generation_prompt: false``): the template
+    without the closing assistant marker, so the answer continues the final (assistant)
+    message instead of starting a new one."""
+    return chat_tokens(messages)[:-1]
+
+
+def answer_start(prompt: Sequence[str]) -> tuple[int, int]:
+    """The seed and the first index of the answer that follows ``prompt``. A prompt that ends
+    inside an assistant turn (its marker, then generated words, as a continuation sends it)
+    goes on with that answer where it stopped, as a greedy model would: the words after the
+    marker are the answer's first ones."""
+    for back, token in enumerate(reversed(prompt)):
+        if token == ASSISTANT:
+            marker = len(prompt) - back
+            return answer_seed(prompt[:marker]), back
+    return answer_seed(prompt), 0
 
 
 def answer_seed(prompt: Sequence[str]) -> int:

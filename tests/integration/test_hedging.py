@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class Backend:
     chunk_every_s: float = 0.0
     break_after: int | None = None  # close the connection after this many chunks
     stall_first_chunk: bool = False  # a stream's head goes out, its first chunk never
+    stall_after_role: bool = False  # a chat stream's role event goes out, its first token never
     started: int = 0
     continuations: int = 0
     disconnects: int = 0
@@ -73,6 +75,8 @@ class Backend:
         if chat:
             opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
             await response.write(b"data: " + json.dumps(opening).encode() + b"\n\n")
+            if self.stall_after_role:  # as vLLM does: the role at once, the token after prefill
+                await asyncio.Event().wait()
         for sent, i in enumerate(range(start, end)):
             if self.break_after is not None and sent == self.break_after:
                 assert request.transport is not None
@@ -93,7 +97,7 @@ class Backend:
 
 @asynccontextmanager
 async def backends_and_gateway(
-    backends: list[Backend], extra: str
+    backends: list[Backend], extra: str, access_log: bool = False
 ) -> AsyncIterator[tuple[list[Backend], Gateway]]:
     for backend in backends:
         app = web.Application()
@@ -105,7 +109,10 @@ async def backends_and_gateway(
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         backend.url = f"http://127.0.0.1:{port}"
     try:
-        async with running_gateway(gateway_yaml([b.url for b in backends], extra)) as gateway:
+        config = gateway_yaml([b.url for b in backends], extra)
+        if access_log:
+            config = config.replace("logging: {access_log: false}", "logging: {access_log: true}")
+        async with running_gateway(config) as gateway:
             yield backends, gateway
     finally:
         for backend in backends:
@@ -177,6 +184,25 @@ async def test_a_stream_is_hedged_on_its_first_body_byte() -> None:
         await wait_until(lambda: slow.disconnects == slow.started)
 
 
+async def test_a_chat_stream_is_hedged_on_its_first_token_not_its_opening_role_event() -> None:
+    slow, fast = Backend("slow", stall_after_role=True), Backend("fast")
+    extra = ROUTE_CONFIG + "hedging: {delay: 50ms}\n"
+    payload = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with (
+        backends_and_gateway([slow, fast], extra) as (_, gw),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client,
+    ):
+        texts = []
+        for _ in range(2):  # round robin: one of the two first goes to the slow backend
+            async with client.post(f"{base(gw)}/v1/chat/completions", json=payload) as resp:
+                raw = await resp.text()
+                assert raw.endswith("data: [DONE]\n\n") and raw.count('"role"') == 1
+                texts.append(streamed_text(raw))
+        assert texts == ["t0 t1 t2 "] * 2
+        assert slow.started >= 1 and hedges(gw, "won") >= 1
+        await wait_until(lambda: slow.disconnects == slow.started)
+
+
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream_connection() -> None:
     endless = Backend("endless", stream_chunks=10_000, chunk_every_s=0.01)
     async with (
@@ -229,7 +255,9 @@ def streamed_text(sse: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])
-async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str) -> None:
+async def test_a_stream_broken_mid_way_is_continued_on_another_backend(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     dying, healthy = (
         Backend("dying", stream_chunks=6, break_after=2),
         Backend("healthy", stream_chunks=6),
@@ -240,9 +268,10 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str
     else:
         payload["prompt"] = "x"
     async with (
-        backends_and_gateway([dying, healthy], ROUTE_CONFIG) as (_, gw),
+        backends_and_gateway([dying, healthy], ROUTE_CONFIG, access_log=True) as (_, gw),
         aiohttp.ClientSession() as client,
     ):
+        caplog.set_level(logging.INFO, logger="tailgate.access")
         texts = []
         for _ in range(2):  # round robin: at least one of them starts on the dying backend
             async with client.post(f"{base(gw)}{PATHS[kind]}", json=payload) as resp:
@@ -256,3 +285,6 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(kind: str
         metrics = gw.runtime.metrics.registry
         labels = {"route": "default", "result": "resumed"}
         assert metrics.get_sample_value("tailgate_broken_streams_total", labels) == dying.started
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tailgate.access"]
+    resumed = [e for e in access if e.get("stream_break") == "resumed"]
+    assert len(resumed) == dying.started and all(e["tries"] == 2 for e in resumed)

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import admin, base, get_json, pods_and_gateway, wait_until
+from tests.helpers import admin, base, get_json, pods_and_gateway, wait_until, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,6 +52,27 @@ async def test_500s_eject_after_the_configured_count_and_return_after_the_ejecti
             async with client.get(f"{base(gw)}/v1/models") as resp:
                 assert resp.status == 200
         assert pods[0].state.served > served_before
+        assert (await state_of(gw, "pod0"))["health"]["state"] == "closed"
+
+
+async def test_an_ejected_backend_gets_traffic_again_under_the_default_policy() -> None:
+    """The failures that ejected it must not outlive the ejection: ranked by their penalty, a
+    backend that is back would lose every pick and never be sent the trial that closes it."""
+    extra = FAST_HEALTH + "retries: {attempts: 1}\nhealth_check: {enabled: false}\n"
+    async with pods_and_gateway(2, extra) as (pods, gw), aiohttp.ClientSession() as client:
+        pods[0].state.faults.error_rate = 1.0
+        while (await state_of(gw, "pod0"))["health"]["state"] != "open":
+            async with client.get(f"{base(gw)}/v1/models") as resp:
+                await resp.read()
+        pods[0].state.faults.error_rate = 0.0
+        served_before = pods[0].state.served
+
+        async def pod0_served_again() -> bool:
+            async with client.get(f"{base(gw)}/v1/models") as resp:
+                assert resp.status == 200
+            return pods[0].state.served > served_before
+
+        await wait_until_async(pod0_served_again, timeout_s=10)
         assert (await state_of(gw, "pod0"))["health"]["state"] == "closed"
 
 

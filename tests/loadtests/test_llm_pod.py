@@ -234,3 +234,14 @@ async def test_an_error_rate_of_one_answers_every_request_with_a_500(pod: PodCli
     await pod.control({"error_rate": 1.0})
     async with pod.session.post(pod.url + "/v1/completions", json={"prompt": "x"}) as resp:
         assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"
+
+
+async def test_a_continued_final_message_goes_on_with_the_same_words(pod: PodClient) -> None:
+    whole = await pod.stream(_chat("continue me", max_tokens=6))
+    words = [text for text in whole["events"] if text]  # past the opening role event
+    head = "".join(words[:2])
+    continued = _chat("continue me", max_tokens=4)
+    continued["messages"] = [*continued["messages"], {"role": "assistant", "content": head}]
+    continued.update(continue_final_message=True, add_generation_prompt=False)
+    rest = await pod.stream(continued)
+    assert rest["done"] and head + "".join(rest["events"]) == "".join(words)

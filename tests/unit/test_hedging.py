@@ -41,6 +41,16 @@ def test_the_quantile_follows_the_recent_window_only() -> None:
     assert window.value() == 1.0 and len(window) == 100
 
 
+def test_the_shipped_delay_is_the_p99_so_one_healthy_try_in_a_hundred_may_hedge() -> None:
+    rt = runtime()
+    for i in range(200):
+        rt.hedging.observe("default", False, (i + 1) / 1000)  # 1 .. 200 ms
+    delay_s = rt.hedging.delay_s("default", False)
+    assert delay_s == pytest.approx(0.199)
+    slower = sum(1 for i in range(200) if (i + 1) / 1000 > delay_s)
+    assert slower == 1
+
+
 def test_no_delay_is_learned_before_enough_samples() -> None:
     hedging = Hedging(HedgingConfig(), min_samples=20)
     for _ in range(19):

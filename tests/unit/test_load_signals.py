@@ -339,3 +339,12 @@ def test_recovery_forgets_requests_stuck_before_the_ejection() -> None:
     assert signals.waiting_age_s(31.5) == pytest.approx(0.5)
     signals.request_finished(None, 32.0, started_at=0.0)  # the straggler finally times out
     assert signals.waiting_age_s(32.0) == pytest.approx(1.0)
+
+
+def test_a_request_begun_before_an_ejection_teaches_no_latency_after_it() -> None:
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
+    signals.request_started(0.0)
+    signals.reset_for_recovery(now=1.0)  # the circuit opened on its burst of failures
+    signals.request_finished(0.2, 1.5, failed=True, started_at=0.0)  # the rest of the burst
+    assert not signals.has_latency and signals.in_flight == 0
+    assert signals.latency_s(2.0, PRIOR_S) == PRIOR_S  # it returns at the fleet's prior

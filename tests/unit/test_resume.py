@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from gateway.resume import Transcript, continuation_body, is_opening_role_only, without_opening_role
+from gateway.resume import (
+    Transcript,
+    continuation_body,
+    is_opening_role_only,
+    read_to_first_token,
+    without_opening_role,
+)
 
 
 def event(payload: object) -> bytes:
@@ -85,3 +91,24 @@ def test_only_a_role_only_opening_event_is_no_first_token() -> None:
     assert not is_opening_role_only(token)
     assert not is_opening_role_only(event({"choices": [{"text": "t"}]}))  # completions
     assert not is_opening_role_only(b"")
+
+
+class Chunks:
+    """A body that arrives in the given chunks, then ends."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self._chunks = list(chunks)
+
+    async def readany(self) -> bytes:
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+ROLE = event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+TOKEN = event({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+
+
+async def test_the_read_ahead_holds_the_opening_role_event_until_the_first_token() -> None:
+    assert await read_to_first_token(Chunks(ROLE, TOKEN, TOKEN)) == ROLE + TOKEN
+    assert await read_to_first_token(Chunks(ROLE + TOKEN)) == ROLE + TOKEN
+    assert await read_to_first_token(Chunks(TOKEN, TOKEN)) == TOKEN  # completions: no role
+    assert await read_to_first_token(Chunks(ROLE)) == ROLE  # the stream ended there
