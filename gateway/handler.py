@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import logging
 import random
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from gateway.access_log import AccessEntry, AccessLog
 from gateway.cache import CACHE_HEADER, replay
 from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, open_exchange
@@ -48,14 +47,13 @@ from gateway.runtime import Runtime
 from gateway.tenants import Refusal
 from gateway.tries import acquire, failed_try, send, start_try
 
-access_log = logging.getLogger("tailgate.access")
-
 
 class ProxyHandler:
     """The aiohttp handler of the public listener."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.access_log = AccessLog()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime
@@ -248,23 +246,20 @@ class ProxyHandler:
         if ctx.trace is not None:  # tracing
             ctx.trace.end(status, route, ctx.backend)
             trace_id = ctx.trace.trace_id
-        if config.logging.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                json.dumps(
-                    {
-                        "id": ctx.request_id,
-                        "method": request.method,
-                        "path": request.path,
-                        "route": route,
-                        "backend": ctx.backend,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "tries": ctx.tries,
-                        "trace_id": trace_id,
-                        "error": ctx.failure.value if ctx.failure is not None else None,
-                        **({"model_undecided": ctx.model_undecided} if ctx.model_undecided else {}),
-                    },
-                    separators=(",", ":"),
+        if config.logging.access_log:
+            self.access_log.write(
+                AccessEntry(
+                    ctx.request_id,
+                    request.method,
+                    request.path,
+                    route,
+                    ctx.backend,
+                    status,
+                    round(elapsed * 1000, 3),
+                    ctx.tries,
+                    trace_id,
+                    ctx.failure.value if ctx.failure is not None else None,
+                    ctx.model_undecided or None,
                 )
             )
 
