@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway.access_log import AccessEntry, AccessLog
 from gateway.cache import CACHE_HEADER, replay
+from gateway.deadline import Deadline
 from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, open_exchange
 from gateway.failures import Failure, consequence
@@ -138,7 +139,7 @@ class ProxyHandler:
                 exchange.group
             ):
                 raise Shed(Failure.OVERLOADED)
-            async with asyncio.timeout(config.timeouts.total):
+            with Deadline(config.timeouts.total):  # the route's timeout, one timer
                 # cache hook (1 of 2): one lookup before forwarding; a hit is replayed
                 ctx.cache = await rt.cache.lookup(
                     exchange.route,

@@ -613,10 +613,10 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: boo
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    text = "\r\n".join(lines)
-    breaks = len(lines) - 1
+    text = f"{method} {target} HTTP/1.1\r\n" + "".join(
+        [f"{name}: {value}\r\n" for name, value in headers.items()]
+    )
+    breaks = len(headers) + 1  # the request line's and one per field: no other line break
     if text.count("\n") != breaks or text.count("\r") != breaks:
         raise UpstreamClosed("refusing a request head with a line break inside a field")
-    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    return (text + "\r\n").encode("utf-8", "surrogateescape")
