@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway.access_log import AccessEntry, AccessLog
 from gateway.cache import CACHE_HEADER, replay
-from gateway.deadline import Deadline
+from gateway.deadline import Deadlines
 from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, open_exchange
 from gateway.failures import Failure, consequence
@@ -55,6 +55,7 @@ class ProxyHandler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.access_log = AccessLog()
+        self.deadlines = Deadlines()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime
@@ -74,16 +75,16 @@ class ProxyHandler:
         request, config, rid = ctx.request, ctx.config, ctx.request_id
         rt = self.runtime
         # Requests the gateway cannot frame or forward safely are answered here (framing.py).
-        answer = local_answer(
-            request.method, request.raw_path, request.path, UNSUPPORTED_VERSION not in request
-        )
+        # (a request's own state is empty unless the listener marked its version: no lookup)
+        version_ok = len(request) == 0 or UNSUPPORTED_VERSION not in request
+        answer = local_answer(request.method, request.raw_path, request.path, version_ok)
         if answer is not None:
             if answer.status >= 400:
                 return error_response(
                     answer.status, answer.kind, answer.message, rid, answer.headers
                 )
             return web.Response(status=answer.status, headers=answer.headers)
-        if header_bytes(request.headers) > config.limits.max_header_size:
+        if header_bytes(request.raw_headers) > config.limits.max_header_size:
             return error_response(431, "headers_too_large", "request headers too large", rid)
         length = request.content_length
         if length is not None and length > config.limits.max_body:
@@ -139,7 +140,7 @@ class ProxyHandler:
                 exchange.group
             ):
                 raise Shed(Failure.OVERLOADED)
-            with Deadline(config.timeouts.total):  # the route's timeout, one timer
+            with self.deadlines.after(config.timeouts.total):  # the route's timeout
                 # cache hook (1 of 2): one lookup before forwarding; a hit is replayed
                 ctx.cache = await rt.cache.lookup(
                     exchange.route,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from itertools import chain
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -94,6 +95,7 @@ def forwarded_for(existing: str | None, client_ip: str | None) -> str:
     return f"{existing}, {ip}" if existing else ip
 
 
-def header_bytes(headers: CIMultiDictProxy[str]) -> int:
-    """Approximate wire size of a header block (name + ': ' + value + CRLF per field)."""
-    return sum(len(k) + len(v) + 4 for k, v in headers.items())
+def header_bytes(raw_headers: tuple[tuple[bytes, bytes], ...]) -> int:
+    """Approximate wire size of a header block (name + ': ' + value + CRLF per field), from
+    the raw fields as received (summed in C: no Python loop over the fields)."""
+    return sum(map(len, chain.from_iterable(raw_headers))) + 4 * len(raw_headers)

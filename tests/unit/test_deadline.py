@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 
-from gateway.deadline import Deadline
+from gateway.deadline import Deadlines
 
 
 def test_a_block_that_outlives_its_deadline_raises_timeout_error() -> None:
     async def main() -> None:
         never = asyncio.Event()
-        with pytest.raises(TimeoutError), Deadline(0.01):
+        with pytest.raises(TimeoutError), Deadlines().after(0.01):
             await never.wait()
         assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
         await asyncio.sleep(0)  # no cancellation left pending for the next await
@@ -21,10 +21,11 @@ def test_a_block_that_outlives_its_deadline_raises_timeout_error() -> None:
     asyncio.run(asyncio.wait_for(main(), 5))
 
 
-def test_a_block_that_ends_in_time_is_left_alone_and_its_timer_disarmed() -> None:
+def test_a_block_that_ends_in_time_is_left_alone() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        with Deadline(0.01):
+        deadlines = Deadlines()
+        with deadlines.after(0.01):
             await asyncio.sleep(0)
         done = loop.create_future()
         loop.call_later(0.05, done.set_result, True)
@@ -35,7 +36,7 @@ def test_a_block_that_ends_in_time_is_left_alone_and_its_timer_disarmed() -> Non
 
 def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
     async def guarded(started: asyncio.Event) -> None:
-        with Deadline(10.0):
+        with Deadlines().after(10.0):
             started.set()
             await asyncio.Event().wait()
 
@@ -48,3 +49,19 @@ def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
             await task
 
     asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_deadlines_in_one_slot_share_its_timer_and_each_fires() -> None:
+    async def waits(deadlines: Deadlines) -> str:
+        try:
+            with deadlines.after(0.01):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timed out"
+        return "ended"
+
+    async def main() -> list[str]:
+        deadlines = Deadlines(resolution_s=1.0)  # every deadline below lands in one slot
+        return list(await asyncio.gather(*(waits(deadlines) for _ in range(5))))
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == ["timed out"] * 5
