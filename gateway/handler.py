@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway.access_log import AccessEntry, AccessLog
 from gateway.cache import CACHE_HEADER, replay
-from gateway.deadline import Deadlines
+from gateway.deadline import Deadlines, SlotTimers
 from gateway.errors import error_response, shed_response
 from gateway.exchange import Exchange, open_exchange
 from gateway.failures import Failure, consequence
@@ -55,7 +55,7 @@ class ProxyHandler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.access_log = AccessLog()
-        self.deadlines = Deadlines()
+        self.deadlines = Deadlines(SlotTimers())  # route timeouts (gateway.deadline)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime
