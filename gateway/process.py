@@ -22,9 +22,9 @@ def setup_logging(level: str, tag: str = "") -> None:
 
     Records are formatted and written by a thread of their own (a ``QueueListener``; the access
     log has its own, ``gateway.access_log.AccessWriter``): the event loop only puts them on a
-    queue, so a slow terminal or pipe never stalls requests. Writing
-    the access log straight to a terminal at 1,000 requests/s held the loop for milliseconds at a
-    time; that was the open-loop p99 a new user saw with the shipped defaults.
+    queue, so a slow terminal or pipe never stalls requests. Writing the access log straight to
+    a terminal at 1,000 requests/s held the loop for milliseconds at a time; that was the
+    open-loop p99 a new user saw with the shipped defaults.
     """
     diagnostics = _UnflushedHandler(sys.stderr)
     diagnostics.setFormatter(
@@ -76,9 +76,9 @@ class _UnflushedHandler(logging.StreamHandler):
 
 
 class _DrainingListener(logging.handlers.QueueListener):
-    """Flushes its handlers whenever the queue runs dry: one write per burst of records under
-    load (not one per access-log line, which kept the writer thread busy competing with the
-    event loop for the interpreter), and at once when lines come one at a time."""
+    """Flushes its handlers whenever the queue runs dry: one write per burst of diagnostics
+    under load (not one per line, which keeps a writer thread busy competing with the event
+    loop for the interpreter), and at once when lines come one at a time."""
 
     def __init__(
         self, records: queue.SimpleQueue[logging.LogRecord], *handlers: logging.Handler
