@@ -5,7 +5,8 @@
 
 :func:`open_exchange` routes a request and funds the retry budget; :class:`Exchange` then says
 what to do at each step. It performs no I/O and never awaits: the aiohttp handler
-(``gateway.handler``) does the sending, waiting and relaying around it, and the fleet simulator
+(``gateway.handler``, with ``gateway.tries``, ``gateway.hedged_race`` and ``gateway.relay``)
+does the sending, waiting and relaying around it, and the fleet simulator
 (``loadtests.simulate``) drives the very same object on virtual time, so the two cannot drift
 apart. tenacity drives the handler's retry loop on top of :meth:`Exchange.retry` and
 :meth:`Exchange.backoff_s`.

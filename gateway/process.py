@@ -12,42 +12,48 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from gateway.access_log import ACCESS_LOGGER, AccessWriter
+
 T = TypeVar("T")
 
 
 def setup_logging(level: str, tag: str = "") -> None:
     """Diagnostics to stderr (``tag`` marks a worker's lines); the JSON access log to stdout.
 
-    Records are formatted and written by a thread of their own (a ``QueueListener``): the event
-    loop only puts them on a queue, so a slow terminal or pipe never stalls requests. Writing
-    the access log straight to a terminal at 1,000 requests/s held the loop for milliseconds at a
-    time; that was the open-loop p99 a new user saw with the shipped defaults.
+    Records are formatted and written by a thread of their own (a ``QueueListener``; the access
+    log has its own, ``gateway.access_log.AccessWriter``): the event loop only puts them on a
+    queue, so a slow terminal or pipe never stalls requests. Writing the access log straight to
+    a terminal at 1,000 requests/s held the loop for milliseconds at a time; that was the
+    open-loop p99 a new user saw with the shipped defaults.
     """
     diagnostics = _UnflushedHandler(sys.stderr)
     diagnostics.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
     )
-    access_out = _UnflushedHandler(sys.stdout)
-    access_out.setFormatter(logging.Formatter("%(message)s"))
-    access_out.addFilter(lambda record: record.name == "tailgate.access")
-    diagnostics.addFilter(lambda record: record.name != "tailgate.access")
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = _DrainingListener(records, diagnostics, access_out)
+    listener = _DrainingListener(records, diagnostics)
     root = logging.getLogger()
     root.handlers[:] = [_PlainQueueHandler(records)]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    logging.getLogger("tailgate.access").propagate = True
+    access = logging.getLogger(ACCESS_LOGGER)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+        old.close()
+    writer = AccessWriter(sys.stdout)  # the access log's own thread (gateway.access_log)
+    access.addHandler(writer)
+    access.propagate = False
+    writer.start()
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # httpx logs every request at INFO: `tailgate up`'s readiness polls would flood the terminal.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     listener.start()
     atexit.register(listener.stop)  # flush what is queued before the process exits
+    atexit.register(writer.close)
 
 
 class _PlainQueueHandler(logging.handlers.QueueHandler):
-    """Queues a record as it is when its message is already one string (the access log's
-    JSON line): no copy and no formatting on the event loop (``QueueHandler.prepare`` does
-    both for every record, ~3% of a request's samples with the access log on). Any other
+    """Queues a record as it is when its message is already one string: no copy and no
+    formatting on the event loop (``QueueHandler.prepare`` does both for every record). Any other
     record (arguments, an exception, a stack, a message that is an object) is prepared as
     usual, so nothing is formatted lazily on the writer thread."""
 
@@ -70,9 +76,9 @@ class _UnflushedHandler(logging.StreamHandler):
 
 
 class _DrainingListener(logging.handlers.QueueListener):
-    """Flushes its handlers whenever the queue runs dry: one write per burst of records under
-    load (not one per access-log line, which kept the writer thread busy competing with the
-    event loop for the interpreter), and at once when lines come one at a time."""
+    """Flushes its handlers whenever the queue runs dry: one write per burst of diagnostics
+    under load (not one per line, which keeps a writer thread busy competing with the event
+    loop for the interpreter), and at once when lines come one at a time."""
 
     def __init__(
         self, records: queue.SimpleQueue[logging.LogRecord], *handlers: logging.Handler

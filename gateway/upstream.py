@@ -27,6 +27,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway.deadline import SlotTimer, SlotTimers
+
 _HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 _LOW_WATER = 64 * 1024
 _SWEEP_EVERY_S = 1.0
@@ -80,10 +82,13 @@ class _Connection(asyncio.Protocol):
         self.request_sent = True  # False while a streamed request body is still going out
         self.awaiting_client = False  # the body writer is waiting for the client's next bytes
         self.writer: asyncio.Task[None] | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer: SlotTimer | None = None
         self._head_timeout_s = 0.0
         self._head_deferred = False
-        self._parser: httptools.HttpResponseParser | None = None
+        self._parser: httptools.HttpResponseParser | None = None  # None between exchanges
+        # The last exchange's parser, reused by the next one: after a whole message llhttp is
+        # ready for the next, and a new parser per exchange was ~1.5% of a request's samples.
+        self._spare_parser: httptools.HttpResponseParser | None = None
         self._response: UpstreamResponse | None = None
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -95,7 +100,8 @@ class _Connection(asyncio.Protocol):
     # -- the exchange -------------------------------------------------------------------------
 
     def begin(self, head_only: bool) -> asyncio.Future[UpstreamResponse]:
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = self._spare_parser or httptools.HttpResponseParser(self)
+        self._spare_parser = None
         self._raw_headers = []
         self._head_bytes = 0
         self._reason = b""
@@ -107,7 +113,7 @@ class _Connection(asyncio.Protocol):
 
     def arm_head_deadline(self, deadline: float, head_timeout_s: float) -> None:
         self._head_timeout_s = head_timeout_s
-        self._head_timer = self._pool.loop.call_at(deadline, self.head_overdue)
+        self._head_timer = self._pool.client.timers.call_at(deadline, self.head_overdue)
 
     def disarm_head_deadline(self) -> None:
         if self._head_timer is not None:
@@ -138,7 +144,8 @@ class _Connection(asyncio.Protocol):
         self.request_sent = True
         if self._head_deferred and not self.closed:
             self._head_deferred = False
-            self._head_timer = self._pool.loop.call_later(self._head_timeout_s, self.head_overdue)
+            timers, loop = self._pool.client.timers, self._pool.loop
+            self._head_timer = timers.call_at(loop.time() + self._head_timeout_s, self.head_overdue)
 
     def fail(self, exc: BaseException) -> None:
         """End the exchange with ``exc`` and drop the connection."""
@@ -267,7 +274,7 @@ class _Connection(asyncio.Protocol):
         response = self._response
         if response is None or response.complete:
             return  # the end of an interim (1xx) answer, or of a HEAD answer
-        self._parser = None
+        self._spare_parser, self._parser = self._parser, None
         response._finish()
 
     # -- flow control for the response body ---------------------------------------------------
@@ -496,6 +503,7 @@ class UpstreamClient:
         self.idle_timeout_s = idle_timeout_s
         self.ssl_context = ssl.create_default_context()
         self._pools: dict[URL, _OriginPool] = {}
+        self.timers = SlotTimers()  # response head deadlines (gateway.deadline)
         self._sweeper = self.loop.call_later(_SWEEP_EVERY_S, self._sweep)
         self._closed = False
 
@@ -613,10 +621,10 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: boo
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    text = "\r\n".join(lines)
-    breaks = len(lines) - 1
+    text = f"{method} {target} HTTP/1.1\r\n" + "".join(
+        [f"{name}: {value}\r\n" for name, value in headers.items()]
+    )
+    breaks = len(headers) + 1  # the request line's and one per field: no other line break
     if text.count("\n") != breaks or text.count("\r") != breaks:
         raise UpstreamClosed("refusing a request head with a line break inside a field")
-    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    return (text + "\r\n").encode("utf-8", "surrogateescape")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-POST_SCRIPT = """wrk.method = "POST"
-wrk.body = '{"model": "fake", "prompt": "hello", "max_tokens": 16}'
+POST_BODY = b'{"model": "fake", "prompt": "hello", "max_tokens": 16}'
+POST_SCRIPT = f"""wrk.method = "POST"
+wrk.body = '{POST_BODY.decode()}'
 wrk.headers["Content-Type"] = "application/json"
 """
 
