@@ -75,6 +75,7 @@ class EndpointSignals:
         "_waiting",
         "_waiting_epoch",
         "_waiting_since_sum",
+        "cache_tokens",
         "in_flight",
         "samples",
         "settings",
@@ -98,6 +99,7 @@ class EndpointSignals:
         self._waiting_epoch = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
+        self.cache_tokens: int | None = None  # the KV cache's size it reports, in tokens
 
     # -- the observe path -------------------------------------------------------------------
 
@@ -191,6 +193,12 @@ class EndpointSignals:
         if math.isfinite(usage):
             self._kv_usage = min(1.0, max(0.0, usage))
             self._kv_reported_at = now
+
+    def report_cache_tokens(self, tokens: int) -> None:
+        """Record the KV cache's size the backend reports, in tokens: a size, not a load, so
+        it neither fades nor is forgotten on recovery (a restart reports it again)."""
+        if tokens >= 1:
+            self.cache_tokens = tokens
 
     def kv_usage(self, now: float) -> float:
         """The last reported KV-cache usage, faded like a queue report (0 when unknown): a
@@ -296,6 +304,7 @@ class EndpointSignals:
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),
             "kv_usage": self._kv_usage,
+            "cache_tokens": self.cache_tokens,
             "prefill_tokens_queued": self.work.prefill_tokens,
             "decode_tokens_queued": self.work.decode_tokens,
             "ttft_base_s": line[0] if line is not None else None,
