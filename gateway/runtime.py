@@ -321,7 +321,7 @@ class Runtime:
         if outcome.is_failure:
             failed = getattr(self.policy_for(endpoint.group), "failed", None)
             if failed is not None:
-                failed(endpoint.name)
+                failed(endpoint.name, now)
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 

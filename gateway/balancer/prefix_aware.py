@@ -88,6 +88,12 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
+# Ring walks remembered (key -> its first RING_STEPS backends, ~1 KB each); cleared when full
+# and when the membership changes. A pick then costs a dict lookup instead of a walk.
+SUCCESSOR_CACHE = 4096
+# How long a backend whose try failed is kept out of affinity, unless it answers first: about
+# an ejection (the LLM benchmark's base_ejection_time is 10 s).
+FAILED_AFFINITY_S = 10.0
 # The prefill speed assumed before any backend of the fleet has been measured, as a share of
 # the default latency per token: a 1,000-token prompt takes one default latency.
 PRIOR_TOKENS_PER_DEFAULT_LATENCY = 1000.0
@@ -119,6 +125,7 @@ class PrefixAware(WeightedScore):
         self.session_affinity = session_affinity
         self.queue_weight = queue_weight
         self._ring = HashRing(())
+        self._successors: dict[int, tuple[str, ...]] = {}  # ring key -> its first successors
         self._mean_load = 0.0
         self._load_limit = 1.0  # (1 + load_bound) * mean load + 1, per refresh
         self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
@@ -129,6 +136,7 @@ class PrefixAware(WeightedScore):
         self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
         self._allowed: dict[str, Candidate] = {}
         self._reported_blocks: dict[str, int] = {}  # backend -> its KV cache size, in blocks
+        self._failed_at: dict[str, float] = {}  # backend -> its last failed try, while recent
 
     # -- off the request path -----------------------------------------------------------------
 
@@ -140,7 +148,11 @@ class PrefixAware(WeightedScore):
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
+            self._successors.clear()
         self.index.retain(names)
+        self._failed_at = {
+            b: at for b, at in self._failed_at.items() if now - at < FAILED_AFFINITY_S
+        }
         reported = {
             c.name: round(tokens / TOKENS_PER_BLOCK)
             for c in candidates
@@ -150,7 +162,9 @@ class PrefixAware(WeightedScore):
             self.index.set_capacities(reported)
             self._reported_blocks = reported
         if candidates:
-            self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
+            self._mean_load = statistics.fmean(
+                q / w for q, w in (_load_of(c, now) for c in candidates)
+            )
         self._load_limit = (1.0 + self.load_bound) * self._mean_load + 1.0
         lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
         if lines:
@@ -188,18 +202,23 @@ class PrefixAware(WeightedScore):
         turn of the conversation starts. Without this a follow-up matched only the previous
         prompt, so the backend that holds the whole history looked barely better than one that
         held only the system prompt, and sessions drifted off it."""
+        if self._failed_at:
+            self._failed_at.pop(backend, None)  # it answers again
         if not request.blocks or not answer:
             return
         # The prompt's blocks again too: a winning hedge or retry did not learn them at send.
         self.index.record(backend, block_hashes(continued_prompt(request, answer), request.model))
 
-    def failed(self, backend: str) -> None:
-        """A try at ``backend`` failed (a 5xx, a reset, a timeout): its index entries go, so
-        the sessions it held do not keep drawing their next turns to it until it is ejected
-        (``outlier_detection.consecutive_5xx`` failures later); each of those turns would fail
-        or be retried cold elsewhere. Its cache may well be intact: if it recovers, it is
-        learnt again from what it is sent."""
+    def failed(self, backend: str, now: float) -> None:
+        """A try at ``backend`` failed (a 5xx, a reset, a timeout): its index entries go, and
+        affinity does not offer it (as a holder or a home) until it streams an answer whole
+        or ``FAILED_AFFINITY_S`` pass. Otherwise the sessions it held would keep drawing their
+        next turns to it until it is ejected (``outlier_detection.consecutive_5xx`` failures
+        later), each turn failing and retried cold elsewhere; and, its index forgotten, a
+        fast-failing home would look like an idle backend trusted with the whole prompt.
+        Random draws may still send it work, which is how a recovered backend comes back."""
         self.index.forget(backend)
+        self._failed_at[backend] = now
 
     def prefix_snapshot(self, backend: str) -> dict[str, int]:
         """For /admin/backends: the blocks recorded against ``backend`` and its bound."""
@@ -221,34 +240,47 @@ class PrefixAware(WeightedScore):
             return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
         if self.session_affinity and request.session:
-            home = self._home(_key(request.session.encode()), allowed, now)
-            if home is not None:
-                return home
+            found = self._home(_key(request.session.encode()), allowed, now)
+            if found is not None:
+                return found[0]
         blocks = request.blocks
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
-        options: dict[str, tuple[Candidate, int]] = {}
-        for i in sample_two(len(candidates), rng):
-            drawn = candidates[i]
-            options[drawn.name] = (drawn, index.matched_blocks(drawn.name, blocks))
+        # name -> (backend, cached blocks, queue depth, effective weight): each backend's load
+        # is read once per pick, for the bound and for the score.
+        options: dict[str, tuple[Candidate, int, float, float]] = {}
+        limit = self._load_limit
         depth, holders = index.deepest_holders(blocks)
+        failed_at = self._failed_at
         for name in itertools.islice(holders, MAX_HOLDERS):
             holder = allowed.get(name)
-            if holder is not None and self._within_bound(holder, now):
-                options[name] = (holder, depth)
+            if holder is not None and not (failed_at and self._failing(name, now)):
+                queued, weight = _load_of(holder, now)
+                if queued <= limit * weight:
+                    options[name] = (holder, depth, queued, weight)
         if self.home_blocks > 0:
             home_blocks = min(len(blocks), self.home_blocks)
-            home = self._home(blocks[home_blocks - 1], allowed, now)
-            if home is not None:
-                known = options[home.name][1] if home.name in options else 0
+            found = self._home(blocks[home_blocks - 1], allowed, now)
+            if found is not None:
+                home, queued, weight = found
                 trusted = self.trust_home and depth <= home_blocks
                 credit = len(blocks) if trusted else home_blocks
-                options[home.name] = (home, max(known, credit))
+                known = options[home.name][1] if home.name in options else 0
+                options[home.name] = (home, max(known, credit), queued, weight)
+        # The random draws keep load spread: two (p2c) when nothing is known of the prompt,
+        # one beside the backends that hold it, as the way out when they are slow.
+        n = len(candidates)
+        for i in sample_two(n, rng) if not options else (rng.randrange(n),):
+            drawn = candidates[i]
+            if drawn.name not in options:
+                queued, weight = _load_of(drawn, now)
+                matched = index.matched_blocks(drawn.name, blocks)
+                options[drawn.name] = (drawn, matched, queued, weight)
         best: Candidate | None = None
         best_cost = 0.0
-        for option, cached_blocks in options.values():
-            cost = self.request_cost(option, request, cached_blocks, now)
+        for option, cached_blocks, queued, weight in options.values():
+            cost = self._cost(option, request, cached_blocks, now, queued, weight)
             if best is None or cost < best_cost or (cost == best_cost and rng.random() < 0.5):
                 best, best_cost = option, cost
         assert best is not None
@@ -258,7 +290,20 @@ class PrefixAware(WeightedScore):
         self, candidate: Candidate, request: RequestInfo, cached_blocks: int, now: float
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
-        # Written for the hot path (called for each of up to five options per pick): the
+        queued, weight = _load_of(candidate, now)
+        return self._cost(candidate, request, cached_blocks, now, queued, weight)
+
+    def _cost(
+        self,
+        candidate: Candidate,
+        request: RequestInfo,
+        cached_blocks: int,
+        now: float,
+        depth: float,
+        weight: float,
+    ) -> float:
+        """:meth:`request_cost` with the backend's queue depth and effective weight read."""
+        # Written for the hot path (called for each of up to four options per pick): the
         # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
         work = signals.work
@@ -266,7 +311,6 @@ class PrefixAware(WeightedScore):
         if uncached < TOKENS_PER_BLOCK:
             uncached = TOKENS_PER_BLOCK
         in_flight = signals.in_flight
-        depth = signals.queue_depth(now)
         others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
         base_s, s_per_token = work.line() or self._prior_line
         latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
@@ -274,7 +318,7 @@ class PrefixAware(WeightedScore):
         if waiting_s > latency_s:
             latency_s = waiting_s
         latency_s += s_per_token * uncached * in_flight  # the stall
-        load = depth / effective_weight(candidate, now)
+        load = depth / weight
         kv = signals.kv_usage(now)
         if kv > KV_PRESSURE_FROM:
             load *= 1.0 + KV_PRESSURE_WEIGHT * (kv - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
@@ -296,21 +340,40 @@ class PrefixAware(WeightedScore):
             self._allowed_of = candidates
         return self._allowed
 
-    def _home(self, key: int, allowed: dict[str, Candidate], now: float) -> Candidate | None:
+    def _home(
+        self, key: int, allowed: dict[str, Candidate], now: float
+    ) -> tuple[Candidate, float, float] | None:
         """The first backend from ``key``'s place on the ring that may take it within the
-        load bound (None when the first ``RING_STEPS`` may not)."""
-        for name in itertools.islice(self._ring.walk(key), RING_STEPS):
+        load bound, with its queue depth and effective weight (None when the first
+        ``RING_STEPS`` may not)."""
+        successors = self._successors.get(key)
+        if successors is None:
+            if len(self._successors) >= SUCCESSOR_CACHE:
+                self._successors.clear()
+            successors = tuple(itertools.islice(self._ring.walk(key), RING_STEPS))
+            self._successors[key] = successors
+        limit = self._load_limit
+        failed_at = self._failed_at
+        for name in successors:
             c = allowed.get(name)
-            if c is not None and self._within_bound(c, now):
-                return c
+            if c is not None and not (failed_at and self._failing(name, now)):
+                queued, weight = _load_of(c, now)
+                if queued <= limit * weight:
+                    return c, queued, weight
         return None
 
-    def _within_bound(self, candidate: Candidate, now: float) -> bool:
-        return self._load(candidate, now) <= self._load_limit
+    def _failing(self, backend: str, now: float) -> bool:
+        at = self._failed_at.get(backend)
+        return at is not None and now - at < FAILED_AFFINITY_S
 
-    @staticmethod
-    def _load(candidate: Candidate, now: float) -> float:
-        return candidate.signals.queue_depth(now) / effective_weight(candidate, now)
+    def _within_bound(self, candidate: Candidate, now: float) -> bool:
+        queued, weight = _load_of(candidate, now)
+        return queued <= self._load_limit * weight
+
+
+def _load_of(candidate: Candidate, now: float) -> tuple[float, float]:
+    """The backend's queue depth and effective weight (its load is their ratio)."""
+    return candidate.signals.queue_depth(now), effective_weight(candidate, now)
 
 
 def _key(data: bytes) -> int:

@@ -106,7 +106,7 @@ def test_home_is_the_same_for_every_replica_and_moves_on_when_full() -> None:
         home.signals.request_started(0.0)
     p.refresh(pods, 0.0)
     successor = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
-    assert successor is not None and successor is not home
+    assert successor is not None and successor[0] is not home
 
 
 def test_a_slower_backend_predicts_slower_and_is_avoided_even_when_warm() -> None:
@@ -235,9 +235,15 @@ def test_a_failed_try_forgets_the_backend_so_its_sessions_move_on() -> None:
     holder = p.pick(pods, 0.0, random.Random(0), request)
     send(p, holder, request)
     finish(holder)
-    p.failed(holder.name)
+    p.failed(holder.name, 0.0)
     assert p.index.blocks_held(holder.name) == 0
     assert p.index.deepest_holders(request.blocks) == (0, set())
+    # nor is it the home any more: the prefix's home hands over to its ring successor
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 1.0)
+    assert found is not None and found[0] is not holder
+    p.answered(holder.name, request, "it answers again")
+    assert p.index.blocks_held(holder.name) > 0
+    assert not p._failing(holder.name, 1.0)
 
 
 def test_a_replica_that_knows_nothing_trusts_the_home_with_the_whole_prompt() -> None:
@@ -248,8 +254,9 @@ def test_a_replica_that_knows_nothing_trusts_the_home_with_the_whole_prompt() ->
     request = chat("sys-h ", "turn one ", "turn two ")
     p = policy()
     p.refresh(pods, 0.0)
-    home = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
-    assert home is not None
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert found is not None
+    home = found[0]
     home.signals.request_started(0.0)  # busy with one stream, the others idle
     p.refresh(pods, 0.0)
     rng = random.Random(2)
