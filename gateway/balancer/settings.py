@@ -21,7 +21,7 @@ class BalancerSettings:
     selection: str = "p2c"
     default_latency_s: float = 0.1
     prefix_capacity_blocks: int = 4096
-    load_bound: float = 0.25
+    load_bound: float = 1.0
     prefix_queue_weight: float = 0.1
     session_affinity: bool = False
 
