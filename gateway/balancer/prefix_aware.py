@@ -96,6 +96,9 @@ RING_STEPS = 8  # successors a home over its bound may hand over to, before givi
 # Ring walks remembered (key -> its first RING_STEPS backends, ~1 KB each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
 SUCCESSOR_CACHE = 4096
+# A home whose prefill (its TTFT line's slope) is this many times the fleet median's is not
+# trusted with a prompt it is not known to hold.
+SLOW_HOME = 2.0
 # How long a backend whose try failed is kept out of affinity, unless it answers first: about
 # an ejection (the LLM benchmark's base_ejection_time is 10 s).
 FAILED_AFFINITY_S = 10.0
@@ -269,15 +272,23 @@ class PrefixAware(WeightedScore):
             found = self._home(blocks[home_blocks - 1], allowed, now)
             if found is not None:
                 home, queued, weight = found
-                trusted = self.trust_home and depth <= home_blocks
+                trusted = self.trust_home and depth <= home_blocks and not self._slow(home)
                 credit = len(blocks) if trusted else home_blocks
                 known = options[home.name][1] if home.name in options else 0
                 options[home.name] = (home, max(known, credit), queued, weight)
         # The random draws keep load spread: two (p2c) when nothing is known of the prompt,
-        # one beside the backends that hold it, as the way out when they are slow.
+        # one beside the backends that hold it, as the way out when they are slow (another
+        # than them: the next in the list when the draw is one of them).
         n = len(candidates)
-        for i in sample_two(n, rng) if not options else (rng.randrange(n),):
-            drawn = candidates[i]
+        if options:
+            i = rng.randrange(n)
+            draws: Sequence[Candidate] = (candidates[i],)
+            if draws[0].name in options:
+                draws = (candidates[(i + 1) % n],)
+        else:
+            i, j = sample_two(n, rng)
+            draws = (candidates[i], candidates[j])
+        for drawn in draws:
             if drawn.name not in options:
                 queued, weight = _load_of(drawn, now)
                 matched = index.matched_blocks(drawn.name, blocks)
@@ -366,6 +377,12 @@ class PrefixAware(WeightedScore):
                 if queued <= limit * weight:
                     return c, queued, weight
         return None
+
+    def _slow(self, candidate: Candidate) -> bool:
+        """Measured to prefill slower than ``SLOW_HOME`` x the fleet's median: a bet on its
+        cache would put a cold prompt's whole prefill there at that speed."""
+        line = candidate.signals.work.line()
+        return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
 
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)

@@ -270,3 +270,21 @@ def test_a_replica_that_knows_nothing_trusts_the_home_with_the_whole_prompt() ->
     finish(elsewhere)
     p.refresh(pods, 0.0)
     assert all(p.pick(pods, 0.0, rng, request) is elsewhere for _ in range(50))
+
+
+def test_a_home_measured_slow_is_not_trusted_with_a_prompt_it_is_not_known_to_hold() -> None:
+    """A cold prompt sent to a slow home on trust would be prefilled there at its speed."""
+    pods = fleet(4)
+    request = chat("sys-slow ", "first visit ")
+    p = policy()
+    p.refresh(pods, 0.0)
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert found is not None
+    home = found[0]
+    for pod in pods:  # measured: the home prefills 3x slower than the others
+        per_token = 3e-4 if pod is home else 1e-4
+        for tokens in (64, 2000):
+            pod.signals.work.first_token(0, ttft_s=per_token * tokens, tokens_ahead=tokens)
+    p.refresh(pods, 0.0)
+    rng = random.Random(4)
+    assert all(p.pick(pods, 0.0, rng, request) is not home for _ in range(50))
