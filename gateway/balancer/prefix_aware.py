@@ -48,9 +48,11 @@ still send a shared system prompt, and the turns that extend it, to the same cac
 replica's own index knows no deeper holder than the home's blocks, the home is credited with
 the whole prompt: every replica sends this prefix there, so its cache is where the rest of the
 conversation most likely is (another replica routed the previous turns). In the LLM fleet
-simulator at G = 8 replicas and M = 100 pods this took the pods' prefix hits from 61% to 68%
-and TTFT p50 from 19.7 to 15.7 ms (against crediting only the home's blocks; with the index
-alone, no home, 46% and 37 ms); at G = 1 the three are level (76-77%). BENCHMARKS-prefix.md.
+simulator at G = 8 replicas and M = 100 pods this took the pods' prefix hits from 60% to 68%
+and TTFT p50 from 20.2 to 16.1 ms (against crediting only the home's blocks; with the index
+alone, no home, 46% and 52 ms); at G = 1 the three are level (76-77%). BENCHMARKS-prefix.md.
+A home measured to prefill ``SLOW_HOME`` times slower than the fleet is not trusted so: a
+cold prompt sent there on trust is prefilled at its speed.
 
 The index learns from what was sent (``sent``, ``answered``), is bounded per backend by the KV
 cache size the backend reports (vLLM's ``cache_config_info``, SGLang's
