@@ -40,19 +40,24 @@ the LLM harness's ``equal`` scenario (20 s), 8 of 56 follow-up turns left the ba
 held their whole history for an idle backend that held none of it (prefix hits 79%); at 0.1
 none left (85%).
 
-Which backends are scored (O(1) per pick, not a scan): two random ones (as p2c), the backends
-that hold the prompt's deepest known block (at most ``MAX_HOLDERS``), and the prefix's *home*:
-its first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring (``gateway.affinity.ring``).
-The home is the same on every gateway replica, so G replicas that each see 1/G of the traffic
-still send a shared system prompt, and the turns that extend it, to the same cache. Where this
-replica's own index knows no deeper holder than the home's blocks, the home is credited with
-the whole prompt: every replica sends this prefix there, so its cache is where the rest of the
-conversation most likely is (another replica routed the previous turns). In the LLM fleet
-simulator at G = 8 replicas and M = 100 pods this took the pods' prefix hits from 60% to 68%
-and TTFT p50 from 20.2 to 16.1 ms (against crediting only the home's blocks; with the index
-alone, no home, 46% and 52 ms); at G = 1 the three are level (76-77%). BENCHMARKS-prefix.md.
-A home measured to prefill ``SLOW_HOME`` times slower than the fleet is not trusted so: a
-cold prompt sent there on trust is prefilled at its speed.
+Which backends are scored (O(1) per pick, not a scan): the backends that hold the prompt's
+deepest known block (at most ``MAX_HOLDERS``), the prefix's *home*, and one random backend
+besides them as the way out when they are busy (two, as p2c, when nothing is known of the
+prompt). With each option's load read once and ring walks cached, a pick at 1,000 backends
+and a 4,000-token prompt went from 29-30 to 16.7 us (BENCHMARKS-prefix.md).
+
+The home is the prefix's first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring
+(``gateway.affinity.ring``). It is the same on every gateway replica, so G replicas that each
+see 1/G of the traffic still send a shared system prompt, and the turns that extend it, to the
+same cache. Where this replica's own index knows no deeper holder than the home's blocks, the
+home is credited with the whole prompt: every replica sends this prefix there, so its cache is
+where the rest of the conversation most likely is (another replica routed the previous turns).
+In the LLM fleet simulator at G = 8 replicas and M = 100 pods this took the pods' prefix hits
+from 60% to 68% and TTFT p50 from 20.2 to 16.1 ms (against crediting only the home's blocks;
+with the index alone, no home, 46% and 52 ms); at G = 1 the three are level (76-77%).
+BENCHMARKS-prefix.md. A home measured to prefill ``SLOW_HOME`` times slower than the fleet is
+not trusted so: a cold prompt sent there on trust is prefilled at its speed (LLM harness, one
+pod 3x slower: TTFT p99 216 ms before, 89 ms with this rule and the trusted home).
 
 The index learns from what was sent (``sent``, ``answered``), is bounded per backend by the KV
 cache size the backend reports (vLLM's ``cache_config_info``, SGLang's
@@ -95,7 +100,7 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
-# Ring walks remembered (key -> its first RING_STEPS backends, ~1 KB each); cleared when full
+# Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
 SUCCESSOR_CACHE = 4096
 # A home whose prefill (its TTFT line's slope) is this many times the fleet median's is not
@@ -152,7 +157,8 @@ class PrefixAware(WeightedScore):
 
     def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
         """The fleet medians, the mean load, the ring; forgets backends that left or were
-        ejected (their caches are gone or will be cold when they return)."""
+        ejected (their caches are gone or will be cold when they return), and bounds each
+        backend's index by the KV cache size it reports."""
         super().refresh(candidates, now)
         self._fold_exchange_rates()
         names = {c.name for c in candidates}
