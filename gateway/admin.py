@@ -33,19 +33,21 @@ def backends_snapshot(runtime: Runtime) -> dict[str, object]:
         policy = runtime.policy_for(group)
         candidates, panic = runtime.fleet.candidates(group, now)
         prior_s = runtime.prior_latency_s(group)
+        prefix_snapshot = getattr(policy, "prefix_snapshot", None)  # a policy with an index
         entries = []
         for endpoint in members:
-            entries.append(
-                {
-                    "name": endpoint.name,
-                    "url": str(endpoint.url),
-                    "weight": endpoint.weight,
-                    "routable": endpoint.routable(now),
-                    "score": policy.score(endpoint, now),
-                    "signals": endpoint.signals.snapshot(now, prior_s),
-                    "health": endpoint.health.snapshot(now),
-                }
-            )
+            entry = {
+                "name": endpoint.name,
+                "url": str(endpoint.url),
+                "weight": endpoint.weight,
+                "routable": endpoint.routable(now),
+                "score": policy.score(endpoint, now),
+                "signals": endpoint.signals.snapshot(now, prior_s),
+                "health": endpoint.health.snapshot(now),
+            }
+            if prefix_snapshot is not None:
+                entry["prefix_index"] = prefix_snapshot(endpoint.name)
+            entries.append(entry)
         groups[group] = {
             "policy": runtime.config.balancer.policy,
             "selection": runtime.config.balancer.selection,

@@ -109,6 +109,8 @@ class Prober:
                 endpoint.signals.report_queue_depth(report.depth, now)
             if report.kv_usage is not None:
                 endpoint.signals.report_kv_usage(report.kv_usage, now)
+            if report.cache_tokens is not None:
+                endpoint.signals.report_cache_tokens(report.cache_tokens)
 
     async def _scrape(self, endpoint: Endpoint, path: str, timeout_s: float) -> LoadReport | None:
         session = self.runtime.session

@@ -235,7 +235,12 @@ class Runtime:
     # -- outcomes ------------------------------------------------------------------------------
 
     def record_outcome(self, endpoint: Endpoint, outcome: Outcome, now: float) -> Transition | None:
-        """Land one try's outcome on the endpoint's health (the detector sees the fleet)."""
+        """Land one try's outcome on the endpoint's health (the detector sees the fleet), and
+        on a failure tell a policy with a prefix index (its optional ``failed`` hook)."""
+        if outcome.is_failure:
+            failed = getattr(self.policy_for(endpoint.group), "failed", None)
+            if failed is not None:
+                failed(endpoint.name, now)
         fleet = self.fleet.group_healths.get(endpoint.group, ())
         return self.detector.on_outcome(endpoint.health, fleet, outcome, now)
 

@@ -142,9 +142,10 @@ def render(rows: list[tuple[str, str, list[float]]], command: str) -> str:
     lines += [
         "",
         "Expected shape: `p2c` policies (weighted_score p2c, least_request, peak_ewma) score two",
-        "candidates whatever the fleet size, the medians coming from refresh(); prefix_aware adds",
-        "the holders of the prompt's deepest known block (a binary search over the prompt's",
-        "block hashes) and its home on the ring (one bisect); weighted_score",
+        "candidates whatever the fleet size, the medians coming from refresh(); prefix_aware",
+        "scores the holders of the prompt's deepest known block (a binary search over the",
+        "prompt's block hashes), its home on the ring (a cached walk) and one random draw;",
+        "weighted_score",
         "`best` scores every candidate; round_robin and random do a heap or binary-search step",
         "plus one C-level comparison of the candidate tuple (to notice a changed set).",
     ]

@@ -2,9 +2,11 @@
 
 What a backend holds in its prefix cache is learnt from what this gateway sent it: every try
 records its prompt's block hashes against the backend. Each backend's record is an LRU of at
-most ``capacity_blocks`` hashes (about what its KV cache holds: a cache evicts the least
-recently used blocks too), so memory is bounded by backends x capacity, and a backend that
-leaves, is ejected or restarts is forgotten at once (its cache is gone or cold).
+most its capacity in hashes (about what its KV cache holds: a cache evicts the least recently
+used blocks too): the size the backend reports where it does (:meth:`PrefixIndex.set_capacities`,
+from its /metrics), ``capacity_blocks`` otherwise; so memory is bounded by backends x capacity.
+A backend that leaves, is ejected, restarts or fails is forgotten at once (its cache is gone
+or cold, or it is not where a session should stay).
 
 Lookups rely on the chain (see ``gateway.affinity.blocks``): if a backend holds block i of a
 prompt it almost surely holds blocks 0..i-1, because they were sent together and touched
@@ -16,20 +18,34 @@ block come from one reverse map, without scanning the fleet.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class PrefixIndex:
     """Block hash -> backends that recently received it; see the module docstring."""
 
-    __slots__ = ("_held", "_holders", "capacity_blocks")
+    __slots__ = ("_capacity", "_held", "_holders", "capacity_blocks")
 
     def __init__(self, capacity_blocks: int) -> None:
         if capacity_blocks < 1:
             raise ValueError("capacity_blocks must be >= 1")
-        self.capacity_blocks = capacity_blocks
+        self.capacity_blocks = capacity_blocks  # for a backend that reports no size
+        self._capacity: dict[str, int] = {}  # per backend, from what it reports
         self._held: dict[str, OrderedDict[int, None]] = {}  # per backend, oldest first
         self._holders: dict[int, set[str]] = {}
+
+    def capacity_of(self, backend: str) -> int:
+        """The most block hashes kept for ``backend``."""
+        return self._capacity.get(backend, self.capacity_blocks)
+
+    def set_capacities(self, reported: Mapping[str, int]) -> None:
+        """The backends whose KV cache reports a size, and that size in blocks: each record
+        is bounded by it (at least 1), the others by ``capacity_blocks``; the least recently
+        sent hashes beyond a bound are dropped. Replaces the previous sizes (so the map stays
+        as large as the fleet that reports)."""
+        self._capacity = {backend: max(1, blocks) for backend, blocks in reported.items()}
+        for backend, held in self._held.items():
+            self._trim(backend, held)
 
     def record(self, backend: str, hashes: Sequence[int]) -> None:
         """``backend`` received a prompt with these block hashes: it caches them now."""
@@ -49,7 +65,11 @@ class PrefixIndex:
                     holders[h] = {backend}
                 else:
                     owners.add(backend)
-        while len(held) > self.capacity_blocks:
+        self._trim(backend, held)
+
+    def _trim(self, backend: str, held: OrderedDict[int, None]) -> None:
+        capacity = self._capacity.get(backend, self.capacity_blocks)
+        while len(held) > capacity:
             old, _ = held.popitem(last=False)
             self._drop_holder(old, backend)
 
@@ -83,7 +103,8 @@ class PrefixIndex:
         return low, holders[hashes[low - 1]]
 
     def forget(self, backend: str) -> None:
-        """``backend`` left, was ejected or restarted: its cache is no longer to be counted."""
+        """``backend`` was ejected, restarted or failed: its cache is no longer to be counted
+        (its reported capacity is kept: it is the same backend)."""
         held = self._held.pop(backend, None)
         if held is None:
             return
@@ -91,7 +112,7 @@ class PrefixIndex:
             self._drop_holder(h, backend)
 
     def retain(self, backends: set[str]) -> None:
-        """Forget every backend not in ``backends`` (after a membership change)."""
+        """Forget every backend not in ``backends`` (after a membership change, or ejected)."""
         for backend in [b for b in self._held if b not in backends]:
             self.forget(backend)
 

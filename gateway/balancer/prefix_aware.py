@@ -40,16 +40,39 @@ the LLM harness's ``equal`` scenario (20 s), 8 of 56 follow-up turns left the ba
 held their whole history for an idle backend that held none of it (prefix hits 79%); at 0.1
 none left (85%).
 
-Which backends are scored (O(1) per pick, not a scan): two random ones (as p2c), the backends
-that hold the prompt's deepest known block (at most ``MAX_HOLDERS``), and the prefix's *home*:
-its first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring (``gateway.affinity.ring``),
-credited with those blocks. The home is the same on every gateway replica, so G replicas that
-each see 1/G of the traffic still send a shared system prompt to the same cache.
+Which backends are scored (O(1) per pick, not a scan): the backends that hold the prompt's
+deepest known block (at most ``MAX_HOLDERS``), the prefix's *home*, and one random backend
+besides them as the way out when they are busy (two, as p2c, when nothing is known of the
+prompt). With each option's load read once and ring walks cached, a pick at 1,000 backends
+and a 4,000-token prompt went from 29-30 to 16.7 us (BENCHMARKS-prefix.md).
+
+The home is the prefix's first ``HOME_BLOCKS`` blocks hashed onto a consistent-hash ring
+(``gateway.affinity.ring``). It is the same on every gateway replica, so G replicas that each
+see 1/G of the traffic still send a shared system prompt, and the turns that extend it, to the
+same cache. Where this replica's own index knows no deeper holder than the home's blocks, the
+home is credited with the whole prompt: every replica sends this prefix there, so its cache is
+where the rest of the conversation most likely is (another replica routed the previous turns).
+In the LLM fleet simulator at G = 8 replicas and M = 100 pods this took the pods' prefix hits
+from 60% to 68% and TTFT p50 from 20.2 to 16.1 ms (against crediting only the home's blocks;
+with the index alone, no home, 46% and 52 ms); at G = 1 the three are level (76-77%).
+BENCHMARKS-prefix.md. A home measured to prefill ``SLOW_HOME`` times slower than the fleet is
+not trusted so: a cold prompt sent there on trust is prefilled at its speed (LLM harness, one
+pod 3x slower: TTFT p99 216 ms before, 89 ms with this rule and the trusted home).
+
+The index learns from what was sent (``sent``, ``answered``), is bounded per backend by the KV
+cache size the backend reports (vLLM's ``cache_config_info``, SGLang's
+``max_total_num_tokens``; ``balancer.prefix.capacity_blocks`` otherwise), and forgets a
+backend that leaves, is ejected or fails a try (``failed``).
 
 Bounded load: a holder or a home is offered only while its load (requests per unit of
 weight) is at most ``(1 + load_bound) * mean_load + 1`` (the +1 is the request being placed);
 a home above it hands over to its ring successor, as consistent hashing with bounded loads
 does. So affinity never piles a hot prefix onto one backend: at most a (1 + load_bound) share.
+``load_bound`` is 1.0 by default (twice the mean load): at 0.25 a hot system prompt's holder
+was over the bound after a request or two more than the mean, and its follow-ups moved to a
+backend without their history (LLM harness, equal pods: follow-ups kept 93% vs 99%, prefix
+hits 83% vs 88%; simulator, M = 100: hits 73% vs 75% at G = 1, 66% vs 68% at G = 8). The TTFT
+term, not the bound, is what keeps work off a busy or slow backend.
 
 Session affinity (``session_affinity``): a request with a session key goes to its session's
 home on the ring, the first one within the load bound, before any score.
@@ -77,6 +100,15 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
+# Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
+# and when the membership changes. A pick then costs a dict lookup instead of a walk.
+SUCCESSOR_CACHE = 4096
+# A home whose prefill (its TTFT line's slope) is this many times the fleet median's is not
+# trusted with a prompt it is not known to hold.
+SLOW_HOME = 2.0
+# How long a backend whose try failed is kept out of affinity, unless it answers first: about
+# an ejection (the LLM benchmark's base_ejection_time is 10 s).
+FAILED_AFFINITY_S = 10.0
 # The prefill speed assumed before any backend of the fleet has been measured, as a share of
 # the default latency per token: a 1,000-token prompt takes one default latency.
 PRIOR_TOKENS_PER_DEFAULT_LATENCY = 1000.0
@@ -97,13 +129,18 @@ class PrefixAware(WeightedScore):
         load_bound: float,
         session_affinity: bool = False,
         queue_weight: float = 0.1,
+        home_blocks: int = HOME_BLOCKS,
+        trust_home: bool = True,
     ) -> None:
         super().__init__(alpha, beta, "p2c", default_latency_s)
+        self.home_blocks = home_blocks  # 0: no home, the learnt index alone
+        self.trust_home = trust_home  # credit the home with the whole prompt (see the docstring)
         self.index = PrefixIndex(capacity_blocks)
         self.load_bound = load_bound
         self.session_affinity = session_affinity
         self.queue_weight = queue_weight
         self._ring = HashRing(())
+        self._successors: dict[int, tuple[str, ...]] = {}  # ring key -> its first successors
         self._mean_load = 0.0
         self._load_limit = 1.0  # (1 + load_bound) * mean load + 1, per refresh
         self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
@@ -113,20 +150,37 @@ class PrefixAware(WeightedScore):
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
         self._allowed_of: Sequence[Candidate] | None = None  # the list _allowed was built from
         self._allowed: dict[str, Candidate] = {}
+        self._reported_blocks: dict[str, int] = {}  # backend -> its KV cache size, in blocks
+        self._failed_at: dict[str, float] = {}  # backend -> its last failed try, while recent
 
     # -- off the request path -----------------------------------------------------------------
 
     def refresh(self, candidates: Sequence[Candidate], now: float) -> None:
         """The fleet medians, the mean load, the ring; forgets backends that left or were
-        ejected (their caches are gone or will be cold when they return)."""
+        ejected (their caches are gone or will be cold when they return), and bounds each
+        backend's index by the KV cache size it reports."""
         super().refresh(candidates, now)
         self._fold_exchange_rates()
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
+            self._successors.clear()
         self.index.retain(names)
+        self._failed_at = {
+            b: at for b, at in self._failed_at.items() if now - at < FAILED_AFFINITY_S
+        }
+        reported = {
+            c.name: round(tokens / TOKENS_PER_BLOCK)
+            for c in candidates
+            if (tokens := c.signals.cache_tokens) is not None
+        }
+        if reported != self._reported_blocks:
+            self.index.set_capacities(reported)
+            self._reported_blocks = reported
         if candidates:
-            self._mean_load = statistics.fmean(self._load(c, now) for c in candidates)
+            self._mean_load = statistics.fmean(
+                q / w for q, w in (_load_of(c, now) for c in candidates)
+            )
         self._load_limit = (1.0 + self.load_bound) * self._mean_load + 1.0
         lines = [line for c in candidates if (line := c.signals.work.line()) is not None]
         if lines:
@@ -164,10 +218,30 @@ class PrefixAware(WeightedScore):
         turn of the conversation starts. Without this a follow-up matched only the previous
         prompt, so the backend that holds the whole history looked barely better than one that
         held only the system prompt, and sessions drifted off it."""
+        if self._failed_at:
+            self._failed_at.pop(backend, None)  # it answers again
         if not request.blocks or not answer:
             return
         # The prompt's blocks again too: a winning hedge or retry did not learn them at send.
         self.index.record(backend, block_hashes(continued_prompt(request, answer), request.model))
+
+    def failed(self, backend: str, now: float) -> None:
+        """A try at ``backend`` failed (a 5xx, a reset, a timeout): its index entries go, and
+        affinity does not offer it (as a holder or a home) until it streams an answer whole
+        or ``FAILED_AFFINITY_S`` pass. Otherwise the sessions it held would keep drawing their
+        next turns to it until it is ejected (``outlier_detection.consecutive_5xx`` failures
+        later), each turn failing and retried cold elsewhere; and, its index forgotten, a
+        fast-failing home would look like an idle backend trusted with the whole prompt.
+        Random draws may still send it work, which is how a recovered backend comes back."""
+        self.index.forget(backend)
+        self._failed_at[backend] = now
+
+    def prefix_snapshot(self, backend: str) -> dict[str, int]:
+        """For /admin/backends: the blocks recorded against ``backend`` and its bound."""
+        return {
+            "blocks": self.index.blocks_held(backend),
+            "capacity_blocks": self.index.capacity_of(backend),
+        }
 
     # -- the pick -----------------------------------------------------------------------------
 
@@ -182,31 +256,55 @@ class PrefixAware(WeightedScore):
             return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
         if self.session_affinity and request.session:
-            home = self._home(_key(request.session.encode()), allowed, now)
-            if home is not None:
-                return home
+            found = self._home(_key(request.session.encode()), allowed, now)
+            if found is not None:
+                return found[0]
         blocks = request.blocks
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
-        options: dict[str, tuple[Candidate, int]] = {}
-        for i in sample_two(len(candidates), rng):
-            drawn = candidates[i]
-            options[drawn.name] = (drawn, index.matched_blocks(drawn.name, blocks))
+        # name -> (backend, cached blocks, queue depth, effective weight): each backend's load
+        # is read once per pick, for the bound and for the score.
+        options: dict[str, tuple[Candidate, int, float, float]] = {}
+        limit = self._load_limit
         depth, holders = index.deepest_holders(blocks)
+        failed_at = self._failed_at
         for name in itertools.islice(holders, MAX_HOLDERS):
             holder = allowed.get(name)
-            if holder is not None and self._within_bound(holder, now):
-                options[name] = (holder, depth)
-        home_blocks = min(len(blocks), HOME_BLOCKS)
-        home = self._home(blocks[home_blocks - 1], allowed, now)
-        if home is not None:
-            known = options[home.name][1] if home.name in options else 0
-            options[home.name] = (home, max(known, home_blocks))
+            if holder is not None and not (failed_at and self._failing(name, now)):
+                queued, weight = _load_of(holder, now)
+                if queued <= limit * weight:
+                    options[name] = (holder, depth, queued, weight)
+        if self.home_blocks > 0:
+            home_blocks = min(len(blocks), self.home_blocks)
+            found = self._home(blocks[home_blocks - 1], allowed, now)
+            if found is not None:
+                home, queued, weight = found
+                trusted = self.trust_home and depth <= home_blocks and not self._slow(home)
+                credit = len(blocks) if trusted else home_blocks
+                known = options[home.name][1] if home.name in options else 0
+                options[home.name] = (home, max(known, credit), queued, weight)
+        # The random draws keep load spread: two (p2c) when nothing is known of the prompt,
+        # one beside the backends that hold it, as the way out when they are slow (another
+        # than them: the next in the list when the draw is one of them).
+        n = len(candidates)
+        if options:
+            i = rng.randrange(n)
+            draws: Sequence[Candidate] = (candidates[i],)
+            if draws[0].name in options:
+                draws = (candidates[(i + 1) % n],)
+        else:
+            i, j = sample_two(n, rng)
+            draws = (candidates[i], candidates[j])
+        for drawn in draws:
+            if drawn.name not in options:
+                queued, weight = _load_of(drawn, now)
+                matched = index.matched_blocks(drawn.name, blocks)
+                options[drawn.name] = (drawn, matched, queued, weight)
         best: Candidate | None = None
         best_cost = 0.0
-        for option, cached_blocks in options.values():
-            cost = self.request_cost(option, request, cached_blocks, now)
+        for option, cached_blocks, queued, weight in options.values():
+            cost = self._cost(option, request, cached_blocks, now, queued, weight)
             if best is None or cost < best_cost or (cost == best_cost and rng.random() < 0.5):
                 best, best_cost = option, cost
         assert best is not None
@@ -216,7 +314,20 @@ class PrefixAware(WeightedScore):
         self, candidate: Candidate, request: RequestInfo, cached_blocks: int, now: float
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
-        # Written for the hot path (called for each of up to five options per pick): the
+        queued, weight = _load_of(candidate, now)
+        return self._cost(candidate, request, cached_blocks, now, queued, weight)
+
+    def _cost(
+        self,
+        candidate: Candidate,
+        request: RequestInfo,
+        cached_blocks: int,
+        now: float,
+        depth: float,
+        weight: float,
+    ) -> float:
+        """:meth:`request_cost` with the backend's queue depth and effective weight read."""
+        # Written for the hot path (called for each of up to four options per pick): the
         # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
         work = signals.work
@@ -224,7 +335,6 @@ class PrefixAware(WeightedScore):
         if uncached < TOKENS_PER_BLOCK:
             uncached = TOKENS_PER_BLOCK
         in_flight = signals.in_flight
-        depth = signals.queue_depth(now)
         others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
         base_s, s_per_token = work.line() or self._prior_line
         latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
@@ -232,7 +342,7 @@ class PrefixAware(WeightedScore):
         if waiting_s > latency_s:
             latency_s = waiting_s
         latency_s += s_per_token * uncached * in_flight  # the stall
-        load = depth / effective_weight(candidate, now)
+        load = depth / weight
         kv = signals.kv_usage(now)
         if kv > KV_PRESSURE_FROM:
             load *= 1.0 + KV_PRESSURE_WEIGHT * (kv - KV_PRESSURE_FROM) / (1.0 - KV_PRESSURE_FROM)
@@ -254,21 +364,46 @@ class PrefixAware(WeightedScore):
             self._allowed_of = candidates
         return self._allowed
 
-    def _home(self, key: int, allowed: dict[str, Candidate], now: float) -> Candidate | None:
+    def _home(
+        self, key: int, allowed: dict[str, Candidate], now: float
+    ) -> tuple[Candidate, float, float] | None:
         """The first backend from ``key``'s place on the ring that may take it within the
-        load bound (None when the first ``RING_STEPS`` may not)."""
-        for name in itertools.islice(self._ring.walk(key), RING_STEPS):
+        load bound, with its queue depth and effective weight (None when the first
+        ``RING_STEPS`` may not)."""
+        successors = self._successors.get(key)
+        if successors is None:
+            if len(self._successors) >= SUCCESSOR_CACHE:
+                self._successors.clear()
+            successors = tuple(itertools.islice(self._ring.walk(key), RING_STEPS))
+            self._successors[key] = successors
+        limit = self._load_limit
+        failed_at = self._failed_at
+        for name in successors:
             c = allowed.get(name)
-            if c is not None and self._within_bound(c, now):
-                return c
+            if c is not None and not (failed_at and self._failing(name, now)):
+                queued, weight = _load_of(c, now)
+                if queued <= limit * weight:
+                    return c, queued, weight
         return None
 
-    def _within_bound(self, candidate: Candidate, now: float) -> bool:
-        return self._load(candidate, now) <= self._load_limit
+    def _slow(self, candidate: Candidate) -> bool:
+        """Measured to prefill slower than ``SLOW_HOME`` x the fleet's median: a bet on its
+        cache would put a cold prompt's whole prefill there at that speed."""
+        line = candidate.signals.work.line()
+        return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
 
-    @staticmethod
-    def _load(candidate: Candidate, now: float) -> float:
-        return candidate.signals.queue_depth(now) / effective_weight(candidate, now)
+    def _failing(self, backend: str, now: float) -> bool:
+        at = self._failed_at.get(backend)
+        return at is not None and now - at < FAILED_AFFINITY_S
+
+    def _within_bound(self, candidate: Candidate, now: float) -> bool:
+        queued, weight = _load_of(candidate, now)
+        return queued <= self._load_limit * weight
+
+
+def _load_of(candidate: Candidate, now: float) -> tuple[float, float]:
+    """The backend's queue depth and effective weight (its load is their ratio)."""
+    return candidate.signals.queue_depth(now), effective_weight(candidate, now)
 
 
 def _key(data: bytes) -> int:

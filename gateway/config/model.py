@@ -160,10 +160,12 @@ class PrefixConfig:
     """prefix_aware's affinity settings (see the README's "The prefix-aware score")."""
 
     capacity_blocks: int = field(
-        4096, check=positive, doc="prompt blocks (~64 tokens each) remembered per backend"
+        4096,
+        check=positive,
+        doc="prompt blocks (~64 tokens each) remembered per backend that reports no KV size",
     )
     load_bound: float = field(
-        0.25,
+        1.0,
         check=non_negative,
         doc="affinity never sends to a backend above (1 + this) x mean load",
     )

@@ -58,6 +58,7 @@ class EndpointSignals:
         "_sampled_at",
         "_waiting",
         "_waiting_since_sum",
+        "cache_tokens",
         "config",
         "failure_cap_s",
         "in_flight",
@@ -85,6 +86,7 @@ class EndpointSignals:
         self._forgotten_before = -math.inf  # requests started before this were forgotten
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
+        self.cache_tokens: int | None = None  # the KV cache's size it reports, in tokens
 
     def reconfigure(self, config: BalancerConfig, failure_cap_s: float) -> None:
         """A reload's new ``balancer:`` section and per-try timeout: what was measured stays."""
@@ -187,6 +189,12 @@ class EndpointSignals:
         if math.isfinite(usage):
             self._kv_usage = min(1.0, max(0.0, usage))
             self._kv_reported_at = now
+
+    def report_cache_tokens(self, tokens: int) -> None:
+        """Record the KV cache's size the backend reports, in tokens: a size, not a load, so
+        it neither fades nor is forgotten on recovery (a restart reports it again)."""
+        if tokens >= 1:
+            self.cache_tokens = tokens
 
     def kv_usage(self, now: float) -> float:
         """The last reported KV-cache usage, faded like a queue report (0 when unknown): a
@@ -293,6 +301,7 @@ class EndpointSignals:
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),
             "kv_usage": self._kv_usage,
+            "cache_tokens": self.cache_tokens,
             "prefill_tokens_queued": self.work.prefill_tokens,
             "decode_tokens_queued": self.work.decode_tokens,
             "ttft_base_s": line[0] if line is not None else None,

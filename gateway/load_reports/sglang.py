@@ -1,4 +1,5 @@
-"""SGLang's scheduler gauges; ``token_usage`` is the share of KV tokens in use."""
+"""SGLang's scheduler gauges; ``token_usage`` is the share of KV tokens in use, of
+``max_total_num_tokens``."""
 
 from gateway.load_reports.profile import LoadProfile
 
@@ -7,4 +8,5 @@ SGLANG = LoadProfile(
     waiting=("sglang:num_queue_reqs",),
     running=("sglang:num_running_reqs",),
     kv_usage=("sglang:token_usage",),
+    cache_tokens=("sglang:max_total_num_tokens",),
 )

@@ -42,6 +42,7 @@ class Outcome:
     e2e_s: float = math.inf
     output_tokens: int = 0
     text: str = ""
+    served_by: str = ""  # the first event's system_fingerprint: the pod that answered
 
     @property
     def ok(self) -> bool:
@@ -98,6 +99,8 @@ async def stream_chat(
                         outcome.status = 200
                         break
                     event = json.loads(raw[6:])
+                    if not outcome.served_by:
+                        outcome.served_by = str(event.get("system_fingerprint") or "")
                     text = _content(event)
                     if text:
                         if not parts:

@@ -36,6 +36,7 @@ from loadtests.llm.tokens import chat_tokens, continued_chat_tokens, tokenize
 
 ENGINE = web.AppKey("engine", Engine)
 MODEL = web.AppKey("model", str)
+NAME = web.AppKey("name", str)  # sent as every answer's system_fingerprint: who served it
 DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
 
 
@@ -124,7 +125,7 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
         seq = engine.submit(prompt, max_tokens)
     except PromptTooLong as exc:
         return _error(400, str(exc), "invalid_request_error")
-    reply = Reply(str(body.get("model") or request.app[MODEL]), chat)
+    reply = Reply(str(body.get("model") or request.app[MODEL]), chat, request.app[NAME])
     options = body.get("stream_options")
     usage = isinstance(options, dict) and bool(options.get("include_usage"))
     try:
@@ -229,13 +230,15 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def build_app(
-    costs: EngineCosts, model: str = "emulated-llama-3.1-8b", seed: int = 0
+    costs: EngineCosts, model: str = "emulated-llama-3.1-8b", seed: int = 0, name: str = "pod"
 ) -> web.Application:
-    """The pod's app; its engine's step loop runs while the app does."""
+    """The pod's app; its engine's step loop runs while the app does. ``name`` is each
+    answer's ``system_fingerprint``, so a client behind any router sees which pod served it."""
     app = web.Application(client_max_size=64 << 20)
     engine = Engine(costs, seed=seed)
     app[ENGINE] = engine
     app[MODEL] = model
+    app[NAME] = name
 
     async def step_loop(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(engine.run())
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     costs = EngineCosts(kv_blocks=args.kv_blocks, max_running=args.max_running)
 
     async def run() -> None:
-        app = build_app(costs, args.model, args.seed)
+        app = build_app(costs, args.model, args.seed, args.name)
         app[ENGINE].faults.slow_factor = args.slow_factor
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()

@@ -16,16 +16,17 @@ from loadtests.runner import RowResult
 
 HEAD = (
     "| peer | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p99 | e2e p99 "
-    "| goodput rps (share) | errors | prefix hits | aborted |"
+    "| goodput rps (share) | errors | prefix hits | follow-ups kept | aborted |"
 )
 
 
 def row_line(row: LlmRow) -> str:
     s = row.summary
     if s is None:
-        return f"| {row.peer} | {row.note} |" + " - |" * 9
+        return f"| {row.peer} | {row.note} |" + " - |" * 10
     mark = "*" if s.behind_schedule else ""
     hits = "n/a" if math.isnan(row.cache_hit_rate) else f"{row.cache_hit_rate * 100:.0f}%"
+    kept = "n/a" if math.isnan(s.kept_share) else f"{s.kept_share * 100:.0f}%"
     cells = [
         row.peer + mark,
         fmt_ms(s.ttft_p50_s),
@@ -37,6 +38,7 @@ def row_line(row: LlmRow) -> str:
         f"{s.goodput_rps:.2f} ({s.slo_share * 100:.0f}%)",
         f"{fmt_pct(s.error_rate)} of {s.requests}",
         hits,
+        kept,
         str(row.aborted),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -46,7 +48,7 @@ def tables(rows: Sequence[LlmRow]) -> str:
     parts = []
     for name in dict.fromkeys(r.scenario for r in rows):
         title = SCENARIOS[name].title if name in SCENARIOS else name
-        parts += [f"**{name}**: {title}", "", HEAD, "|" + "---|" * 11]
+        parts += [f"**{name}**: {title}", "", HEAD, "|" + "---|" * 12]
         parts += [row_line(r) for r in rows if r.scenario == name]
         parts.append("")
     return "\n".join(parts)
@@ -84,7 +86,9 @@ def legend(slo: Slo) -> str:
         "they reach the percentile); TPOT over successful streams. Goodput: requests that "
         f"succeeded with TTFT <= {slo.ttft_s * 1000:.0f} ms and TPOT <= "
         f"{slo.tpot_s * 1000:.0f} ms, per second (share of all requests). Prefix hits: prompt "
-        "tokens the pods found cached (vLLM's prefix_cache_hits / queries), over the fleet."
+        "tokens the pods found cached (vLLM's prefix_cache_hits / queries), over the fleet. "
+        "Follow-ups kept: follow-up turns served by the pod that served the session's "
+        "previous turn (each answer's system_fingerprint names its pod)."
     )
 
 

@@ -2,6 +2,9 @@
 
 Field for field what vLLM sends for ``/v1/completions`` and ``/v1/chat/completions``,
 ``usage.prompt_tokens_details.cached_tokens`` included (the prefix-cache hit of the request).
+``system_fingerprint`` (which OpenAI defines as the serving configuration, and vLLM leaves
+empty) names the pod that served it: routers pass the body through untouched, so the client
+sees where each turn of a conversation went.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ def _usage(seq: Sequence) -> dict[str, object]:
 class Reply:
     """The OpenAI object shapes of one request, completions or chat."""
 
-    def __init__(self, model: str, chat: bool) -> None:
+    def __init__(self, model: str, chat: bool, fingerprint: str | None = None) -> None:
         self.model = model
         self.chat = chat
+        self.fingerprint = fingerprint
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
         self.created = int(time.time())
 
@@ -38,6 +42,7 @@ class Reply:
             "object": kind,
             "created": self.created,
             "model": self.model,
+            "system_fingerprint": self.fingerprint,
             "choices": choices,
         }
 

@@ -45,6 +45,7 @@ class LlmSummary:
     slo_share: float  # of all requests
     lag_p50_s: float
     lag_p99_s: float
+    kept_share: float = math.nan  # follow-up turns served by the previous turn's pod
 
     @property
     def error_rate(self) -> float:
@@ -58,6 +59,18 @@ class LlmSummary:
 def ranked_ttft_s(outcomes: Sequence[Outcome]) -> list[float]:
     """TTFTs ascending with failures as ``inf``: what the plot draws."""
     return all_requests_latencies([o.ttft_s for o in outcomes], [o.ok for o in outcomes])
+
+
+def follow_ups_kept(outcomes: Sequence[Outcome]) -> float:
+    """The share of follow-up turns served by the pod that served the session's previous
+    turn (both answered and named by their pod): affinity, seen directly. NaN when none."""
+    served = {(o.session, o.turn): o.served_by for o in outcomes if o.ok and o.served_by}
+    pairs = [
+        (pod, served[session, turn - 1])
+        for (session, turn), pod in served.items()
+        if turn > 0 and (session, turn - 1) in served
+    ]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else math.nan
 
 
 def summarize(outcomes: Sequence[Outcome], duration_s: float, slo: Slo) -> LlmSummary:
@@ -81,4 +94,5 @@ def summarize(outcomes: Sequence[Outcome], duration_s: float, slo: Slo) -> LlmSu
         slo_share=good / len(outcomes) if outcomes else 0.0,
         lag_p50_s=percentile(lag, 50) if lag else 0.0,
         lag_p99_s=percentile(lag, 99) if lag else 0.0,
+        kept_share=follow_ups_kept(outcomes),
     )

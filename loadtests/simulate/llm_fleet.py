@@ -18,8 +18,12 @@ a layer-4 balancer; a replica knows only what it sent. Routers compared:
   it picks the least estimated time to first token. Greedy, so a bound to aim at rather than
   the optimum.
 
-Not yet here: tailgate's own policies driven through ``loadtests.simulate.replica`` (the
-request-path core the simulator's replicas are moving to); ``least_request`` stands in.
+- ``tailgate POLICY``: tailgate's own registered policies, one per replica with its own
+  signals and prefix index, each request parsed and recorded as the gateway does
+  (``loadtests.simulate.llm_tailgate``).
+
+``kept`` is the share of follow-up turns served by the pod that served the session's previous
+turn: affinity, seen directly.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from loadtests.llm.engine import Sequence
 from loadtests.llm.tokens import chat_tokens
 from loadtests.llm.workloads import Session, WorkloadSpec, plan
 from loadtests.simulate.llm_pods import SimLlmPod
+from loadtests.simulate.llm_tailgate import REFRESH_S, TAILGATE_ROUTERS, SimTry, TailgateReplica
 from loadtests.stats import percentile
 
-ROUTERS = ("random", "least_request", "cache_aware", "oracle")
+ROUTERS = ("random", "least_request", "cache_aware", "oracle", *TAILGATE_ROUTERS)
+SCRAPE_S = 1.0  # the default balancer.queue_depth.scrape_interval
 BALANCE_ABS = 64  # SGLang's --balance-abs-threshold default (0.3.x)
 BALANCE_REL = 1.5  # --balance-rel-threshold
 CACHE_THRESHOLD = 0.3  # --cache-threshold
@@ -150,6 +156,7 @@ class _Request:
     pod: int
     sent_s: float
     ttft_s: float = math.inf
+    attempt: SimTry | None = None  # a tailgate replica's record of the try
 
 
 @dataclass
@@ -161,13 +168,14 @@ class FleetResult:
     tpot_p50_s: float
     slo_share: float
     hit_rate: float
+    kept_share: float  # follow-up turns served by the previous turn's pod
     wall_s: float
 
 
 class _FleetRun:
     """One router's run: sessions, pods and replica views on one heap of virtual time."""
 
-    TURN, STEP = 0, 1
+    TURN, STEP, REFRESH, SCRAPE = 0, 1, 2, 3
     TURN_BITS = 8  # a heap entry's index packs (session, turn) as session << 8 | turn
 
     def __init__(self, spec: LlmFleetSpec, router: str) -> None:
@@ -179,6 +187,14 @@ class _FleetRun:
         slow = round(spec.slow_share * spec.pods)
         self.pods = [SimLlmPod(i, spec.costs, 3.0 if i < slow else 1.0) for i in range(spec.pods)]
         self.views = [ReplicaView(spec.pods) for _ in range(spec.replicas)]
+        self.tailgate = (
+            [TailgateReplica(router, spec.pods, 0.0) for _ in range(spec.replicas)]
+            if router.startswith("tailgate ")
+            else []
+        )
+        self.open_sessions = len(self.sessions)
+        self.last_pod: dict[int, int] = {}  # session -> pod of its previous turn
+        self.follow_ups = self.kept = 0
         self.history = [
             [{"role": "system", "content": s.system}] if s.system else [] for s in self.sessions
         ]
@@ -192,12 +208,31 @@ class _FleetRun:
     def run(self) -> None:
         for number, session in enumerate(self.sessions):
             self._push(session.start_s, self.TURN, number << self.TURN_BITS)
+        if self.tailgate:
+            for replica in range(len(self.tailgate)):  # each replica's upkeep on its own phase
+                phase = self.rng.random()
+                self._push(phase * REFRESH_S, self.REFRESH, replica)
+                self._push(phase * SCRAPE_S, self.SCRAPE, replica)
         while self.heap:
             now, _, kind, index = heapq.heappop(self.heap)
             if kind == self.TURN:
                 self._send(now, *divmod(index, 1 << self.TURN_BITS))
-            else:
+            elif kind == self.STEP:
                 self._step_done(now, self.pods[index])
+            elif self.open_sessions > 0:  # upkeep stops with the traffic
+                self._upkeep(now, kind, index)
+
+    def _upkeep(self, now: float, kind: int, replica: int) -> None:
+        gateway = self.tailgate[replica]
+        if kind == self.REFRESH:
+            gateway.refresh(now)
+            self._push(now + REFRESH_S, kind, replica)
+            return
+        for pod in self.pods:
+            engine = pod.engine
+            depth = len(engine.waiting) + len(engine.running)
+            gateway.scrape(pod.index, depth, engine.kv_usage(), now)
+        self._push(now + SCRAPE_S, kind, replica)
 
     def _push(self, at_s: float, kind: int, index: int) -> None:
         heapq.heappush(self.heap, (at_s, next(self.order), kind, index))
@@ -214,13 +249,24 @@ class _FleetRun:
         keys = chain_keys(prompt, self.spec.costs.block_tokens)
         replica = self.rng.randrange(self.spec.replicas)
         view = self.views[replica]
-        target = pick(self.router, view, self.pods, prompt, keys, self.rng)
+        attempt = None
+        if self.tailgate:
+            gateway = self.tailgate[replica]
+            info = gateway.parse(self.history[session], planned.max_tokens)
+            target = gateway.pick(info, now, self.rng)
+            attempt = gateway.send(target, info, now)
+        else:
+            target = pick(self.router, view, self.pods, prompt, keys, self.rng)
         view.inflight[target] += 1
         view.remember(keys, target)
+        if turn > 0:
+            self.follow_ups += 1
+            self.kept += self.last_pod.get(session) == target
+        self.last_pod[session] = target
         pod = self.pods[target]
         was_idle = pod.idle
         seq = pod.submit(prompt, planned.max_tokens, now)
-        self.live[seq] = _Request(session, turn, replica, target, now)
+        self.live[seq] = _Request(session, turn, replica, target, now, attempt=attempt)
         if was_idle:
             self._start_step(pod, now)
 
@@ -229,6 +275,8 @@ class _FleetRun:
             req = self.live[seq]
             if len(seq.output) == 1:
                 req.ttft_s = now - req.sent_s
+                if req.attempt is not None:
+                    self.tailgate[req.replica].first_token(req.attempt, now)
             if seq.finished:
                 self._finished(now, seq, req)
         self._start_step(pod, now)
@@ -240,11 +288,17 @@ class _FleetRun:
         self.ttft_s.append(req.ttft_s)
         self.tpot_s.append(tpot_s)
         self.good += req.ttft_s <= SLO_TTFT_S and tpot_s <= SLO_TPOT_S
-        self.history[req.session].append({"role": "assistant", "content": " ".join(seq.output)})
+        answer = " ".join(seq.output)
+        if req.attempt is not None:
+            # The stream as the gateway relays it: each token after a space.
+            self.tailgate[req.replica].finished(req.attempt, " " + answer, now)
+        self.history[req.session].append({"role": "assistant", "content": answer})
         turns = self.sessions[req.session].turns
         if req.turn + 1 < len(turns):
             at = now + turns[req.turn + 1].think_s
             self._push(at, self.TURN, req.session << self.TURN_BITS | req.turn + 1)
+        else:
+            self.open_sessions -= 1
 
 
 def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
@@ -263,6 +317,7 @@ def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
         percentile(tpot, 50),
         fleet.good / len(ttft) if ttft else 0.0,
         hits / queries if queries else math.nan,
+        fleet.kept / fleet.follow_ups if fleet.follow_ups else math.nan,
         time.perf_counter() - started,
     )
 
@@ -273,14 +328,14 @@ def markdown(spec: LlmFleetSpec, results: list[FleetResult]) -> str:
         f"{spec.slow_share:.0%} of pods 3x slower",
         "",
         "| router | requests | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | within SLO "
-        "| prefix hits | sim wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| prefix hits | follow-ups kept | sim wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.router} | {r.requests} | {r.ttft_p50_s * 1000:.1f} "
             f"| {r.ttft_p99_s * 1000:.1f} | {r.tpot_p50_s * 1000:.2f} "
-            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.wall_s:.1f} |"
+            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.kept_share:.1%} | {r.wall_s:.1f} |"
         )
     return "\n".join(lines)
 
@@ -292,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of session starts")
     parser.add_argument("--load", type=float, default=0.375, help="sessions/s per pod")
     parser.add_argument("--slow-share", type=float, default=0.0)
-    parser.add_argument("--router", action="append", choices=ROUTERS)
+    parser.add_argument(
+        "--router",
+        action="append",
+        help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     spec = replace(

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from loadtests.llm.client import run_sessions
+from loadtests.llm.client import Outcome, run_sessions
 from loadtests.llm.costs import EngineCosts
 from loadtests.llm.engine import Engine
 from loadtests.llm.pod import ENGINE, build_app
+from loadtests.llm.summary import follow_ups_kept
 from loadtests.llm.workloads import Session, Turn, system_prompt
 
 pytestmark = pytest.mark.timeout(30)
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture
 async def pod() -> AsyncIterator[tuple[str, Engine]]:
-    app = build_app(EngineCosts(step_s=0.001, decode_per_seq_s=0.0, prefill_per_token_s=0.0))
+    costs = EngineCosts(step_s=0.001, decode_per_seq_s=0.0, prefill_per_token_s=0.0)
+    app = build_app(costs, name="pod-a")
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -52,3 +54,27 @@ async def test_a_failed_request_has_no_first_token(pod: tuple[str, Engine]) -> N
     outcomes, _ = await run_sessions(url, [SESSION], timeout_s=10.0)
     assert [o.status for o in outcomes] == [500, 500]
     assert all(math.isinf(o.ttft_s) and math.isnan(o.tpot_s) for o in outcomes)
+
+
+async def test_each_answer_names_its_pod_and_a_kept_follow_up_counts(
+    pod: tuple[str, Engine],
+) -> None:
+    url, _ = pod
+    outcomes, _ = await run_sessions(url, [SESSION], timeout_s=10.0)
+    assert [o.served_by for o in outcomes] == ["pod-a", "pod-a"]
+    assert follow_ups_kept(outcomes) == 1.0
+
+
+def test_follow_ups_kept_counts_answered_pairs_of_consecutive_turns() -> None:
+    def served(session: int, turn: int, pod: str, status: int = 200) -> Outcome:
+        return Outcome(session, turn, 0.0, status=status, served_by=pod)
+
+    outcomes = [
+        served(0, 0, "a"),
+        served(0, 1, "a"),  # kept
+        served(0, 2, "b"),  # moved
+        served(1, 0, "a", status=500),
+        served(1, 1, "b"),  # its previous turn failed: not a pair
+    ]
+    assert follow_ups_kept(outcomes) == 0.5
+    assert math.isnan(follow_ups_kept(outcomes[3:]))

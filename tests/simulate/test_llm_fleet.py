@@ -31,3 +31,24 @@ def test_prefix_aware_routing_hits_more_and_answers_sooner_than_random() -> None
 def test_the_oracle_keeps_away_from_slow_pods() -> None:
     slow = replace(SPEC, slow_share=0.25)  # one pod of four, 3x slower
     assert simulate(slow, "oracle").tpot_p50_s < simulate(slow, "random").tpot_p50_s
+
+
+def test_tailgate_policies_run_per_replica_and_prefix_aware_keeps_sessions() -> None:
+    """tailgate's registered policies drive the replicas (each its own signals and index):
+    prefix_aware keeps follow-ups on their pod and hits far more than weighted_score."""
+    spread = simulate(SPEC, "tailgate weighted_score")
+    aware = simulate(SPEC, "tailgate prefix_aware")
+    assert aware.requests == spread.requests
+    assert aware.hit_rate > spread.hit_rate + 0.2
+    assert aware.kept_share > 0.8 > spread.kept_share
+
+
+def test_a_tailgate_router_takes_prefix_fields_and_flags_and_rejects_unknown_ones() -> None:
+    from gateway.balancer.prefix_aware import PrefixAware
+    from loadtests.simulate.llm_tailgate import build_replica_policy
+
+    policy = build_replica_policy("tailgate prefix_aware no-home load_bound=1")
+    assert isinstance(policy, PrefixAware)
+    assert policy.home_blocks == 0 and policy.load_bound == 1.0
+    with pytest.raises(ValueError, match="no-home"):
+        build_replica_policy("tailgate weighted_score no-home")

@@ -38,6 +38,20 @@ def test_each_backend_keeps_at_most_capacity_blocks_least_recent_out() -> None:
     assert index.deepest_holders(chain(1, 1)) == (0, set())  # reverse map evicted too
 
 
+def test_a_reported_capacity_bounds_that_backend_alone_and_trims_at_once() -> None:
+    index = PrefixIndex(capacity_blocks=10)
+    index.record("a", chain(1, 8))
+    index.record("b", chain(2, 8))
+    index.set_capacities({"a": 3})
+    assert index.capacity_of("a") == 3 and index.capacity_of("b") == 10
+    assert index.blocks_held("a") == 3 and index.blocks_held("b") == 8
+    index.record("a", chain(3, 5))
+    assert index.blocks_held("a") == 3  # the newest three, the rest evicted
+    assert index.deepest_holders(chain(2, 8)) == (8, {"b"})
+    index.set_capacities({})  # no longer reported: the configured bound again
+    assert index.capacity_of("a") == 10
+
+
 def test_forget_and_retain_drop_a_backend_everywhere() -> None:
     index = PrefixIndex(capacity_blocks=10)
     index.record("a", chain(1, 3))

@@ -106,7 +106,7 @@ def test_home_is_the_same_for_every_replica_and_moves_on_when_full() -> None:
         home.signals.request_started(0.0)
     p.refresh(pods, 0.0)
     successor = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
-    assert successor is not None and successor is not home
+    assert successor is not None and successor[0] is not home
 
 
 def test_a_slower_backend_predicts_slower_and_is_avoided_even_when_warm() -> None:
@@ -211,3 +211,80 @@ def test_a_hedge_or_retry_learns_only_when_it_finishes_the_answer() -> None:
     assert p.index.matched_blocks("pod-1", request.blocks) == 0
     p.answered("pod-1", request, "the answer " * 40)  # the hedge won
     assert p.index.matched_blocks("pod-1", request.blocks) == len(request.blocks)
+
+
+def test_the_index_bound_follows_the_kv_cache_size_a_backend_reports() -> None:
+    pods = fleet(2)
+    p = policy()
+    pods[0].signals.report_cache_tokens(round(20 * TOKENS_PER_BLOCK))
+    p.refresh(pods, 0.0)
+    assert p.index.capacity_of("pod-0") == 20
+    assert p.index.capacity_of("pod-1") == 10_000  # reports nothing: the configured bound
+    long = json.dumps({"prompt": "".join(f"word{i} " for i in range(4000))}).encode()
+    request = parse_request(long, {}, with_blocks=True)
+    assert len(request.blocks) > 20
+    send(p, pods[0], request)
+    assert p.index.blocks_held("pod-0") == 20
+
+
+def test_a_failed_try_forgets_the_backend_so_its_sessions_move_on() -> None:
+    pods = fleet(4)
+    p = policy()
+    p.refresh(pods, 0.0)
+    request = chat("sys-f ", "hello ")
+    holder = p.pick(pods, 0.0, random.Random(0), request)
+    send(p, holder, request)
+    finish(holder)
+    p.failed(holder.name, 0.0)
+    assert p.index.blocks_held(holder.name) == 0
+    assert p.index.deepest_holders(request.blocks) == (0, set())
+    # nor is it the home any more: the prefix's home hands over to its ring successor
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 1.0)
+    assert found is not None and found[0] is not holder
+    p.answered(holder.name, request, "it answers again")
+    assert p.index.blocks_held(holder.name) > 0
+    assert not p._failing(holder.name, 1.0)
+
+
+def test_a_replica_that_knows_nothing_trusts_the_home_with_the_whole_prompt() -> None:
+    """Another replica sent the conversation's earlier turns to the prefix's home: a replica
+    whose index knows nothing deeper credits the home with all of it, so the follow-up goes
+    there even against an idle backend; one that knows a deeper holder trusts its index."""
+    pods = fleet(8)
+    request = chat("sys-h ", "turn one ", "turn two ")
+    p = policy()
+    p.refresh(pods, 0.0)
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert found is not None
+    home = found[0]
+    home.signals.request_started(0.0)  # busy with one stream, the others idle
+    p.refresh(pods, 0.0)
+    rng = random.Random(2)
+    assert all(p.pick(pods, 0.0, rng, request) is home for _ in range(50))
+    learnt = policy()
+    learnt.trust_home = False
+    learnt.refresh(pods, 0.0)
+    assert {learnt.pick(pods, 0.0, rng, request).name for _ in range(50)} != {home.name}
+    elsewhere = next(c for c in pods if c is not home)
+    send(p, elsewhere, request)  # this replica sent it elsewhere: it knows better
+    finish(elsewhere)
+    p.refresh(pods, 0.0)
+    assert all(p.pick(pods, 0.0, rng, request) is elsewhere for _ in range(50))
+
+
+def test_a_home_measured_slow_is_not_trusted_with_a_prompt_it_is_not_known_to_hold() -> None:
+    """A cold prompt sent to a slow home on trust would be prefilled there at its speed."""
+    pods = fleet(4)
+    request = chat("sys-slow ", "first visit ")
+    p = policy()
+    p.refresh(pods, 0.0)
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert found is not None
+    home = found[0]
+    for pod in pods:  # measured: the home prefills 3x slower than the others
+        per_token = 3e-4 if pod is home else 1e-4
+        for tokens in (64, 2000):
+            pod.signals.work.first_token(0, ttft_s=per_token * tokens, tokens_ahead=tokens)
+    p.refresh(pods, 0.0)
+    rng = random.Random(4)
+    assert all(p.pick(pods, 0.0, rng, request) is not home for _ in range(50))

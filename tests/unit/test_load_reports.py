@@ -56,3 +56,28 @@ def test_a_server_exporting_two_profiles_names_is_counted_once() -> None:
     report = read_report(both, list(PROFILES.values()))
     assert report.depth == 8.0  # vLLM's names, listed first; not 16
     assert read_report(both, [PROFILES["tailgate"], PROFILES["vllm"]]).depth == 8.0
+
+
+VLLM_CACHE_INFO = """\
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",enable_prefix_caching="True",num_gpu_blocks="6400"} 1.0
+"""
+
+
+def test_the_kv_cache_size_is_read_from_vllm_labels_and_sglang_gauge() -> None:
+    everything = list(PROFILES.values())
+    assert read_report(VLLM_TEXT + VLLM_CACHE_INFO, everything).cache_tokens == 6400 * 16
+    sglang = SGLANG_TEXT + "# TYPE sglang:max_total_num_tokens gauge\n"
+    sglang += 'sglang:max_total_num_tokens{name="m"} 161721.0\n'
+    assert read_report(sglang, everything).cache_tokens == 161721
+    assert read_report(VLLM_TEXT, everything).cache_tokens is None  # not reported
+    broken = VLLM_CACHE_INFO.replace('num_gpu_blocks="6400"', 'num_gpu_blocks="many"')
+    assert read_report(broken, everything).cache_tokens is None
+
+
+def test_of_several_engines_the_smallest_kv_cache_is_the_size() -> None:
+    two = VLLM_CACHE_INFO + (
+        'vllm:cache_config_info{block_size="16",enable_prefix_caching="True",'
+        'num_gpu_blocks="100"} 1.0\n'
+    )
+    assert read_report(two, list(PROFILES.values())).cache_tokens == 1600
