@@ -85,6 +85,7 @@ PEERS: dict[str, Peer] = {
         Peer("tailgate shipped defaults", "tailgate", "weighted_score", overrides=SHIPPED_DEFAULTS),
         Peer("tailgate peak_ewma", "tailgate", "peak_ewma"),
         Peer("tailgate least_request", "tailgate", "least_request"),
+        Peer("tailgate prefix_aware", "tailgate", "prefix_aware"),
         Peer("envoy least_request", "envoy", "LEAST_REQUEST"),
         Peer("envoy round_robin", "envoy", "ROUND_ROBIN"),
         Peer("nginx least_conn", "nginx", "least_conn"),
