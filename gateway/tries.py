@@ -114,9 +114,8 @@ async def send(
     auth = rt.tenant_gate.upstream_authorization(
         request.headers.get("Authorization"), one.endpoint.name
     )
-    headers.popall("Authorization", None)
     if auth is not None:
-        headers["Authorization"] = auth
+        headers.add("Authorization", auth)
     if one.attempt.span is not None:  # tracing: this try's own span id goes upstream
         one.attempt.span.stamp(headers)
     timeouts = config.timeouts
