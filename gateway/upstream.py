@@ -295,6 +295,7 @@ class UpstreamResponse:
         "_buffered",
         "_chunks",
         "_conn",
+        "_content_type",
         "_error",
         "_paused",
         "_released",
@@ -323,14 +324,18 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        self._content_type: str | None = None
 
     @property
     def content_type(self) -> str:
-        """The media type, lower case, without parameters (aiohttp's default when absent)."""
-        value = self.headers.get("Content-Type")
-        if not value:
-            return "application/octet-stream"
-        return value.partition(";")[0].strip().lower()
+        """The media type, lower case, without parameters (aiohttp's default when absent);
+        worked out once (the try, the relay and the token observer each ask)."""
+        if self._content_type is None:
+            value = self.headers.get("Content-Type")
+            self._content_type = (
+                value.partition(";")[0].strip().lower() if value else "application/octet-stream"
+            )
+        return self._content_type
 
     @property
     def content_length(self) -> int | None:
