@@ -81,6 +81,19 @@ class RequestBody:
     gateway has accepted the request.
     """
 
+    __slots__ = (
+        "_client_wait_s",
+        "_continue_owed",
+        "_deadline",
+        "_idle_timeout_s",
+        "_loop",
+        "_max_body",
+        "_request",
+        "_streamed",
+        "buffered",
+        "consumed",
+    )
+
     def __init__(
         self,
         request: web.BaseRequest,

@@ -87,7 +87,7 @@ async def relay(
     return response
 
 
-@dataclass
+@dataclass(slots=True)
 class Relay:
     """Where a relayed body goes: the client's response, the token observer that reads each
     chunk after it went out, and the transcript a broken stream is resumed from."""
