@@ -28,7 +28,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_SKIP: dict[frozenset[str], frozenset[str]] = {}  # drop -> HOP_BY_HOP | drop
+# Header spellings whose verdict a filter remembers: clients choose the names, so the memory
+# is bounded; a name past the bound is judged afresh each time, with the same answer.
+_MAX_REMEMBERED_NAMES = 512
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -38,26 +40,64 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     return tokens
 
 
+class HeaderFilter:
+    """Which headers one direction of the proxy passes on: none that is hop-by-hop, none named
+    in ``Connection``, none in ``drop`` (lower case: the headers the gateway writes itself).
+
+    Runs twice per request (request and response), so the verdict is remembered per exact
+    spelling of a name (clients send the same few spellings): a header then costs one dict
+    lookup, not a ``lower()``, a set lookup and a prefix test, and the kept pairs are copied
+    in one call.
+    """
+
+    __slots__ = ("_skip", "_verdicts")
+
+    def __init__(self, drop: frozenset[str] = frozenset()) -> None:
+        self._skip = HOP_BY_HOP | drop
+        self._verdicts: dict[str, bool] = {}
+
+    def passes(self, name: str) -> bool:
+        verdict = self._verdicts.get(name)
+        if verdict is None:
+            lower = name.lower()
+            verdict = lower not in self._skip and not lower.startswith("proxy-")
+            if len(self._verdicts) < _MAX_REMEMBERED_NAMES:
+                self._verdicts[name] = verdict
+        return verdict
+
+    def pairs(self, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[tuple[str, str]]:
+        """The (name, value) pairs of ``headers`` that pass, in their order."""
+        if "Connection" in headers:  # this message names more hop-by-hop headers
+            also = _connection_tokens(headers)
+            return [
+                item
+                for item in headers.items()
+                if self.passes(item[0]) and item[0].lower() not in also
+            ]
+        verdicts = self._verdicts
+        kept = []
+        for item in headers.items():
+            verdict = verdicts.get(item[0])
+            if verdict if verdict is not None else self.passes(item[0]):
+                kept.append(item)
+        return kept
+
+    def copy(self, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+        """A copy of ``headers`` with only the headers that pass."""
+        return CIMultiDict(self.pairs(headers))
+
+
+_FILTERS: dict[frozenset[str], HeaderFilter] = {}  # one per distinct ``drop``
+
+
 def end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop headers and without the (lower-case) ``drop``.
-
-    Runs twice per request (request and response), so the names to skip are one set, made
-    once per ``drop``, and each header costs one ``lower()`` and one lookup.
-    """
-    skip = _SKIP.get(drop)
-    if skip is None:  # one per distinct ``drop`` (the callers' constants)
-        skip = _SKIP[drop] = HOP_BY_HOP | drop
-    if "Connection" in headers:
-        skip = skip | _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    add = out.add
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower not in skip and not lower.startswith("proxy-"):
-            add(name, value)
-    return out
+    """A copy of ``headers`` without hop-by-hop headers and without the (lower-case) ``drop``."""
+    header_filter = _FILTERS.get(drop)
+    if header_filter is None:
+        header_filter = _FILTERS[drop] = HeaderFilter(drop)
+    return header_filter.copy(headers)
 
 
 _ids = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy

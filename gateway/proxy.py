@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.failures import Failure
-from gateway.headers import FORWARDING, Network, end_to_end, forwarded_for, is_trusted_proxy
+from gateway.headers import FORWARDING, HeaderFilter, Network, forwarded_for, is_trusted_proxy
 from gateway.upstream import (
     UpstreamClient,
     UpstreamConnectError,
@@ -28,10 +28,26 @@ from gateway.upstream import (
     UpstreamTimeout,
 )
 
-# Set by the gateway itself for the hop it makes, so never copied from the other side.
-_NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
-_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | FORWARDING
+# Set by the gateway itself for the hop it makes, so never copied from the other side (the
+# request id is written afresh too, from the client's when it is sane). The Authorization
+# that goes upstream is the tenants' to decide (``TenantGate.upstream_authorization``).
+_NOT_FORWARDED = frozenset({"host", "content-length", "expect", "authorization"})
+_REWRITTEN_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 _NOT_RELAYED = frozenset({"content-length"})
+# One filter per (request id header, trusted client): the config's few spellings.
+_UPSTREAM_FILTERS: dict[tuple[str, bool], HeaderFilter] = {}
+_RESPONSE_FILTERS: dict[str, HeaderFilter] = {}
+
+
+def _upstream_filter(request_id_header: str, trusted: bool) -> HeaderFilter:
+    key = (request_id_header, trusted)
+    header_filter = _UPSTREAM_FILTERS.get(key)
+    if header_filter is None:
+        # from a trusted proxy, X-Real-IP and Forwarded pass; the X-Forwarded-* set is extended
+        forwarding = _REWRITTEN_FORWARDING if trusted else FORWARDING
+        drop = _NOT_FORWARDED | forwarding | {request_id_header.lower()}
+        header_filter = _UPSTREAM_FILTERS[key] = HeaderFilter(drop)
+    return header_filter
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -64,6 +80,19 @@ class RequestBody:
     waiting on ``Expect: 100-continue`` is told to go on at the first read, i.e. only once the
     gateway has accepted the request.
     """
+
+    __slots__ = (
+        "_client_wait_s",
+        "_continue_owed",
+        "_deadline",
+        "_idle_timeout_s",
+        "_loop",
+        "_max_body",
+        "_request",
+        "_streamed",
+        "buffered",
+        "consumed",
+    )
 
     def __init__(
         self,
@@ -185,26 +214,32 @@ def upstream_headers(
     upstream: URL,
     trusted_proxies: tuple[Network, ...] = (),
 ) -> CIMultiDict[str]:
-    """End-to-end client headers plus the X-Forwarded-* set and the request id.
+    """End-to-end client headers (no Authorization: the caller adds the one that goes
+    upstream) plus the X-Forwarded-* set, the request id and the backend's Host.
 
     The client's own forwarding headers are extended only when it is a trusted proxy; from
-    anyone else they are dropped and written afresh from the connection.
+    anyone else they are dropped and written afresh from the connection. The gateway's own
+    headers are appended, never searched for and replaced: the filter already left out any
+    copy the client sent.
     """
     client_ip = request.remote
-    if is_trusted_proxy(client_ip, trusted_proxies):
-        headers = end_to_end(request.headers, drop=_NOT_FORWARDED)
-        chain = request.headers.get("X-Forwarded-For")
-        proto = request.headers.get("X-Forwarded-Proto", request.scheme)
-        host = request.headers.get("X-Forwarded-Host", request.host)
+    client = request.headers
+    trusted = is_trusted_proxy(client_ip, trusted_proxies)
+    pairs = _upstream_filter(request_id_header, trusted).pairs(client)
+    if trusted:
+        chain = client.get("X-Forwarded-For")
+        proto = client.get("X-Forwarded-Proto", request.scheme)
+        host = client.get("X-Forwarded-Host", request.host)
     else:
-        headers = end_to_end(request.headers, drop=_NOT_FORWARDED_UNTRUSTED)
         chain, proto, host = None, request.scheme, request.host
-    headers["X-Forwarded-For"] = forwarded_for(chain, client_ip)
-    headers["X-Forwarded-Proto"] = proto
-    headers["X-Forwarded-Host"] = host
-    headers[request_id_header] = request_id
-    headers["Host"] = upstream.raw_authority
-    return headers
+    pairs += (
+        ("X-Forwarded-For", forwarded_for(chain, client_ip)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", host),
+        (request_id_header, request_id),
+        ("Host", upstream.raw_authority),
+    )
+    return CIMultiDict(pairs)
 
 
 def request_target(request: web.BaseRequest) -> str:
@@ -268,6 +303,11 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def response_headers(upstream: UpstreamResponse) -> CIMultiDict[str]:
-    """Upstream headers safe to send to the client (hop-by-hop and framing removed)."""
-    return end_to_end(upstream.headers, drop=_NOT_RELAYED)
+def response_headers(upstream: UpstreamResponse, request_id_header: str) -> list[tuple[str, str]]:
+    """Upstream headers safe to send to the client (hop-by-hop, framing and the request id
+    removed: the gateway appends its own), as the pairs aiohttp's response copies them from."""
+    header_filter = _RESPONSE_FILTERS.get(request_id_header)
+    if header_filter is None:
+        drop = _NOT_RELAYED | {request_id_header.lower()}
+        header_filter = _RESPONSE_FILTERS[request_id_header] = HeaderFilter(drop)
+    return header_filter.pairs(upstream.headers)

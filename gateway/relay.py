@@ -49,12 +49,12 @@ async def relay(
 ) -> web.StreamResponse:
     """Stream the upstream response to the client chunk by chunk, as it arrives."""
     request, config, rt = ctx.request, ctx.config, ctx.runtime
-    headers = proxy.response_headers(upstream)
-    headers[config.headers.request_id] = ctx.request_id
+    headers = proxy.response_headers(upstream, config.headers.request_id)
+    headers.append((config.headers.request_id, ctx.request_id))
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if config.headers.expose_backend:
         label = endpoint.name if config.headers.expose_backend_address else endpoint.public_name
-        headers["X-Tailgate-Backend"] = label
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        response.headers["X-Tailgate-Backend"] = label
     if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
     ctx.status = upstream.status
@@ -87,7 +87,7 @@ async def relay(
     return response
 
 
-@dataclass
+@dataclass(slots=True)
 class Relay:
     """Where a relayed body goes: the client's response, the token observer that reads each
     chunk after it went out, and the transcript a broken stream is resumed from."""

@@ -35,7 +35,7 @@ class RetryableTry(Exception):
     """This try failed in a way that will be retried on another backend."""
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     """One client request on its way through the gateway: what it is and what became of it."""
 

@@ -29,7 +29,7 @@ from gateway.resume import is_opening_role_only, read_to_first_token
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Try:
     """One try in flight: its backend, its Attempt and (when raced) the task sending it."""
 
@@ -39,7 +39,7 @@ class Try:
     task: asyncio.Task[Head] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Head:
     """A try's response head, with a stream's first body chunk when it was read ahead."""
 
@@ -114,9 +114,8 @@ async def send(
     auth = rt.tenant_gate.upstream_authorization(
         request.headers.get("Authorization"), one.endpoint.name
     )
-    headers.popall("Authorization", None)
     if auth is not None:
-        headers["Authorization"] = auth
+        headers.add("Authorization", auth)
     if one.attempt.span is not None:  # tracing: this try's own span id goes upstream
         one.attempt.span.stamp(headers)
     timeouts = config.timeouts

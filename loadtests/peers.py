@@ -54,7 +54,7 @@ class Peer:
     """One row of the report: a product, its policy, and how many workers it runs."""
 
     label: str
-    kind: str  # direct | tailgate | envoy | nginx | haproxy | sglang
+    kind: str  # direct | floor | tailgate | envoy | nginx | haproxy | sglang
     policy: str = ""
     workers: int = 1
     overrides: str = ""  # tailgate only: YAML merged into the rendered config
@@ -80,6 +80,8 @@ PEERS: dict[str, Peer] = {
     p.label: p
     for p in (
         Peer("direct", "direct"),
+        # aiohttp's server + tailgate's upstream client, nothing else (loadtests/floor.py)
+        Peer("aiohttp floor", "floor"),
         Peer("tailgate weighted_score", "tailgate", "weighted_score"),
         Peer("tailgate weighted_score --workers 2", "tailgate", "weighted_score", workers=2),
         Peer("tailgate shipped defaults", "tailgate", "weighted_score", overrides=SHIPPED_DEFAULTS),
@@ -122,6 +124,8 @@ def _backend_block(kind: str, backends: Sequence[Backend], budget: Budget) -> st
         lines = [f"    server {b.name} 127.0.0.1:{b.port} check" for b in backends]
     elif kind == "sglang":
         return " ".join(f"http://127.0.0.1:{b.port}" for b in backends)
+    elif kind == "floor":
+        return f"http://127.0.0.1:{backends[0].port}"  # the floor forwards to one backend
     else:
         raise ValueError(f"no config for peer kind {kind!r}")
     return "\n".join(lines)
@@ -191,6 +195,7 @@ def template_name(kind: str) -> str:
         "nginx": "nginx.conf.tmpl",
         "haproxy": "haproxy.cfg.tmpl",
         "sglang": "sglang-router.args.tmpl",
+        "floor": "aiohttp-floor.args.tmpl",
     }[kind]
 
 
@@ -220,15 +225,21 @@ def command(peer: Peer, config_path: Path, run_dir: Path) -> list[str] | None:
     if peer.kind == "haproxy":
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         return [haproxy, "-db", "-f", str(config_path)] if Path(haproxy).exists() else None
+    if peer.kind == "floor":
+        return [sys.executable, "-m", "loadtests.floor", *_arguments(config_path)]
     if peer.kind == "sglang":
         beside = Path(sys.executable).with_name("sglang-router")
         router = str(beside) if beside.exists() else shutil.which("sglang-router")
         if router is None:
             return None
-        lines = config_path.read_text().splitlines()
-        args = [a for line in lines if not line.startswith("#") for a in shlex.split(line)]
-        return [router, "launch", *args]
+        return [router, "launch", *_arguments(config_path)]
     raise ValueError(f"peer kind {peer.kind!r} runs no process")
+
+
+def _arguments(args_path: Path) -> list[str]:
+    """The command-line arguments of an ``.args`` config: shell words, ``#`` lines skipped."""
+    lines = args_path.read_text().splitlines()
+    return [a for line in lines if not line.startswith("#") for a in shlex.split(line)]
 
 
 def config_suffix(kind: str) -> str:

@@ -15,6 +15,7 @@ from loadtests.scenarios import SCENARIOS, service_floor_p99_s
 
 TAILGATE = "tailgate weighted_score"
 TAILGATE_W2 = "tailgate weighted_score --workers 2"
+FLOOR = "aiohttp floor"  # aiohttp's server + tailgate's upstream client (loadtests/floor.py)
 PEER_KINDS = ("envoy", "nginx", "haproxy")
 RATIO_TARGET = 0.8
 OVERHEAD_P50_S = 0.0003
@@ -192,6 +193,29 @@ def _overhead_lines(results: Sequence[RowResult]) -> list[str]:
     if w2 is not None:
         text = f"{w2.closed.requests_per_s:,.0f} rps" if w2.closed else w2.note or "n/a"
         lines.append(f"tailgate --workers 2, closed loop: {text}.")
+    return lines + _floor_lines(results)
+
+
+def _floor_lines(results: Sequence[RowResult]) -> list[str]:
+    """Each tailgate row of the closed loop as a share of the floor (what the request path
+    costs above aiohttp's server and the upstream client) and of Envoy, in the same run."""
+    closed = {r.peer: r.closed for r in results if r.scenario == "overhead-closed" and r.closed}
+    floor = closed.get(FLOOR)
+    if floor is None:
+        return []
+    envoy = closed.get("envoy least_request")
+    lines = [
+        f"Closed-loop floor ({FLOOR}): {floor.requests_per_s:,.0f} rps"
+        + (f" = {floor.requests_per_s / envoy.requests_per_s:.2f}x Envoy's." if envoy else ".")
+    ]
+    for peer, row in closed.items():
+        if peer.startswith("tailgate"):
+            share = row.requests_per_s / envoy.requests_per_s if envoy else None
+            versus_envoy = f", {share:.2f}x Envoy" if share is not None else ""
+            lines.append(
+                f"{peer}: {row.requests_per_s:,.0f} rps = "
+                f"{row.requests_per_s / floor.requests_per_s:.2f}x the floor{versus_envoy}."
+            )
     return lines
 
 

@@ -26,6 +26,7 @@ TROUBLE_PEERS = (
 )
 OVERHEAD_PEERS = (
     "direct",
+    "aiohttp floor",
     "tailgate weighted_score",
     "tailgate weighted_score --workers 2",
     "envoy least_request",

@@ -97,9 +97,12 @@ class TenantGate:
             return Refusal(401, "invalid_request_error", "invalid_api_key", found.message, {})
         tenant = found.tenant
         ticket = Admitted(tenant, found.priority, info)
-        if tenant.limits.tokens_per_minute:
+        limits = tenant.limits
+        if not (limits.tokens_per_minute or limits.requests_per_minute):
+            return ticket  # no limit to ask (the default tenant's, as shipped): no coroutine
+        if limits.tokens_per_minute:
             ticket.charged_tokens = ticket.estimated_tokens
-        verdict = await self.limiter.admit(tenant.name, tenant.limits, ticket.charged_tokens, now)
+        verdict = await self.limiter.admit(tenant.name, limits, ticket.charged_tokens, now)
         if not verdict.admitted:
             self.metrics.tenant_refused.labels(tenant.name, f"{verdict.limit}_per_minute").inc()
             message = (

@@ -81,6 +81,14 @@ def test_targets_and_closed_tables_state_ratios() -> None:
     assert "| tailgate weighted_score | 3,000 | 1.00 | 4.00 | 0 |" in closed
 
 
+def test_tailgate_rows_are_stated_against_the_floor_and_envoy() -> None:
+    assert "the floor" not in report.targets_table(RESULTS, ["hang"])  # no floor row, no line
+    floor = RowResult("overhead-closed", "aiohttp floor", closed=WrkResult(6000, 0, 0, 0, 1))
+    targets = report.targets_table([*RESULTS, floor], ["hang"])
+    assert "Closed-loop floor (aiohttp floor): 6,000 rps = 0.50x Envoy's." in targets
+    assert "tailgate weighted_score: 3,000 rps = 0.50x the floor, 0.25x Envoy." in targets
+
+
 def test_a_target_below_the_service_floor_says_so() -> None:
     # The pods' lognormal service time (mean 25 ms, sigma 0.5) has p99 70.6 ms; 0.8 x a peer's
     # 80 ms is 64 ms, below it: no balancer sending each request once can meet that target.

@@ -33,6 +33,25 @@ def test_parse_json_is_json_loads_below_the_recursion_limit(value: object) -> No
 
 
 @pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"]
+)
+def test_parse_json_reads_every_encoding_json_loads_reads(encoding: str) -> None:
+    value = {"model": "m\u00e9", "messages": [{"content": "\u2603 \U0001f600"}]}
+    assert parse_json(json.dumps(value, ensure_ascii=False).encode(encoding)) == value
+
+
+@given(body=st.binary(max_size=40).map(lambda b: b"{" + b))
+def test_parse_json_fails_where_json_loads_fails(body: bytes) -> None:
+    try:
+        expected: object = json.loads(body)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            parse_json(body)
+    else:
+        assert parse_json(body) == expected
+
+
+@pytest.mark.parametrize(
     ("body", "model", "undecided"),
     [
         (b'{"model": "m", "messages": [{"role": "user", "content": "[{"}]}', "m", None),

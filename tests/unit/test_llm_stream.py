@@ -91,6 +91,13 @@ def test_crlf_line_endings_are_understood() -> None:
     assert observer.finish(0.3).completion_tokens == 2
 
 
+def test_an_answer_nested_past_the_parser_is_unparsed_not_a_crash() -> None:
+    observer = AnswerObserver(streamed=False, started_at=0.0)
+    observer.feed(b"[" * 100_000 + b"]" * 100_000, 0.1)
+    report = observer.finish(0.2)
+    assert report.unparsed is Unparsed.MALFORMED and not report.is_answer
+
+
 def test_a_malformed_stream_is_counted_unparsed_and_parsing_stops() -> None:
     observer = AnswerObserver(streamed=True, started_at=0.0)
     observer.feed(sse(chat_chunk("ok")), 0.1)
