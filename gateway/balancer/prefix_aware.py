@@ -90,7 +90,7 @@ from collections.abc import Sequence
 
 from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex, block_hashes
 from gateway.balancer.base import Candidate, effective_weight, sample_two
-from gateway.balancer.weighted_score import WeightedScore
+from gateway.balancer.weighted_score import OUTLIER_LATENCY, WeightedScore
 from gateway.request_info import RequestInfo
 from gateway.request_parse import continued_prompt
 
@@ -271,7 +271,9 @@ class PrefixAware(WeightedScore):
         failed_at = self._failed_at
         for name in itertools.islice(holders, MAX_HOLDERS):
             holder = allowed.get(name)
-            if holder is not None and not (failed_at and self._failing(name, now)):
+            if holder is None or (failed_at and self._failing(name, now)):
+                continue
+            if not self._unanswering_s(holder, now):
                 queued, weight = _load_of(holder, now)
                 if queued <= limit * weight:
                     options[name] = (holder, depth, queued, weight)
@@ -331,16 +333,29 @@ class PrefixAware(WeightedScore):
         # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
         work = signals.work
+        unanswering_s = self._unanswering_s(candidate, now)
+        if unanswering_s:
+            cached_blocks = 0  # its cache is worth nothing while it does not answer
         uncached = request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK
         if uncached < TOKENS_PER_BLOCK:
             uncached = TOKENS_PER_BLOCK
         in_flight = signals.in_flight
         others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
-        base_s, s_per_token = work.line() or self._prior_line
+        line = work.line()
+        base_s, s_per_token = line or self._prior_line
         latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
-        waiting_s = signals.waiting_age_s(now)
-        if waiting_s > latency_s:
-            latency_s = waiting_s
+        if unanswering_s > latency_s:
+            latency_s = unanswering_s
+        elif line is None and signals.has_latency:
+            # No first token measured there (answers not streamed): what it was measured to
+            # take is the best prediction, as weighted_score's latency term.
+            measured_s = signals.latency_s(now, self._fleet.latency_s)
+            if measured_s > latency_s:
+                latency_s = measured_s
+        else:
+            waiting_s = signals.waiting_age_s(now)
+            if waiting_s > latency_s:
+                latency_s = waiting_s
         latency_s += s_per_token * uncached * in_flight  # the stall
         load = depth / weight
         kv = signals.kv_usage(now)
@@ -380,10 +395,11 @@ class PrefixAware(WeightedScore):
         failed_at = self._failed_at
         for name in successors:
             c = allowed.get(name)
-            if c is not None and not (failed_at and self._failing(name, now)):
-                queued, weight = _load_of(c, now)
-                if queued <= limit * weight:
-                    return c, queued, weight
+            if c is None or (failed_at and self._failing(name, now)) or self._unanswering_s(c, now):
+                continue
+            queued, weight = _load_of(c, now)
+            if queued <= limit * weight:
+                return c, queued, weight
         return None
 
     def _slow(self, candidate: Candidate) -> bool:
@@ -391,6 +407,17 @@ class PrefixAware(WeightedScore):
         cache would put a cold prompt's whole prefill there at that speed."""
         line = candidate.signals.work.line()
         return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
+
+    def _unanswering_s(self, candidate: Candidate, now: float) -> float:
+        """The backend's measured latency when its live signals say it is not answering (0.0
+        otherwise): the estimate, which counts the age of the requests still waiting for their
+        first byte, the tries that lost to their hedge and failure penalties, is at least
+        ``OUTLIER_LATENCY`` x the fleet's. Such a backend is offered as no holder or home, and
+        its cache is credited nothing: a hung backend's hedged tries are cancelled, so it soon
+        holds nothing in flight and would otherwise look like the idlest home of all."""
+        typical_s = self._fleet.latency_s
+        measured_s = candidate.signals.latency_s(now, typical_s)
+        return measured_s if measured_s >= OUTLIER_LATENCY * typical_s else 0.0
 
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)
