@@ -273,7 +273,7 @@ class PrefixAware(WeightedScore):
             holder = allowed.get(name)
             if holder is None or (failed_at and self._failing(name, now)):
                 continue
-            if not self._unanswering_s(holder, now):
+            if not self._distrusted(holder, now):
                 queued, weight = _load_of(holder, now)
                 if queued <= limit * weight:
                     options[name] = (holder, depth, queued, weight)
@@ -334,7 +334,7 @@ class PrefixAware(WeightedScore):
         signals = candidate.signals
         work = signals.work
         unanswering_s = self._unanswering_s(candidate, now)
-        if unanswering_s:
+        if unanswering_s or self._silent(candidate, now):
             cached_blocks = 0  # its cache is worth nothing while it does not answer
         uncached = request.prompt_tokens - cached_blocks * TOKENS_PER_BLOCK
         if uncached < TOKENS_PER_BLOCK:
@@ -395,7 +395,7 @@ class PrefixAware(WeightedScore):
         failed_at = self._failed_at
         for name in successors:
             c = allowed.get(name)
-            if c is None or (failed_at and self._failing(name, now)) or self._unanswering_s(c, now):
+            if c is None or (failed_at and self._failing(name, now)) or self._distrusted(c, now):
                 continue
             queued, weight = _load_of(c, now)
             if queued <= limit * weight:
@@ -408,16 +408,27 @@ class PrefixAware(WeightedScore):
         line = candidate.signals.work.line()
         return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
 
+    def _distrusted(self, candidate: Candidate, now: float) -> bool:
+        """Its live signals say it is not answering: no holder or home, its cache not credited.
+        Otherwise a hung home would keep its prefix: its hedged tries are cancelled, so it
+        soon holds nothing in flight and looks like the idlest home of all."""
+        return bool(self._unanswering_s(candidate, now)) or self._silent(candidate, now)
+
     def _unanswering_s(self, candidate: Candidate, now: float) -> float:
-        """The backend's measured latency when its live signals say it is not answering (0.0
-        otherwise): the estimate, which counts the age of the requests still waiting for their
-        first byte, the tries that lost to their hedge and failure penalties, is at least
-        ``OUTLIER_LATENCY`` x the fleet's. Such a backend is offered as no holder or home, and
-        its cache is credited nothing: a hung backend's hedged tries are cancelled, so it soon
-        holds nothing in flight and would otherwise look like the idlest home of all."""
+        """The backend's latency estimate when it is at least ``OUTLIER_LATENCY`` x the fleet's
+        (0.0 otherwise). The estimate counts the age of the tries still waiting for their
+        first byte, the tries that lost to their hedge and failure penalties, so it is also
+        what the score's latency term takes for such a backend."""
         typical_s = self._fleet.latency_s
         measured_s = candidate.signals.latency_s(now, typical_s)
         return measured_s if measured_s >= OUTLIER_LATENCY * typical_s else 0.0
+
+    def _silent(self, candidate: Candidate, now: float) -> bool:
+        """It has left a try unanswered for ``OUTLIER_LATENCY`` x the fleet's latency, even if
+        that try has ended (cancelled, timed out). Only affinity is withdrawn for it, not
+        scored as latency: an idle backend whose last try its client cancelled is silent
+        too, and must stay reachable by the random draws, whose answer clears it."""
+        return candidate.signals.silent_s(now) >= OUTLIER_LATENCY * self._fleet.latency_s
 
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)

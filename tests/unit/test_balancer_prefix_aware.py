@@ -40,7 +40,8 @@ def send(p: PrefixAware, c: SimpleCandidate, request: RequestInfo, now: float = 
 
 
 def finish(c: SimpleCandidate) -> None:
-    c.signals.request_finished(0.05, 0.0)
+    c.signals.headers_received(0.0)
+    c.signals.request_finished(0.05, 0.0, started_at=0.0, headers_seen=True)
     c.signals.work.prefill_tokens = c.signals.work.decode_tokens = 0
 
 
@@ -293,7 +294,8 @@ def test_a_home_measured_slow_is_not_trusted_with_a_prompt_it_is_not_known_to_ho
 def measured(c: SimpleCandidate, latency_s: float, now: float = 0.0) -> None:
     """One answered, non-streamed try at ``c`` that took ``latency_s``."""
     c.signals.request_started(now - latency_s)
-    c.signals.request_finished(latency_s, now, started_at=now - latency_s)
+    c.signals.headers_received(now - latency_s)
+    c.signals.request_finished(latency_s, now, started_at=now - latency_s, headers_seen=True)
 
 
 def home_of(p: PrefixAware, pods: list[SimpleCandidate], request: RequestInfo) -> SimpleCandidate:
@@ -336,7 +338,8 @@ def test_a_hung_home_whose_tries_lost_to_their_hedges_does_not_look_idle() -> No
     for pod in pods:
         if pod is not home:
             pod.signals.request_started(0.29)  # the others are busy, the home idle
-    measured(home, 0.2, now=0.3)  # a try that waited 200 ms and lost to its hedge
+    home.signals.request_started(0.1)  # a try that waited 200 ms and lost to its hedge:
+    home.signals.request_finished(0.2, 0.3, started_at=0.1)  # its wait, a lower bound
     p.refresh(pods, 0.3)
     assert home.signals.in_flight == 0
     rng = random.Random(5)
