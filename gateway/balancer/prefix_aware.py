@@ -146,6 +146,7 @@ class PrefixAware(WeightedScore):
         self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
         self._per_load = 0.0  # beta * queue_weight / the fleet's queue per weight, per refresh
         self._outlier_s = 0.0  # OUTLIER_LATENCY x the fleet's latency, per refresh
+        self._unanswering: frozenset[str] = frozenset()  # estimate >= _outlier_s, per refresh
         self._fold_exchange_rates()
         self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
@@ -162,6 +163,10 @@ class PrefixAware(WeightedScore):
         backend's index by the KV cache size it reports."""
         super().refresh(candidates, now)
         self._fold_exchange_rates()
+        typical_s, outlier_s = self._fleet.latency_s, self._outlier_s
+        self._unanswering = frozenset(
+            c.name for c in candidates if c.signals.latency_s(now, typical_s) >= outlier_s
+        )
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
@@ -264,9 +269,9 @@ class PrefixAware(WeightedScore):
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
-        # name -> (backend, cached blocks, queue depth, effective weight, latency estimate):
-        # each backend's signals are read once per pick, for the bound, the trust and the score.
-        options: dict[str, tuple[Candidate, int, float, float, float]] = {}
+        # name -> (backend, cached blocks, queue depth, effective weight): each backend's load
+        # is read once per pick, for the bound and for the score.
+        options: dict[str, tuple[Candidate, int, float, float]] = {}
         limit = self._load_limit
         depth, holders = index.deepest_holders(blocks)
         failed_at = self._failed_at
@@ -274,20 +279,19 @@ class PrefixAware(WeightedScore):
             holder = allowed.get(name)
             if holder is None or (failed_at and self._failing(name, now)):
                 continue
-            measured_s = self._measured_s(holder, now)
-            if not self._distrusted(holder, measured_s, now):
+            if not self._distrusted(holder, now):
                 queued, weight = _load_of(holder, now)
                 if queued <= limit * weight:
-                    options[name] = (holder, depth, queued, weight, measured_s)
+                    options[name] = (holder, depth, queued, weight)
         if self.home_blocks > 0:
             home_blocks = min(len(blocks), self.home_blocks)
             found = self._home(blocks[home_blocks - 1], allowed, now)
             if found is not None:
-                home, queued, weight, measured_s = found
+                home, queued, weight = found
                 trusted = self.trust_home and depth <= home_blocks and not self._slow(home)
                 credit = len(blocks) if trusted else home_blocks
                 known = options[home.name][1] if home.name in options else 0
-                options[home.name] = (home, max(known, credit), queued, weight, measured_s)
+                options[home.name] = (home, max(known, credit), queued, weight)
         # The random draws keep load spread: two (p2c) when nothing is known of the prompt,
         # one beside the backends that hold it, as the way out when they are slow (another
         # than them: the next in the list when the draw is one of them).
@@ -303,15 +307,14 @@ class PrefixAware(WeightedScore):
         for drawn in draws:
             if drawn.name not in options:
                 queued, weight = _load_of(drawn, now)
-                measured_s = self._measured_s(drawn, now)
-                matched = 0
-                if not self._distrusted(drawn, measured_s, now):
-                    matched = index.matched_blocks(drawn.name, blocks)
-                options[drawn.name] = (drawn, matched, queued, weight, measured_s)
+                matched = index.matched_blocks(drawn.name, blocks)
+                if matched and self._distrusted(drawn, now):
+                    matched = 0  # its cache is worth nothing while it does not answer
+                options[drawn.name] = (drawn, matched, queued, weight)
         best: Candidate | None = None
         best_cost = 0.0
-        for option, cached_blocks, queued, weight, measured_s in options.values():
-            cost = self._cost(option, request, cached_blocks, now, queued, weight, measured_s)
+        for option, cached_blocks, queued, weight in options.values():
+            cost = self._cost(option, request, cached_blocks, now, queued, weight)
             if best is None or cost < best_cost or (cost == best_cost and rng.random() < 0.5):
                 best, best_cost = option, cost
         assert best is not None
@@ -322,10 +325,9 @@ class PrefixAware(WeightedScore):
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
         queued, weight = _load_of(candidate, now)
-        measured_s = self._measured_s(candidate, now)
-        if self._distrusted(candidate, measured_s, now):
+        if self._distrusted(candidate, now):
             cached_blocks = 0  # its cache is worth nothing while it does not answer
-        return self._cost(candidate, request, cached_blocks, now, queued, weight, measured_s)
+        return self._cost(candidate, request, cached_blocks, now, queued, weight)
 
     def _cost(
         self,
@@ -335,11 +337,9 @@ class PrefixAware(WeightedScore):
         now: float,
         depth: float,
         weight: float,
-        measured_s: float,
     ) -> float:
-        """:meth:`request_cost` with the backend's queue depth, effective weight and latency
-        estimate (:meth:`_measured_s`) read, and ``cached_blocks`` already 0 for a backend
-        that is not trusted (:meth:`_distrusted`)."""
+        """:meth:`request_cost` with the backend's queue depth and effective weight read, and
+        ``cached_blocks`` already 0 for a backend that is not trusted (:meth:`_distrusted`)."""
         # Written for the hot path (called for each of up to four options per pick): the
         # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
@@ -352,9 +352,10 @@ class PrefixAware(WeightedScore):
         line = work.line()
         base_s, s_per_token = line or self._prior_line
         latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
-        if measured_s >= self._outlier_s or (line is None and signals.has_latency):
-            # Not answering, or no first token measured there (answers not streamed): what it
+        if (line is None and signals.has_latency) or candidate.name in self._unanswering:
+            # No first token measured there (answers not streamed), or not answering: what it
             # was measured to take is the best prediction, as weighted_score's latency term.
+            measured_s = signals.latency_s(now, self._fleet.latency_s)
             if measured_s > latency_s:
                 latency_s = measured_s
         else:
@@ -387,10 +388,10 @@ class PrefixAware(WeightedScore):
 
     def _home(
         self, key: int, allowed: dict[str, Candidate], now: float
-    ) -> tuple[Candidate, float, float, float] | None:
+    ) -> tuple[Candidate, float, float] | None:
         """The first backend from ``key``'s place on the ring that may take it within the
-        load bound and is trusted, with its queue depth, effective weight and latency
-        estimate (None when the first ``RING_STEPS`` may not)."""
+        load bound and is trusted, with its queue depth and effective weight (None when the
+        first ``RING_STEPS`` may not)."""
         successors = self._successors.get(key)
         if successors is None:
             if len(self._successors) >= SUCCESSOR_CACHE:
@@ -403,12 +404,11 @@ class PrefixAware(WeightedScore):
             c = allowed.get(name)
             if c is None or (failed_at and self._failing(name, now)):
                 continue
-            measured_s = self._measured_s(c, now)
-            if self._distrusted(c, measured_s, now):
+            if self._distrusted(c, now):
                 continue
             queued, weight = _load_of(c, now)
             if queued <= limit * weight:
-                return c, queued, weight, measured_s
+                return c, queued, weight
         return None
 
     def _slow(self, candidate: Candidate) -> bool:
@@ -417,23 +417,21 @@ class PrefixAware(WeightedScore):
         line = candidate.signals.work.line()
         return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
 
-    def _measured_s(self, candidate: Candidate, now: float) -> float:
-        """The backend's latency estimate (weighted_score's): it counts the age of the tries
-        still waiting for their first byte, the tries that lost to their hedge (their wait, a
-        lower bound) and failure penalties."""
-        return candidate.signals.latency_s(now, self._fleet.latency_s)
-
-    def _distrusted(self, candidate: Candidate, measured_s: float, now: float) -> bool:
-        """Its live signals say it is not answering: offered as no holder or home, and its
-        cache credited nothing (see ``_cost``). That is, its latency estimate ``measured_s``
-        is at least ``OUTLIER_LATENCY`` x the fleet's, or it has left a try unanswered that
-        long (``silent_s``: even one that ended, cancelled or timed out). Otherwise a hung
-        home keeps its prefix: its hedged tries are cancelled, so it soon holds nothing in
-        flight and looks like the idlest home of all. Silence withdraws only affinity, not
-        scored as latency: an idle backend whose last try its client cancelled is silent too,
-        and must stay reachable by the random draws, whose answer clears it."""
-        outlier_s = self._outlier_s
-        return measured_s >= outlier_s or candidate.signals.silent_s(now) >= outlier_s
+    def _distrusted(self, candidate: Candidate, now: float) -> bool:
+        """Its signals say it is not answering: offered as no holder or home, and its cache
+        credited nothing. That is, at the last refresh its latency estimate (which counts
+        the age of tries waiting for their first byte, the tries that lost to their hedge and
+        failure penalties) was at least ``OUTLIER_LATENCY`` x the fleet's, or, live, it has
+        left a try unanswered that long (``silent_s``: even one that ended, cancelled or timed
+        out). Otherwise a hung home keeps its prefix: its hedged tries are cancelled, so it
+        soon holds nothing in flight and looks like the idlest home of all. Silence withdraws
+        only affinity and is not scored as latency: an idle backend whose last try its client
+        cancelled is silent too, and must stay reachable by the random draws, whose answer
+        clears it."""
+        if candidate.name in self._unanswering:
+            return True
+        since = candidate.signals.unanswered_since  # silent_s, without a call on the hot path
+        return since is not None and now - since >= self._outlier_s
 
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)

@@ -56,7 +56,6 @@ class EndpointSignals:
         "_reported_at",
         "_reported_depth",
         "_sampled_at",
-        "_unanswered_since",
         "_waiting",
         "_waiting_since_sum",
         "cache_tokens",
@@ -64,6 +63,7 @@ class EndpointSignals:
         "failure_cap_s",
         "in_flight",
         "samples",
+        "unanswered_since",
         "work",
     )
 
@@ -85,7 +85,9 @@ class EndpointSignals:
         self._waiting = 0  # requests sent that have no response headers yet
         self._waiting_since_sum = 0.0  # the sum of their start times
         self._forgotten_before = -math.inf  # requests started before this were forgotten
-        self._unanswered_since: float | None = None  # see silent_s
+        # The start of the first try sent since the last answer began (None: all answered);
+        # read on the pick's hot path, so an attribute; see silent_s.
+        self.unanswered_since: float | None = None
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
         self.cache_tokens: int | None = None  # the KV cache's size it reports, in tokens
@@ -101,15 +103,15 @@ class EndpointSignals:
         self.in_flight += 1
         self._waiting += 1
         self._waiting_since_sum += now
-        if self._unanswered_since is None:
-            self._unanswered_since = now
+        if self.unanswered_since is None:
+            self.unanswered_since = now
 
     def headers_received(self, started_at: float) -> None:
         """The response to a request started at `started_at` has begun: it no longer waits.
 
         For a stream that is its first body byte (its first event), not its head: vLLM and
         SGLang send the head at once, before prefill, so the head says nothing of the wait."""
-        self._unanswered_since = None  # it answers
+        self.unanswered_since = None  # it answers
         self._stop_waiting(started_at)
 
     def _stop_waiting(self, started_at: float | None) -> None:
@@ -141,7 +143,7 @@ class EndpointSignals:
         backend answers: a hung backend whose tries were all cancelled (their hedges won) or
         timed out holds nothing in flight, and would otherwise look like the idlest of all.
         """
-        since = self._unanswered_since
+        since = self.unanswered_since
         return 0.0 if since is None else max(0.0, now - since)
 
     def request_finished(
@@ -239,7 +241,7 @@ class EndpointSignals:
         self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
         self._waiting_since_sum = 0.0
-        self._unanswered_since = None
+        self.unanswered_since = None
         self._forgotten_before = now
 
     # -- reads ------------------------------------------------------------------------------

@@ -318,7 +318,7 @@ def test_a_home_with_requests_stuck_waiting_hands_over_and_is_not_picked() -> No
     home.signals.request_started(0.0)  # and one more, unanswered since
     now = 0.5
     p.refresh(pods, now)
-    assert p._distrusted(home, p._measured_s(home, now), now)
+    assert p._distrusted(home, now)
     successor = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), now)
     assert successor is not None and successor[0] is not home
     rng = random.Random(3)
@@ -377,7 +377,7 @@ def test_a_holder_a_little_slower_than_the_fleet_keeps_its_affinity() -> None:
     send(p, holder, request)
     finish(holder)  # its answer took 50 ms
     p.refresh(pods, 0.0)
-    assert not p._distrusted(holder, p._measured_s(holder, 0.0), 0.0)
+    assert not p._distrusted(holder, 0.0)
     rng = random.Random(8)
     follow_up = chat("sys-warm ", "hello ", "again ")
     assert sum(p.pick(pods, 0.0, rng, follow_up) is holder for _ in range(100)) >= 90
