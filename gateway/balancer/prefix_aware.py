@@ -4,6 +4,8 @@ token on each backend, from what is queued there and how much of its prompt is c
     score = alpha * ttft_term + beta * queue_weight * queue_term   (lowest wins, ties at random)
 
     ttft_term  = (max(predicted_ttft_i, waiting_age_i) + stall_i) / median_latency
+                 (measured_latency_i for waiting_age_i where the backend has no TTFT line or
+                 is not answering)
     predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
     stall_i    = s_per_token_i * uncached_i * in_flight_i
     uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
@@ -30,6 +32,20 @@ token on each backend, from what is queued there and how much of its prompt is c
     work, so above 90% usage each of its requests counts as up to 5.
   * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
     slow as soon as its requests are older than its usual answers.
+  * ``measured_latency_i`` is weighted_score's latency estimate (peak EWMA, the waiting age,
+    failure penalties, the wait of tries that lost to their hedge). A backend whose answers
+    are not streamed fits no TTFT line, and the fleet's prior line would predict a 4x slower
+    pod, or one failing fast, like any other; its measured latency is the prediction there.
+
+Not answering, no affinity. A backend whose latency estimate is at least ``OUTLIER_LATENCY``
+(2) x the fleet's at the last refresh, or that has left a try unanswered that long
+(``EndpointSignals.silent_s``, live, and counting tries that were cancelled or timed out), is
+offered as no holder or home (a home hands over to its ring successor) and its cache is
+credited nothing. Without this a hung home kept its prefix: once its hedges won, its tries
+were cancelled, it held nothing in flight, and the scored prediction (the fleet's prior line)
+made it the idlest backend of all. Silence withdraws only affinity, not scored as latency: an
+idle backend whose last try its client cancelled is silent too, and is brought back by a
+random draw's answer.
 
 ``queue_weight`` (``balancer.prefix.queue_weight``, 0.1): the request count keeps a tenth of
 its weighted_score weight for a request with a prompt, because the TTFT term already counts
