@@ -4,6 +4,8 @@ token on each backend, from what is queued there and how much of its prompt is c
     score = alpha * ttft_term + beta * queue_weight * queue_term   (lowest wins, ties at random)
 
     ttft_term  = (max(predicted_ttft_i, waiting_age_i) + stall_i) / median_latency
+                 (measured_latency_i for waiting_age_i where the backend has no TTFT line or
+                 is not answering)
     predicted_ttft_i = base_i + s_per_token_i * (prefill_queued_i + others_i + uncached_i)
     stall_i    = s_per_token_i * uncached_i * in_flight_i
     uncached_i = max(TOKENS_PER_BLOCK, prompt_tokens - cached_blocks_i * TOKENS_PER_BLOCK)
@@ -30,6 +32,20 @@ token on each backend, from what is queued there and how much of its prompt is c
     work, so above 90% usage each of its requests counts as up to 5.
   * ``waiting_age_i`` (the mean age of tries with no first event yet) makes a hung backend look
     slow as soon as its requests are older than its usual answers.
+  * ``measured_latency_i`` is weighted_score's latency estimate (peak EWMA, the waiting age,
+    failure penalties, the wait of tries that lost to their hedge). A backend whose answers
+    are not streamed fits no TTFT line, and the fleet's prior line would predict a 4x slower
+    pod, or one failing fast, like any other; its measured latency is the prediction there.
+
+Not answering, no affinity. A backend whose latency estimate is at least ``OUTLIER_LATENCY``
+(2) x the fleet's at the last refresh, or that has left a try unanswered that long
+(``EndpointSignals.silent_s``, live, and counting tries that were cancelled or timed out), is
+offered as no holder or home (a home hands over to its ring successor) and its cache is
+credited nothing. Without this a hung home kept its prefix: once its hedges won, its tries
+were cancelled, it held nothing in flight, and the scored prediction (the fleet's prior line)
+made it the idlest backend of all. Silence withdraws only affinity, not scored as latency: an
+idle backend whose last try its client cancelled is silent too, and is brought back by a
+random draw's answer.
 
 ``queue_weight`` (``balancer.prefix.queue_weight``, 0.1): the request count keeps a tenth of
 its weighted_score weight for a request with a prompt, because the TTFT term already counts
@@ -90,7 +106,7 @@ from collections.abc import Sequence
 
 from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex, block_hashes
 from gateway.balancer.base import Candidate, effective_weight, sample_two
-from gateway.balancer.weighted_score import WeightedScore
+from gateway.balancer.weighted_score import OUTLIER_LATENCY, WeightedScore
 from gateway.request_info import RequestInfo
 from gateway.request_parse import continued_prompt
 
@@ -145,6 +161,8 @@ class PrefixAware(WeightedScore):
         self._load_limit = 1.0  # (1 + load_bound) * mean load + 1, per refresh
         self._per_latency_s = 0.0  # alpha / the fleet's latency, per refresh
         self._per_load = 0.0  # beta * queue_weight / the fleet's queue per weight, per refresh
+        self._outlier_s = 0.0  # OUTLIER_LATENCY x the fleet's latency, per refresh
+        self._unanswering: frozenset[str] = frozenset()  # estimate >= _outlier_s, per refresh
         self._fold_exchange_rates()
         self._prior_line = (0.0, default_latency_s / PRIOR_TOKENS_PER_DEFAULT_LATENCY)
         self._mean_prefill = 0.0  # tokens per request this gateway sends uncached
@@ -161,6 +179,10 @@ class PrefixAware(WeightedScore):
         backend's index by the KV cache size it reports."""
         super().refresh(candidates, now)
         self._fold_exchange_rates()
+        typical_s, outlier_s = self._fleet.latency_s, self._outlier_s
+        self._unanswering = frozenset(
+            c.name for c in candidates if c.signals.latency_s(now, typical_s) >= outlier_s
+        )
         names = {c.name for c in candidates}
         if names != set(self._ring.members):
             self._ring = HashRing(sorted(names))
@@ -271,7 +293,9 @@ class PrefixAware(WeightedScore):
         failed_at = self._failed_at
         for name in itertools.islice(holders, MAX_HOLDERS):
             holder = allowed.get(name)
-            if holder is not None and not (failed_at and self._failing(name, now)):
+            if holder is None or (failed_at and self._failing(name, now)):
+                continue
+            if not self._distrusted(holder, now):
                 queued, weight = _load_of(holder, now)
                 if queued <= limit * weight:
                     options[name] = (holder, depth, queued, weight)
@@ -300,6 +324,8 @@ class PrefixAware(WeightedScore):
             if drawn.name not in options:
                 queued, weight = _load_of(drawn, now)
                 matched = index.matched_blocks(drawn.name, blocks)
+                if matched and self._distrusted(drawn, now):
+                    matched = 0  # its cache is worth nothing while it does not answer
                 options[drawn.name] = (drawn, matched, queued, weight)
         best: Candidate | None = None
         best_cost = 0.0
@@ -315,6 +341,8 @@ class PrefixAware(WeightedScore):
     ) -> float:
         """The score of ``candidate`` for ``request`` if it holds ``cached_blocks`` of it."""
         queued, weight = _load_of(candidate, now)
+        if self._distrusted(candidate, now):
+            cached_blocks = 0  # its cache is worth nothing while it does not answer
         return self._cost(candidate, request, cached_blocks, now, queued, weight)
 
     def _cost(
@@ -326,7 +354,8 @@ class PrefixAware(WeightedScore):
         depth: float,
         weight: float,
     ) -> float:
-        """:meth:`request_cost` with the backend's queue depth and effective weight read."""
+        """:meth:`request_cost` with the backend's queue depth and effective weight read, and
+        ``cached_blocks`` already 0 for a backend that is not trusted (:meth:`_distrusted`)."""
         # Written for the hot path (called for each of up to four options per pick): the
         # exchange rates are folded once per refresh, and conditionals stand in for max().
         signals = candidate.signals
@@ -336,11 +365,19 @@ class PrefixAware(WeightedScore):
             uncached = TOKENS_PER_BLOCK
         in_flight = signals.in_flight
         others = (depth - in_flight) * self._mean_prefill if depth > in_flight else 0.0
-        base_s, s_per_token = work.line() or self._prior_line
+        line = work.line()
+        base_s, s_per_token = line or self._prior_line
         latency_s = base_s + s_per_token * (work.prefill_tokens + others + uncached)
-        waiting_s = signals.waiting_age_s(now)
-        if waiting_s > latency_s:
-            latency_s = waiting_s
+        if (line is None and signals.has_latency) or candidate.name in self._unanswering:
+            # No first token measured there (answers not streamed), or not answering: what it
+            # was measured to take is the best prediction, as weighted_score's latency term.
+            measured_s = signals.latency_s(now, self._fleet.latency_s)
+            if measured_s > latency_s:
+                latency_s = measured_s
+        else:
+            waiting_s = signals.waiting_age_s(now)
+            if waiting_s > latency_s:
+                latency_s = waiting_s
         latency_s += s_per_token * uncached * in_flight  # the stall
         load = depth / weight
         kv = signals.kv_usage(now)
@@ -355,6 +392,7 @@ class PrefixAware(WeightedScore):
         fleet = self._fleet
         self._per_latency_s = self.alpha / fleet.latency_s
         self._per_load = self.beta * self.queue_weight / max(1.0, fleet.queue_per_weight)
+        self._outlier_s = OUTLIER_LATENCY * fleet.latency_s  # see _distrusted
 
     def _allowed_for(self, candidates: Sequence[Candidate]) -> dict[str, Candidate]:
         """Name -> candidate for this pick's candidates; rebuilt only when the list object
@@ -368,8 +406,8 @@ class PrefixAware(WeightedScore):
         self, key: int, allowed: dict[str, Candidate], now: float
     ) -> tuple[Candidate, float, float] | None:
         """The first backend from ``key``'s place on the ring that may take it within the
-        load bound, with its queue depth and effective weight (None when the first
-        ``RING_STEPS`` may not)."""
+        load bound and is trusted, with its queue depth and effective weight (None when the
+        first ``RING_STEPS`` may not)."""
         successors = self._successors.get(key)
         if successors is None:
             if len(self._successors) >= SUCCESSOR_CACHE:
@@ -380,10 +418,13 @@ class PrefixAware(WeightedScore):
         failed_at = self._failed_at
         for name in successors:
             c = allowed.get(name)
-            if c is not None and not (failed_at and self._failing(name, now)):
-                queued, weight = _load_of(c, now)
-                if queued <= limit * weight:
-                    return c, queued, weight
+            if c is None or (failed_at and self._failing(name, now)):
+                continue
+            if self._distrusted(c, now):
+                continue
+            queued, weight = _load_of(c, now)
+            if queued <= limit * weight:
+                return c, queued, weight
         return None
 
     def _slow(self, candidate: Candidate) -> bool:
@@ -391,6 +432,22 @@ class PrefixAware(WeightedScore):
         cache would put a cold prompt's whole prefill there at that speed."""
         line = candidate.signals.work.line()
         return line is not None and line[1] > SLOW_HOME * self._prior_line[1]
+
+    def _distrusted(self, candidate: Candidate, now: float) -> bool:
+        """Its signals say it is not answering: offered as no holder or home, and its cache
+        credited nothing. That is, at the last refresh its latency estimate (which counts
+        the age of tries waiting for their first byte, the tries that lost to their hedge and
+        failure penalties) was at least ``OUTLIER_LATENCY`` x the fleet's, or, live, it has
+        left a try unanswered that long (``silent_s``: even one that ended, cancelled or timed
+        out). Otherwise a hung home keeps its prefix: its hedged tries are cancelled, so it
+        soon holds nothing in flight and looks like the idlest home of all. Silence withdraws
+        only affinity and is not scored as latency: an idle backend whose last try its client
+        cancelled is silent too, and must stay reachable by the random draws, whose answer
+        clears it."""
+        if candidate.name in self._unanswering:
+            return True
+        since = candidate.signals.unanswered_since  # silent_s, without a call on the hot path
+        return since is not None and now - since >= self._outlier_s
 
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)

@@ -63,6 +63,7 @@ class EndpointSignals:
         "failure_cap_s",
         "in_flight",
         "samples",
+        "unanswered_since",
         "work",
     )
 
@@ -84,6 +85,9 @@ class EndpointSignals:
         self._waiting = 0  # requests sent that have no response headers yet
         self._waiting_since_sum = 0.0  # the sum of their start times
         self._forgotten_before = -math.inf  # requests started before this were forgotten
+        # The start of the first try sent since the last answer began (None: all answered);
+        # read on the pick's hot path, so an attribute; see silent_s.
+        self.unanswered_since: float | None = None
         self._ramp_started_at = now
         self.work = WorkLedger()  # tokens queued and prefill speed (LLM backends)
         self.cache_tokens: int | None = None  # the KV cache's size it reports, in tokens
@@ -99,12 +103,15 @@ class EndpointSignals:
         self.in_flight += 1
         self._waiting += 1
         self._waiting_since_sum += now
+        if self.unanswered_since is None:
+            self.unanswered_since = now
 
     def headers_received(self, started_at: float) -> None:
         """The response to a request started at `started_at` has begun: it no longer waits.
 
         For a stream that is its first body byte (its first event), not its head: vLLM and
         SGLang send the head at once, before prefill, so the head says nothing of the wait."""
+        self.unanswered_since = None  # it answers
         self._stop_waiting(started_at)
 
     def _stop_waiting(self, started_at: float | None) -> None:
@@ -127,6 +134,17 @@ class EndpointSignals:
         if self._waiting <= 0:
             return 0.0
         return max(0.0, now - self._waiting_since_sum / self._waiting)
+
+    def silent_s(self, now: float) -> float:
+        """How long the backend has left a try unanswered: since the first try sent after its
+        last answer began (0.0 when it has begun an answer since the last try was sent).
+
+        Unlike :meth:`waiting_age_s`, a try that ended unanswered still counts, until the
+        backend answers: a hung backend whose tries were all cancelled (their hedges won) or
+        timed out holds nothing in flight, and would otherwise look like the idlest of all.
+        """
+        since = self.unanswered_since
+        return 0.0 if since is None else max(0.0, now - since)
 
     def request_finished(
         self,
@@ -223,6 +241,7 @@ class EndpointSignals:
         self.work.forget_speed()
         self._waiting = 0  # stragglers from before the ejection say nothing about the return
         self._waiting_since_sum = 0.0
+        self.unanswered_since = None
         self._forgotten_before = now
 
     # -- reads ------------------------------------------------------------------------------
@@ -297,6 +316,7 @@ class EndpointSignals:
             "latency_sample_age_s": now - self._sampled_at if self.has_latency else None,
             "waiting_for_headers": self._waiting,
             "waiting_age_s": self.waiting_age_s(now),
+            "silent_s": self.silent_s(now),
             "reported_queue_depth": self._reported_depth,
             "report_age_s": now - self._reported_at if reported else None,
             "queue_depth": self.queue_depth(now),

@@ -1,5 +1,6 @@
-"""Inference-aware routing through a real gateway: stream latency from the first event, and a
-conversation's turns kept where its prefix is cached (prefix_aware)."""
+"""Inference-aware routing through a real gateway: stream latency from the first event, a
+conversation's turns kept where its prefix is cached (prefix_aware), and that affinity let go
+of a backend that stops answering."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 
-from tests.helpers import admin, base, get_json, running_gateway
+from tests.helpers import (
+    admin,
+    base,
+    gateway_yaml,
+    get_json,
+    running_gateway,
+    start_pod,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,3 +142,46 @@ async def test_prefix_aware_keeps_a_conversation_where_its_prefix_is_cached() ->
                         assert await chat(client, base(gw), messages) == first
                     homes.append(first)
     assert len(homes) == 4
+
+
+async def test_prefix_aware_lets_go_of_a_home_that_stops_answering() -> None:
+    """Every request shares one prompt, so one home takes them all; when it hangs, the next
+    requests with that prompt go elsewhere: at most two more tries reach it (the one that
+    finds it hung, hedged or timed out, and perhaps one random draw)."""
+    pods = [await start_pod(name, service_s=0.005, dist="fixed") for name in ("a", "b", "c")]
+    extra = (
+        "balancer: {policy: prefix_aware}\n"
+        "headers: {expose_backend: true}\n"
+        "timeouts: {per_try: 2s, total: 10s}\n"
+    )
+    body = {"model": "m", "prompt": "You are a careful assistant. " * 60, "max_tokens": 4}
+    try:
+        async with running_gateway(gateway_yaml(pods, extra)) as gw:
+            async with aiohttp.ClientSession() as client:
+
+                async def complete(prompt: object = body["prompt"]) -> str:
+                    payload = {**body, "prompt": prompt}
+                    async with client.post(f"{base(gw)}/v1/completions", json=payload) as resp:
+                        assert resp.status == 200
+                        await resp.read()
+                        return resp.headers["X-Tailgate-Backend"]
+
+                # every pod measured (other prompts have other homes), then the hot prompt
+                for i in range(60):
+                    if all(pod.state.served for pod in pods):
+                        break
+                    await complete(f"warm-up {i} " * 40)
+                assert all(pod.state.served for pod in pods)
+                answered = Counter([await complete() for _ in range(10)])
+                home_name = answered.most_common(1)[0][0]
+                home = next(pod for pod in pods if pod.name == home_name)
+                home.state.faults.hang = True
+                reached_before = home.state.served + home.state.running + home.state.waiting
+                after = [await complete() for _ in range(10)]
+                await wait_until(lambda: home.state.running == 0 and home.state.waiting == 0)
+                reached = home.state.served - reached_before
+    finally:
+        for pod in pods:
+            await pod.runner.cleanup()
+    assert home_name not in after
+    assert reached <= 2

@@ -40,7 +40,8 @@ def send(p: PrefixAware, c: SimpleCandidate, request: RequestInfo, now: float = 
 
 
 def finish(c: SimpleCandidate) -> None:
-    c.signals.request_finished(0.05, 0.0)
+    c.signals.headers_received(0.0)
+    c.signals.request_finished(0.05, 0.0, started_at=0.0, headers_seen=True)
     c.signals.work.prefill_tokens = c.signals.work.decode_tokens = 0
 
 
@@ -288,3 +289,95 @@ def test_a_home_measured_slow_is_not_trusted_with_a_prompt_it_is_not_known_to_ho
     p.refresh(pods, 0.0)
     rng = random.Random(4)
     assert all(p.pick(pods, 0.0, rng, request) is not home for _ in range(50))
+
+
+def measured(c: SimpleCandidate, latency_s: float, now: float = 0.0) -> None:
+    """One answered, non-streamed try at ``c`` that took ``latency_s``."""
+    c.signals.request_started(now - latency_s)
+    c.signals.headers_received(now - latency_s)
+    c.signals.request_finished(latency_s, now, started_at=now - latency_s, headers_seen=True)
+
+
+def home_of(p: PrefixAware, pods: list[SimpleCandidate], request: RequestInfo) -> SimpleCandidate:
+    found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
+    assert found is not None
+    return next(c for c in pods if c is found[0])
+
+
+def test_a_home_with_requests_stuck_waiting_hands_over_and_is_not_picked() -> None:
+    """A hung home: what it holds has waited 20x its usual answer. Its affinity goes to its
+    ring successor, and the pick sends the prompt elsewhere, though it holds the cache."""
+    pods = fleet(4)
+    p = policy(load_bound=1.0)
+    request = chat("sys-hang ", "hello ")
+    for pod in pods:
+        measured(pod, 0.025)
+    p.refresh(pods, 0.0)
+    home = home_of(p, pods, request)
+    send(p, home, request)  # it holds the prompt too
+    home.signals.request_started(0.0)  # and one more, unanswered since
+    now = 0.5
+    p.refresh(pods, now)
+    assert p._distrusted(home, now)
+    successor = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), now)
+    assert successor is not None and successor[0] is not home
+    rng = random.Random(3)
+    assert all(p.pick(pods, now, rng, request) is not home for _ in range(100))
+
+
+def test_a_hung_home_whose_tries_lost_to_their_hedges_does_not_look_idle() -> None:
+    """Its stuck tries were cancelled (their hedges answered), so it holds nothing in flight:
+    the lower bounds those tries taught its latency keep it out of affinity."""
+    pods = fleet(3)
+    p = policy(load_bound=1.0)
+    request = chat("sys-hedged ", "hello ")
+    for pod in pods:
+        measured(pod, 0.025)
+    p.refresh(pods, 0.0)
+    home = home_of(p, pods, request)
+    for pod in pods:
+        if pod is not home:
+            pod.signals.request_started(0.29)  # the others are busy, the home idle
+    home.signals.request_started(0.1)  # a try that waited 200 ms and lost to its hedge:
+    home.signals.request_finished(0.2, 0.3, started_at=0.1)  # its wait, a lower bound
+    p.refresh(pods, 0.3)
+    assert home.signals.in_flight == 0
+    rng = random.Random(5)
+    assert all(p.pick(pods, 0.3, rng, request) is not home for _ in range(100))
+
+
+def test_without_a_ttft_line_the_measured_latency_is_the_prediction() -> None:
+    """Non-streamed answers fit no TTFT line: a backend measured 4x slower must not predict
+    like the fleet's prior line."""
+    pods = fleet(3)
+    slow, fast, other = pods
+    p = policy()
+    for pod, latency_s in ((slow, 0.1), (fast, 0.025), (other, 0.025)):
+        measured(pod, latency_s)
+    p.refresh(pods, 0.0)
+    request = chat("sys-ns ", "q ")
+    assert p.request_cost(slow, request, len(request.blocks), 0.0) > p.request_cost(
+        fast, request, 0, 0.0
+    )
+    rng = random.Random(6)
+    assert all(p.pick(pods, 0.0, rng, request) is not slow for _ in range(100))
+
+
+def test_a_holder_a_little_slower_than_the_fleet_keeps_its_affinity() -> None:
+    """Only a backend at OUTLIER_LATENCY x the fleet's latency loses its affinity: one 1.25x
+    slower (a cold prefill just measured: 50 ms, the fleet 40) still draws the turns whose
+    cache it holds."""
+    pods = fleet(4)
+    p = policy(load_bound=1.0)
+    request = chat("sys-warm ", "hello ")
+    for pod in pods:
+        measured(pod, 0.04)
+    p.refresh(pods, 0.0)
+    holder = p.pick(pods, 0.0, random.Random(7), request)
+    send(p, holder, request)
+    finish(holder)  # its answer took 50 ms
+    p.refresh(pods, 0.0)
+    assert not p._distrusted(holder, 0.0)
+    rng = random.Random(8)
+    follow_up = chat("sys-warm ", "hello ", "again ")
+    assert sum(p.pick(pods, 0.0, rng, follow_up) is holder for _ in range(100)) >= 90

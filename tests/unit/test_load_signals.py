@@ -348,3 +348,23 @@ def test_a_request_begun_before_an_ejection_teaches_no_latency_after_it() -> Non
     signals.request_finished(0.2, 1.5, failed=True, started_at=0.0)  # the rest of the burst
     assert not signals.has_latency and signals.in_flight == 0
     assert signals.latency_s(2.0, PRIOR_S) == PRIOR_S  # it returns at the fleet's prior
+
+
+def test_silence_counts_from_the_first_unanswered_try_and_survives_its_cancellation() -> None:
+    """A hung backend whose tries were cancelled holds nothing in flight; its silence keeps
+    growing until it begins an answer, and an ejection's fresh start forgets it."""
+    signals = EndpointSignals(BalancerConfig(), now=0.0)
+    assert signals.silent_s(5.0) == 0.0
+    signals.request_started(1.0)
+    signals.request_started(1.5)  # sent while the first is unanswered: silence still from 1.0
+    assert signals.silent_s(2.0) == pytest.approx(1.0)
+    signals.request_finished(None, 2.0, started_at=1.0)  # cancelled, no answer
+    signals.request_finished(None, 2.0, started_at=1.5)
+    assert signals.in_flight == 0 and signals.waiting_age_s(3.0) == 0.0
+    assert signals.silent_s(3.0) == pytest.approx(2.0)
+    signals.request_started(3.0)
+    signals.headers_received(3.0)  # it answers
+    assert signals.silent_s(4.0) == 0.0
+    signals.request_started(4.0)
+    signals.reset_for_recovery(4.5)
+    assert signals.silent_s(6.0) == 0.0
