@@ -85,6 +85,12 @@ PEERS: dict[str, Peer] = {
         Peer("tailgate weighted_score", "tailgate", "weighted_score"),
         Peer("tailgate weighted_score --workers 2", "tailgate", "weighted_score", workers=2),
         Peer("tailgate shipped defaults", "tailgate", "weighted_score", overrides=SHIPPED_DEFAULTS),
+        Peer(
+            "tailgate shipped defaults with prefix_aware",
+            "tailgate",
+            "prefix_aware",
+            overrides=SHIPPED_DEFAULTS,
+        ),
         Peer("tailgate peak_ewma", "tailgate", "peak_ewma"),
         Peer("tailgate least_request", "tailgate", "least_request"),
         Peer("tailgate prefix_aware", "tailgate", "prefix_aware"),
