@@ -229,8 +229,9 @@ def _open_loop(pair: PairRun, urls: list[str], settings: Settings) -> RowResult:
     )
 
 
-def _tailgate_hedges(admin_port: int) -> dict[str, float]:
-    """tailgate's hedge counters (warm-up included), from its admin /metrics."""
+def tailgate_counter(admin_port: int, sample: str, label: str) -> dict[str, float]:
+    """One of tailgate's counters from its admin /metrics, summed by ``label``; empty when the
+    admin port does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -240,11 +241,16 @@ def _tailgate_hedges(admin_port: int) -> dict[str, float]:
         return {}
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "tailgate_hedges_total":
-                event = sample.labels["event"]
-                counts[event] = counts.get(event, 0.0) + sample.value
+        for found in family.samples:
+            if found.name == sample:
+                key = found.labels[label]
+                counts[key] = counts.get(key, 0.0) + found.value
     return counts
+
+
+def _tailgate_hedges(admin_port: int) -> dict[str, float]:
+    """tailgate's hedge counters (warm-up included), from its admin /metrics."""
+    return tailgate_counter(admin_port, "tailgate_hedges_total", "event")
 
 
 def _served(backends: Sequence[Backend]) -> int:

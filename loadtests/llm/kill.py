@@ -42,7 +42,7 @@ from loadtests.llm.scenarios import LlmScenario
 from loadtests.llm.tokens import answer_start, answer_token, chat_tokens
 from loadtests.llm.workloads import WorkloadSpec, system_prompt
 from loadtests.peers import SHIPPED_DEFAULTS, Peer
-from loadtests.runner import Settings, _run_async
+from loadtests.runner import Settings, _run_async, tailgate_counter
 
 KILL_PEERS: dict[str, Peer] = {
     p.label: p
@@ -221,17 +221,7 @@ async def _drive(run: KillRun, url: str, plan: KillPlan, seed: int) -> list[Stre
 
 def _broken_streams(admin_port: int) -> dict[str, float]:
     """tailgate's ``tailgate_broken_streams_total`` by result."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2.0) as r:
-        text = r.read().decode()
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "tailgate_broken_streams_total":
-                result = sample.labels["result"]
-                counts[result] = counts.get(result, 0.0) + sample.value
-    return counts
+    return tailgate_counter(admin_port, "tailgate_broken_streams_total", "result")
 
 
 def run_row(peer: Peer, plan: KillPlan, settings: Settings) -> KillRow:
