@@ -102,7 +102,7 @@ async def send(
     ctx: RequestContext, one: Try, read_ahead: bool, body: RequestBody | None = None
 ) -> Head:
     """Send one try (``body``, else the client's) and wait for its response head; with
-    ``read_ahead``, for a stream also its first body byte (what a streamed try is hedged on)."""
+    ``read_ahead``, for a stream also its first token (what a streamed try is hedged on)."""
     rt, request, config = ctx.runtime, ctx.request, ctx.config
     body = body if body is not None else ctx.body
     assert body is not None and rt.upstream is not None
