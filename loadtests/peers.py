@@ -84,11 +84,12 @@ PEERS: dict[str, Peer] = {
         Peer("aiohttp floor", "floor"),
         Peer("tailgate weighted_score", "tailgate", "weighted_score"),
         Peer("tailgate weighted_score --workers 2", "tailgate", "weighted_score", workers=2),
-        Peer("tailgate shipped defaults", "tailgate", "weighted_score", overrides=SHIPPED_DEFAULTS),
+        Peer("tailgate shipped defaults", "tailgate", "prefix_aware", overrides=SHIPPED_DEFAULTS),
+        # The shipped settings with the policy that was the default before prefix_aware.
         Peer(
-            "tailgate shipped defaults with prefix_aware",
+            "tailgate shipped defaults with weighted_score",
             "tailgate",
-            "prefix_aware",
+            "weighted_score",
             overrides=SHIPPED_DEFAULTS,
         ),
         Peer("tailgate peak_ewma", "tailgate", "peak_ewma"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from loadtests.runner import RowResult
 from loadtests.scenarios import SCENARIOS, service_floor_p99_s
 
-TAILGATE = "tailgate weighted_score"
+TAILGATE = "tailgate shipped defaults"  # what a user gets: the verdicts are its
 TAILGATE_W2 = "tailgate weighted_score --workers 2"
 FLOOR = "aiohttp floor"  # aiohttp's server + tailgate's upstream client (loadtests/floor.py)
 PEER_KINDS = ("envoy", "nginx", "haproxy")

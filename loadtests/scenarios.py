@@ -17,7 +17,7 @@ from loadtests.fakepod import lognormal_mu
 
 TROUBLE_PEERS = (
     "direct",
-    "tailgate weighted_score",
+    "tailgate shipped defaults",
     "envoy least_request",
     "envoy round_robin",
     "nginx least_conn",
@@ -27,7 +27,7 @@ TROUBLE_PEERS = (
 OVERHEAD_PEERS = (
     "direct",
     "aiohttp floor",
-    "tailgate weighted_score",
+    "tailgate shipped defaults",
     "tailgate weighted_score --workers 2",
     "envoy least_request",
     "nginx least_conn",

@@ -27,6 +27,8 @@ def block_hashes(prompt: str, model: str | None, block_chars: int = BLOCK_CHARS)
     """The chained hashes of the prompt's full blocks (a trailing partial block is not cached
     by the backends either, so it is not hashed)."""
     data = prompt.encode("utf-8", "surrogatepass")
+    if len(data) < block_chars:
+        return ()  # no full block: nothing a backend caches, nothing to hash
     previous = hashlib.blake2b((model or "").encode(), digest_size=8).digest()
     hashes: list[int] = []
     for end in range(block_chars, len(data) + 1, block_chars):

@@ -1,5 +1,6 @@
-"""prefix_aware: weighted_score whose latency term is this request's predicted time to first
-token on each backend, from what is queued there and how much of its prompt is cached there.
+"""prefix_aware, the default policy: weighted_score whose latency term is this request's
+predicted time to first token on each backend, from what is queued there and how much of its
+prompt is cached there.
 
     score = alpha * ttft_term + beta * queue_weight * queue_term   (lowest wins, ties at random)
 
@@ -276,12 +277,15 @@ class PrefixAware(WeightedScore):
     ) -> Candidate:
         if request is None or len(candidates) == 1:
             return super().pick(candidates, now, rng, request)
+        blocks = request.blocks
+        session = request.session if self.session_affinity else None
+        if not blocks and not session:  # a plain request: weighted_score's pick, nothing more
+            return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
-        if self.session_affinity and request.session:
-            found = self._home(_key(request.session.encode()), allowed, now)
+        if session:
+            found = self._home(_key(session.encode()), allowed, now)
             if found is not None:
                 return found[0]
-        blocks = request.blocks
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index

@@ -1,4 +1,5 @@
-"""weighted_score, tailgate's default policy: latency and queue, each relative to the fleet.
+"""weighted_score: latency and queue, each relative to the fleet. The default policy,
+prefix_aware, scores every request that carries no prompt by it.
 
     score = alpha * latency_term + beta * queue_term        (lowest wins, ties at random)
 

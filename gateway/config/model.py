@@ -198,7 +198,7 @@ class BalancerConfig:
     any backend of the group has been measured; ``prefix`` is ``prefix_aware``'s.
     """
 
-    policy: str = field("weighted_score", parse=_policy_name)
+    policy: str = field("prefix_aware", parse=_policy_name)
     alpha: float = field(0.6, check=non_negative)
     beta: float = field(0.4, check=non_negative)
     selection: Selection = "p2c"

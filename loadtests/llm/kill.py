@@ -47,7 +47,7 @@ from loadtests.runner import Settings, _run_async, tailgate_counter
 KILL_PEERS: dict[str, Peer] = {
     p.label: p
     for p in (
-        tailgate_peer("weighted_score", SHIPPED_DEFAULTS, "tailgate shipped defaults"),
+        tailgate_peer("prefix_aware", SHIPPED_DEFAULTS, "tailgate shipped defaults"),
         tailgate_peer("weighted_score"),
         Peer("sglang cache_aware", "sglang", "cache_aware"),
         Peer("nginx least_conn", "nginx", "least_conn"),

@@ -22,7 +22,7 @@ from loadtests.llm.client import Event, run_sessions
 from loadtests.llm.scenarios import LlmFault, LlmScenario
 from loadtests.llm.summary import LlmSummary, Slo, ranked_ttft_s, summarize
 from loadtests.llm.workloads import plan
-from loadtests.peers import Backend, Budget, Peer
+from loadtests.peers import SHIPPED_DEFAULTS, Backend, Budget, Peer
 from loadtests.runner import PairRun, Settings, _run_async, _tailgate_hedges
 
 # Streams last seconds, so the per-try allowance (time to the response head for most peers,
@@ -47,6 +47,7 @@ LLM_PEERS: dict[str, Peer] = {
     p.label: p
     for p in (
         *(tailgate_peer(policy) for policy in POLICIES),
+        tailgate_peer("prefix_aware", SHIPPED_DEFAULTS, "tailgate shipped defaults"),
         Peer("sglang cache_aware", "sglang", "cache_aware"),
         Peer("sglang power_of_two", "sglang", "power_of_two"),
         Peer("nginx least_conn", "nginx", "least_conn"),

@@ -101,7 +101,7 @@ async def test_admin_backends_lists_scores_and_signals() -> None:
         await drive(base(gw), requests=20, concurrency=2)
         snapshot = await get_json(f"{admin(gw)}/admin/backends")
     group = snapshot["groups"]["default"]
-    assert group["policy"] == "weighted_score" and group["selection"] == "p2c"
+    assert group["policy"] == "prefix_aware" and group["selection"] == "p2c"
     for backend in group["backends"]:
         assert backend["score"] is not None
         assert backend["signals"]["latency_samples"] >= 1

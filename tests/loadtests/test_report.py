@@ -9,7 +9,7 @@ from loadtests.scenarios import SCENARIOS, service_floor_p99_s
 from loadtests.stats import Summary
 from loadtests.wrk import WrkResult, parse_duration_s, parse_output
 
-TAILGATE = "tailgate weighted_score"
+TAILGATE = "tailgate shipped defaults"
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/v1/completions
   1 threads and 64 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -42,12 +42,12 @@ def _row(scenario: str, peer: str, p99_s: float, errors: int = 0) -> RowResult:
 
 RESULTS = [
     _row("hang", "direct", math.inf, errors=200),
-    _row("hang", "tailgate weighted_score", 0.080),
+    _row("hang", "tailgate shipped defaults", 0.080),
     _row("hang", "envoy least_request", 0.120),
     _row("hang", "nginx least_conn", 0.100, errors=1),
     _row("hang", "haproxy leastconn", 0.100),
     RowResult(
-        "overhead-closed", "tailgate weighted_score", closed=WrkResult(3000, 0.001, 0.004, 0, 1)
+        "overhead-closed", "tailgate shipped defaults", closed=WrkResult(3000, 0.001, 0.004, 0, 1)
     ),
     RowResult(
         "overhead-closed", "envoy least_request", closed=WrkResult(12000, 0.001, 0.002, 0, 1)
@@ -68,7 +68,7 @@ def test_latency_table_rows_and_cells() -> None:
     lines = table.splitlines()
     assert lines[0] == "| proxy / policy | hang p50 | hang p99 | hang p99.9 | hang err |"
     assert "| direct | 20.0 | fail | fail | 20.00% |" in lines
-    assert "| tailgate weighted_score | 20.0 | 80.0 | 160 | 0 |" in lines
+    assert "| tailgate shipped defaults | 20.0 | 80.0 | 160 | 0 |" in lines
     assert len(lines) == 2 + 5
 
 
@@ -78,7 +78,7 @@ def test_targets_and_closed_tables_state_ratios() -> None:
     assert "0.25x Envoy's 12,000 rps (target >= 0.5: **missed**)" in targets
     assert "tailgate --workers 2, closed loop: not available: x." in targets
     closed = report.closed_table(RESULTS)
-    assert "| tailgate weighted_score | 3,000 | 1.00 | 4.00 | 0 |" in closed
+    assert "| tailgate shipped defaults | 3,000 | 1.00 | 4.00 | 0 |" in closed
 
 
 def test_tailgate_rows_are_stated_against_the_floor_and_envoy() -> None:
@@ -86,7 +86,7 @@ def test_tailgate_rows_are_stated_against_the_floor_and_envoy() -> None:
     floor = RowResult("overhead-closed", "aiohttp floor", closed=WrkResult(6000, 0, 0, 0, 1))
     targets = report.targets_table([*RESULTS, floor], ["hang"])
     assert "Closed-loop floor (aiohttp floor): 6,000 rps = 0.50x Envoy's." in targets
-    assert "tailgate weighted_score: 3,000 rps = 0.50x the floor, 0.25x Envoy." in targets
+    assert "tailgate shipped defaults: 3,000 rps = 0.50x the floor, 0.25x Envoy." in targets
 
 
 def test_a_target_below_the_service_floor_says_so() -> None:
@@ -96,7 +96,7 @@ def test_a_target_below_the_service_floor_says_so() -> None:
     assert service_floor_p99_s(SCENARIOS["slow-pod"]) == pytest.approx(0.0706, abs=0.0001)
     assert service_floor_p99_s(SCENARIOS["overhead-open"]) is None
     rows = [
-        _row("hang", "tailgate weighted_score", 0.090),
+        _row("hang", "tailgate shipped defaults", 0.090),
         _row("hang", "haproxy leastconn", 0.080),
     ]
     targets = report.targets_table(rows, ["hang"])
@@ -128,7 +128,7 @@ def test_plot_writes_a_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from loadtests.plot import plot
 
     rows = [
-        RowResult("hang", "tailgate weighted_score", ranked_latency_s=[0.01, 0.02, math.inf]),
+        RowResult("hang", "tailgate shipped defaults", ranked_latency_s=[0.01, 0.02, math.inf]),
         RowResult("hang", "envoy least_request", ranked_latency_s=[0.01, 0.03, 0.04]),
     ]
     out = plot(rows, tmp_path / "p.png")

@@ -44,7 +44,9 @@ def test_each_build_is_a_fresh_object() -> None:
 
 
 def test_the_section_carries_through() -> None:
-    policy = build_policy(BalancerConfig(alpha=1.0, beta=0.0, selection="best"))
+    policy = build_policy(
+        BalancerConfig(policy="weighted_score", alpha=1.0, beta=0.0, selection="best")
+    )
     assert (policy.alpha, policy.beta, policy.selection) == (1.0, 0.0, "best")
     prefix = PrefixConfig(capacity_blocks=7, load_bound=0.5, session_affinity=True)
     aware = build_policy(BalancerConfig(policy="prefix_aware", prefix=prefix))

@@ -54,7 +54,7 @@ def test_sizes(raw: object, size: int) -> None:
 def test_defaults_match_the_documented_ones() -> None:
     config = parse_config("backends: [{url: 'http://127.0.0.1:8001'}]")
     assert (config.balancer.policy, config.balancer.alpha, config.balancer.beta) == (
-        "weighted_score",
+        "prefix_aware",
         0.6,
         0.4,
     )
