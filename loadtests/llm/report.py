@@ -15,7 +15,7 @@ from loadtests.report import fmt_ms, fmt_pct
 from loadtests.runner import RowResult
 
 HEAD = (
-    "| peer | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p99 | e2e p99 "
+    "| peer | TTFT p50 | TTFT p90 | TTFT p99 | TTFT p99 warm | TPOT p50 | TPOT p99 | e2e p99 "
     "| goodput rps (share) | errors | prefix hits | follow-ups kept | aborted |"
 )
 
@@ -23,7 +23,7 @@ HEAD = (
 def row_line(row: LlmRow) -> str:
     s = row.summary
     if s is None:
-        return f"| {row.peer} | {row.note} |" + " - |" * 10
+        return f"| {row.peer} | {row.note} |" + " - |" * 11
     mark = "*" if s.behind_schedule else ""
     hits = "n/a" if math.isnan(row.cache_hit_rate) else f"{row.cache_hit_rate * 100:.0f}%"
     kept = "n/a" if math.isnan(s.kept_share) else f"{s.kept_share * 100:.0f}%"
@@ -32,6 +32,7 @@ def row_line(row: LlmRow) -> str:
         fmt_ms(s.ttft_p50_s),
         fmt_ms(s.ttft_p90_s),
         fmt_ms(s.ttft_p99_s),
+        fmt_ms(s.ttft_warm_p99_s),
         fmt_ms(s.tpot_p50_s),
         fmt_ms(s.tpot_p99_s),
         fmt_ms(s.e2e_p99_s),
@@ -48,7 +49,11 @@ def tables(rows: Sequence[LlmRow]) -> str:
     parts = []
     for name in dict.fromkeys(r.scenario for r in rows):
         title = SCENARIOS[name].title if name in SCENARIOS else name
-        parts += [f"**{name}**: {title}", "", HEAD, "|" + "---|" * 12]
+        cold = max(
+            (r.summary.cold_opens for r in rows if r.scenario == name and r.summary), default=0
+        )
+        heading = f"**{name}**: {title}" + (f" ({cold} cold opens)" if cold else "")
+        parts += [heading, "", HEAD, "|" + "---|" * 13]
         parts += [row_line(r) for r in rows if r.scenario == name]
         parts.append("")
     return "\n".join(parts)
@@ -88,7 +93,9 @@ def legend(slo: Slo) -> str:
         f"{slo.tpot_s * 1000:.0f} ms, per second (share of all requests). Prefix hits: prompt "
         "tokens the pods found cached (vLLM's prefix_cache_hits / queries), over the fleet. "
         "Follow-ups kept: follow-up turns served by the pod that served the session's "
-        "previous turn (each answer's system_fingerprint names its pod)."
+        "previous turn (each answer's system_fingerprint names its pod). TTFT p99 warm: "
+        "without the cold opens, sessions' first turns whose system prompt no earlier session "
+        "carried (no pod can hold it: a whole prefill whatever the router does)."
     )
 
 

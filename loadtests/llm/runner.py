@@ -12,15 +12,16 @@ import random
 import sys
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import aiohttp
 
 from gateway.balancer import POLICIES
 from loadtests import procs
-from loadtests.llm.client import Event, run_sessions
+from loadtests.llm.client import Event, Outcome, run_sessions
 from loadtests.llm.scenarios import LlmFault, LlmScenario
-from loadtests.llm.summary import LlmSummary, Slo, ranked_ttft_s, summarize
+from loadtests.llm.summary import LlmSummary, Slo, cold_opens, ranked_ttft_s, summarize
 from loadtests.llm.workloads import plan
 from loadtests.peers import SHIPPED_DEFAULTS, Backend, Budget, Peer
 from loadtests.runner import PairRun, Settings, _run_async, _tailgate_hedges
@@ -141,17 +142,28 @@ def run_pair(scenario: LlmScenario, peer: Peer, settings: Settings, slo: Slo) ->
         )
         stats = pair.pod_stats()
         hedges = _tailgate_hedges(pair.admin_port) if peer.kind == "tailgate" else {}
+        _write_outcomes(pair.log_dir / "requests.jsonl", outcomes)
     queries = sum(s["prefix_queries_tokens"] for s in stats)
     hits = sum(s["prefix_hits_tokens"] for s in stats)
     return LlmRow(
         scenario.name,
         peer.label,
-        summary=summarize(outcomes, wall_s, slo),
+        summary=summarize(outcomes, wall_s, slo, cold_opens(sessions)),
         ranked_ttft_s=ranked_ttft_s(outcomes),
         cache_hit_rate=hits / queries if queries else float("nan"),
         aborted=int(sum(s["aborted"] for s in stats)),
         hedges=hedges,
     )
+
+
+def _write_outcomes(path: Path, outcomes: Sequence[Outcome]) -> None:
+    """Every request of a row, one JSON line each (without the answer's text), beside the
+    row's logs: which pod served the slow ones is what explains a tail."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for outcome in outcomes:
+            record = {k: v for k, v in asdict(outcome).items() if k != "text"}
+            out.write(json.dumps(record, default=str) + "\n")
 
 
 def run_all(

@@ -5,8 +5,8 @@ import random
 from collections import Counter
 
 from loadtests.llm.client import Outcome
-from loadtests.llm.summary import Slo, summarize
-from loadtests.llm.workloads import WorkloadSpec, plan, system_prompt
+from loadtests.llm.summary import Slo, cold_opens, summarize
+from loadtests.llm.workloads import Session, Turn, WorkloadSpec, plan, system_prompt
 
 
 def test_one_seed_gives_every_peer_the_same_plan() -> None:
@@ -59,3 +59,24 @@ def test_failures_rank_slowest_and_goodput_counts_only_requests_within_the_slo()
     assert math.isinf(summarize(outcomes[-2:], 1.0, Slo()).ttft_p99_s)  # half failed
     assert s.goodput_rps == 9.7 and s.slo_share == 0.97
     assert math.isclose(s.tpot_p50_s, 0.01) and math.isclose(s.tpot_p99_s, 0.1)
+
+
+def test_a_cold_open_is_a_first_turn_whose_system_prompt_no_earlier_session_carried() -> None:
+    turn = (Turn("hi", 8, 0.0),)
+    sessions = [
+        Session(2.0, "shared", turn),  # started second: its prompt was opened by session 2
+        Session(5.0, "other", turn),
+        Session(1.0, "shared", turn),
+        Session(6.0, "", turn),  # no system prompt: nothing to share
+    ]
+    cold = cold_opens(sessions)
+    assert cold == {1, 2, 3}
+    outcomes = [
+        Outcome(0, 0, 2.0, status=200, ttft_s=0.02, e2e_s=0.5, output_tokens=8),
+        Outcome(1, 0, 5.0, status=200, ttft_s=0.08, e2e_s=0.5, output_tokens=8),
+        Outcome(2, 0, 1.0, status=200, ttft_s=0.09, e2e_s=0.5, output_tokens=8),
+        Outcome(2, 1, 3.0, status=200, ttft_s=0.03, e2e_s=0.5, output_tokens=8),
+    ]
+    s = summarize(outcomes, 10.0, Slo(), cold)
+    assert s.cold_opens == 2 and s.ttft_p99_s == 0.09
+    assert s.ttft_warm_p99_s == 0.03  # a follow-up of a cold session is warm
