@@ -33,7 +33,15 @@ MIN_VARIANCE = 100.0
 class WorkLedger:
     """The outstanding work at one backend; see the module docstring."""
 
-    __slots__ = ("_mean_x", "_mean_xx", "_mean_xy", "_mean_y", "decode_tokens", "prefill_tokens")
+    __slots__ = (
+        "_line",
+        "_mean_x",
+        "_mean_xx",
+        "_mean_xy",
+        "_mean_y",
+        "decode_tokens",
+        "prefill_tokens",
+    )
 
     def __init__(self) -> None:
         self.prefill_tokens = 0
@@ -42,6 +50,9 @@ class WorkLedger:
         self._mean_y = 0.0
         self._mean_xx = 0.0
         self._mean_xy = 0.0
+        # The fitted line, refitted at each sample: a pick reads it for every option it
+        # scores, several times per sample, so it is solved once per sample, not per read.
+        self._line: tuple[float, float] | None = None
 
     def started(self, prefill_tokens: int, decode_tokens: int) -> int:
         """A try carrying this work was sent; returns the prefill tokens now ahead of its
@@ -58,12 +69,13 @@ class WorkLedger:
         x, y = float(tokens_ahead), ttft_s
         if self._mean_x is None:
             self._mean_x, self._mean_y, self._mean_xx, self._mean_xy = x, y, x * x, x * y
-            return
-        k = SMOOTHING
-        self._mean_x += k * (x - self._mean_x)
-        self._mean_y += k * (y - self._mean_y)
-        self._mean_xx += k * (x * x - self._mean_xx)
-        self._mean_xy += k * (x * y - self._mean_xy)
+        else:
+            k = SMOOTHING
+            self._mean_x += k * (x - self._mean_x)
+            self._mean_y += k * (y - self._mean_y)
+            self._mean_xx += k * (x * x - self._mean_xx)
+            self._mean_xy += k * (x * y - self._mean_xy)
+        self._line = self._fit()
 
     def finished(self, prefill_left: int, decode_tokens: int) -> None:
         """The try ended; ``prefill_left`` is its prefill if no first token ever came, else 0."""
@@ -76,6 +88,9 @@ class WorkLedger:
 
     def line(self) -> tuple[float, float] | None:
         """``(base_s, s_per_token)`` of the fitted line (both >= 0), None before any sample."""
+        return self._line
+
+    def _fit(self) -> tuple[float, float] | None:
         mean_x = self._mean_x
         if mean_x is None:
             return None
@@ -98,3 +113,4 @@ class WorkLedger:
     def forget_speed(self) -> None:
         """After an ejection: the backend's speed is to be measured again."""
         self._mean_x = None
+        self._line = None
