@@ -24,6 +24,11 @@ a layer-4 balancer; a replica knows only what it sent. Routers compared:
 
 ``kept`` is the share of follow-up turns served by the pod that served the session's previous
 turn: affinity, seen directly.
+
+Every chat body carries OpenAI's ``user`` field, as a client SDK sends it: one key per session,
+or one per ``sessions_per_user`` consecutive sessions (a user who opens several conversations
+at once), where session affinity pins conversations with different system prompts to one pod.
+Only ``tailgate prefix_aware session_affinity`` reads it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class LlmFleetSpec:
     sessions_per_pod_s: float = 0.375  # the loadtests' "equal": 1.5 sessions/s on 4 pods
     system_prompts_per_pod: float = 4.0
     slow_share: float = 0.0  # pods 3x slower, one in ten when 0.1
+    sessions_per_user: int = 1  # consecutive sessions sharing one ``user`` key
     costs: EngineCosts = field(default_factory=lambda: EngineCosts(kv_blocks=4000, max_running=64))
     seed: int = 1
 
@@ -72,6 +78,11 @@ class LlmFleetSpec:
             sessions_per_s=self.sessions_per_pod_s * self.pods,
             system_prompts=max(1, round(self.system_prompts_per_pod * self.pods)),
         )
+
+
+def user_key(session: int, sessions_per_user: int) -> str:
+    """The ``user`` field of session number ``session``'s requests."""
+    return f"user-{session // sessions_per_user}"
 
 
 class ReplicaView:
@@ -252,7 +263,8 @@ class _FleetRun:
         attempt = None
         if self.tailgate:
             gateway = self.tailgate[replica]
-            info = gateway.parse(self.history[session], planned.max_tokens)
+            user = user_key(session, self.spec.sessions_per_user)
+            info = gateway.parse(self.history[session], planned.max_tokens, user)
             target = gateway.pick(info, now, self.rng)
             attempt = gateway.send(target, info, now)
         else:
@@ -323,9 +335,11 @@ def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
 
 
 def markdown(spec: LlmFleetSpec, results: list[FleetResult]) -> str:
+    shared = spec.sessions_per_user
+    users = f", {shared} sessions per user key" if shared > 1 else ""
     lines = [
         f"G = {spec.replicas}, M = {spec.pods}, {spec.duration_s:g} s of session starts, "
-        f"{spec.slow_share:.0%} of pods 3x slower",
+        f"{spec.slow_share:.0%} of pods 3x slower{users}",
         "",
         "| router | requests | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | within SLO "
         "| prefix hits | follow-ups kept | sim wall s |",
@@ -352,8 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value)",
     )
+    parser.add_argument(
+        "--sessions-per-user",
+        type=int,
+        default=1,
+        help="consecutive sessions that share one `user` key (1: a key per session)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.sessions_per_user < 1:
+        parser.error("--sessions-per-user must be at least 1")
     spec = replace(
         LlmFleetSpec(),
         pods=args.backends,
@@ -361,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration,
         sessions_per_pod_s=args.load,
         slow_share=args.slow_share,
+        sessions_per_user=args.sessions_per_user,
         seed=args.seed,
     )
     results = [simulate(spec, router) for router in (args.router or ROUTERS)]
