@@ -23,7 +23,8 @@ a layer-4 balancer; a replica knows only what it sent. Routers compared:
   (``loadtests.simulate.llm_tailgate``).
 
 ``kept`` is the share of follow-up turns served by the pod that served the session's previous
-turn: affinity, seen directly.
+turn: affinity, seen directly. ``busiest pod`` is the most requests one pod served over the
+mean per pod: how far affinity piles work onto one pod (the load bound caps it).
 
 Every chat body carries OpenAI's ``user`` field, as a client SDK sends it: one key per session,
 or one per ``sessions_per_user`` consecutive sessions (a user who opens several conversations
@@ -180,6 +181,7 @@ class FleetResult:
     slo_share: float
     hit_rate: float
     kept_share: float  # follow-up turns served by the previous turn's pod
+    busiest_x: float  # the most requests one pod served, over the mean per pod
     wall_s: float
 
 
@@ -206,6 +208,7 @@ class _FleetRun:
         self.open_sessions = len(self.sessions)
         self.last_pod: dict[int, int] = {}  # session -> pod of its previous turn
         self.follow_ups = self.kept = 0
+        self.served = [0] * spec.pods  # requests sent to each pod
         self.history = [
             [{"role": "system", "content": s.system}] if s.system else [] for s in self.sessions
         ]
@@ -275,6 +278,7 @@ class _FleetRun:
             self.follow_ups += 1
             self.kept += self.last_pod.get(session) == target
         self.last_pod[session] = target
+        self.served[target] += 1
         pod = self.pods[target]
         was_idle = pod.idle
         seq = pod.submit(prompt, planned.max_tokens, now)
@@ -330,6 +334,7 @@ def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
         fleet.good / len(ttft) if ttft else 0.0,
         hits / queries if queries else math.nan,
         fleet.kept / fleet.follow_ups if fleet.follow_ups else math.nan,
+        max(fleet.served) * len(fleet.served) / len(ttft) if ttft else math.nan,
         time.perf_counter() - started,
     )
 
@@ -342,14 +347,15 @@ def markdown(spec: LlmFleetSpec, results: list[FleetResult]) -> str:
         f"{spec.slow_share:.0%} of pods 3x slower{users}",
         "",
         "| router | requests | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | within SLO "
-        "| prefix hits | follow-ups kept | sim wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prefix hits | follow-ups kept | busiest pod x mean | sim wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.router} | {r.requests} | {r.ttft_p50_s * 1000:.1f} "
             f"| {r.ttft_p99_s * 1000:.1f} | {r.tpot_p50_s * 1000:.2f} "
-            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.kept_share:.1%} | {r.wall_s:.1f} |"
+            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.kept_share:.1%} "
+            f"| {r.busiest_x:.1f} | {r.wall_s:.1f} |"
         )
     return "\n".join(lines)
 
