@@ -28,8 +28,9 @@ mean per pod: how far affinity piles work onto one pod (the load bound caps it).
 
 Every chat body carries OpenAI's ``user`` field, as a client SDK sends it: one key per session,
 or one per ``sessions_per_user`` consecutive sessions (a user who opens several conversations
-at once), where session affinity pins conversations with different system prompts to one pod.
-Only ``tailgate prefix_aware session_affinity`` reads it.
+at once), whose conversations, different system prompts and all, session affinity sends to
+one key's home (and, past the load bound, its ring successors). Only ``tailgate prefix_aware
+session_affinity`` reads it.
 """
 
 from __future__ import annotations
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--router",
         action="append",
-        help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value)",
+        help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value, "
+        "or a boolean field's name to turn it on)",
     )
     parser.add_argument(
         "--sessions-per-user",
