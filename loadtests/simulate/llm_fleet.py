@@ -23,7 +23,14 @@ a layer-4 balancer; a replica knows only what it sent. Routers compared:
   (``loadtests.simulate.llm_tailgate``).
 
 ``kept`` is the share of follow-up turns served by the pod that served the session's previous
-turn: affinity, seen directly.
+turn: affinity, seen directly. ``busiest pod`` is the most requests one pod served over the
+mean per pod: how far affinity piles work onto one pod (the load bound caps it).
+
+Every chat body carries OpenAI's ``user`` field, as a client SDK sends it: one key per session,
+or one per ``sessions_per_user`` consecutive sessions (a user who opens several conversations
+at once), whose conversations, different system prompts and all, session affinity sends to
+one key's home (and, past the load bound, its ring successors). Only ``tailgate prefix_aware
+session_affinity`` reads it.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class LlmFleetSpec:
     sessions_per_pod_s: float = 0.375  # the loadtests' "equal": 1.5 sessions/s on 4 pods
     system_prompts_per_pod: float = 4.0
     slow_share: float = 0.0  # pods 3x slower, one in ten when 0.1
+    sessions_per_user: int = 1  # consecutive sessions sharing one ``user`` key
     costs: EngineCosts = field(default_factory=lambda: EngineCosts(kv_blocks=4000, max_running=64))
     seed: int = 1
 
@@ -72,6 +80,11 @@ class LlmFleetSpec:
             sessions_per_s=self.sessions_per_pod_s * self.pods,
             system_prompts=max(1, round(self.system_prompts_per_pod * self.pods)),
         )
+
+
+def user_key(session: int, sessions_per_user: int) -> str:
+    """The ``user`` field of session number ``session``'s requests."""
+    return f"user-{session // sessions_per_user}"
 
 
 class ReplicaView:
@@ -169,6 +182,7 @@ class FleetResult:
     slo_share: float
     hit_rate: float
     kept_share: float  # follow-up turns served by the previous turn's pod
+    busiest_x: float  # the most requests one pod served, over the mean per pod
     wall_s: float
 
 
@@ -195,6 +209,7 @@ class _FleetRun:
         self.open_sessions = len(self.sessions)
         self.last_pod: dict[int, int] = {}  # session -> pod of its previous turn
         self.follow_ups = self.kept = 0
+        self.served = [0] * spec.pods  # requests sent to each pod
         self.history = [
             [{"role": "system", "content": s.system}] if s.system else [] for s in self.sessions
         ]
@@ -252,7 +267,8 @@ class _FleetRun:
         attempt = None
         if self.tailgate:
             gateway = self.tailgate[replica]
-            info = gateway.parse(self.history[session], planned.max_tokens)
+            user = user_key(session, self.spec.sessions_per_user)
+            info = gateway.parse(self.history[session], planned.max_tokens, user)
             target = gateway.pick(info, now, self.rng)
             attempt = gateway.send(target, info, now)
         else:
@@ -263,6 +279,7 @@ class _FleetRun:
             self.follow_ups += 1
             self.kept += self.last_pod.get(session) == target
         self.last_pod[session] = target
+        self.served[target] += 1
         pod = self.pods[target]
         was_idle = pod.idle
         seq = pod.submit(prompt, planned.max_tokens, now)
@@ -318,24 +335,28 @@ def simulate(spec: LlmFleetSpec, router: str) -> FleetResult:
         fleet.good / len(ttft) if ttft else 0.0,
         hits / queries if queries else math.nan,
         fleet.kept / fleet.follow_ups if fleet.follow_ups else math.nan,
+        max(fleet.served) * len(fleet.served) / len(ttft) if ttft else math.nan,
         time.perf_counter() - started,
     )
 
 
 def markdown(spec: LlmFleetSpec, results: list[FleetResult]) -> str:
+    shared = spec.sessions_per_user
+    users = f", {shared} sessions per user key" if shared > 1 else ""
     lines = [
         f"G = {spec.replicas}, M = {spec.pods}, {spec.duration_s:g} s of session starts, "
-        f"{spec.slow_share:.0%} of pods 3x slower",
+        f"{spec.slow_share:.0%} of pods 3x slower{users}",
         "",
         "| router | requests | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | within SLO "
-        "| prefix hits | follow-ups kept | sim wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prefix hits | follow-ups kept | busiest pod x mean | sim wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.router} | {r.requests} | {r.ttft_p50_s * 1000:.1f} "
             f"| {r.ttft_p99_s * 1000:.1f} | {r.tpot_p50_s * 1000:.2f} "
-            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.kept_share:.1%} | {r.wall_s:.1f} |"
+            f"| {r.slo_share:.1%} | {r.hit_rate:.1%} | {r.kept_share:.1%} "
+            f"| {r.busiest_x:.1f} | {r.wall_s:.1f} |"
         )
     return "\n".join(lines)
 
@@ -350,10 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--router",
         action="append",
-        help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value)",
+        help=f"one of {ROUTERS}; a tailgate router may add balancer.prefix fields (name=value, "
+        "or a boolean field's name to turn it on)",
+    )
+    parser.add_argument(
+        "--sessions-per-user",
+        type=int,
+        default=1,
+        help="consecutive sessions that share one `user` key (1: a key per session)",
     )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.sessions_per_user < 1:
+        parser.error("--sessions-per-user must be at least 1")
     spec = replace(
         LlmFleetSpec(),
         pods=args.backends,
@@ -361,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration,
         sessions_per_pod_s=args.load,
         slow_share=args.slow_share,
+        sessions_per_user=args.sessions_per_user,
         seed=args.seed,
     )
     results = [simulate(spec, router) for router in (args.router or ROUTERS)]

@@ -13,7 +13,9 @@ of every pod each ``queue_depth.scrape_interval`` (requests held and KV usage).
 
 A router is named ``tailgate POLICY`` or, for prefix_aware, ``tailgate prefix_aware
 no-home`` (the consistent-hash home off, the learnt index alone), to measure what the home
-is worth across replicas.
+is worth across replicas, or ``tailgate prefix_aware session_affinity`` (the policy with
+``balancer.prefix.session_affinity`` on: each chat body carries its session's ``user``, as a
+client SDK sends it, and the key goes to its home on the ring).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ TAILGATE_ROUTERS = (
     "tailgate prefix_aware",
     "tailgate prefix_aware no-home",
     "tailgate prefix_aware home-learnt",
+    "tailgate prefix_aware session_affinity",
     "tailgate weighted_score",
     "tailgate least_request",
 )
@@ -47,24 +50,44 @@ MODEL = "sim"
 
 def build_replica_policy(router: str) -> Policy:
     """The policy a replica runs for ``router``: ``tailgate POLICY`` then optional words, each
-    a ``balancer.prefix`` field as ``name=value`` or a flag of :data:`FLAGS`; built from the
-    gateway's default config with only those changed."""
+    a numeric ``balancer.prefix`` field as ``name=value``, the name of a boolean one (turned
+    on, e.g. ``session_affinity``) or a flag of :data:`FLAGS`; built from the gateway's
+    default config with only those changed."""
     name, *words = router.removeprefix("tailgate ").split()
     base = GatewayConfig()
-    fields = {k: float(v) for k, _, v in (w.partition("=") for w in words if "=" in w)}
-    prefix = dataclasses.replace(base.balancer.prefix, **fields)  # type: ignore[arg-type]
+    defaults = base.balancer.prefix
+    switches = {
+        f.name for f in dataclasses.fields(defaults) if isinstance(getattr(defaults, f.name), bool)
+    }
+    fields: dict[str, float | bool] = {
+        k: float(v) for k, _, v in (w.partition("=") for w in words if "=" in w)
+    }
+    fields.update((w, True) for w in words if w in switches)
+    prefix = dataclasses.replace(defaults, **fields)  # type: ignore[arg-type]
     balancer = dataclasses.replace(base.balancer, policy=name, prefix=prefix)
     policy = build_policy(balancer)
-    for flag in (w for w in words if "=" not in w):
-        if flag not in FLAGS or not isinstance(policy, PrefixAware):
-            raise ValueError(f"{router!r}: {flag!r} is not a prefix_aware flag of {FLAGS}")
-        FLAGS[flag](policy)
+    for word in (w for w in words if "=" not in w):
+        if not isinstance(policy, PrefixAware) or word not in FLAGS.keys() | switches:
+            known = sorted(FLAGS.keys() | switches)
+            raise ValueError(f"{router!r}: {word!r} is not a prefix_aware flag of {known}")
+        if word in FLAGS:
+            FLAGS[word](policy)
     return policy
 
 
-def request_info(messages: Sequence[dict[str, str]], max_tokens: int, blocks: bool) -> RequestInfo:
-    """What the gateway's one parse reads from the chat body a client would send."""
-    body = {"model": MODEL, "messages": list(messages), "max_tokens": max_tokens, "stream": True}
+def request_info(
+    messages: Sequence[dict[str, str]], max_tokens: int, blocks: bool, user: str | None = None
+) -> RequestInfo:
+    """What the gateway's one parse reads from the chat body a client would send; ``user``
+    is OpenAI's end-user field, the session key where no ``session_header`` is configured."""
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": list(messages),
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    if user is not None:
+        body["user"] = user
     return parse_request(json.dumps(body).encode(), {}, None, with_blocks=blocks)
 
 
@@ -95,8 +118,10 @@ class TailgateReplica:
         ]
         self.policy.refresh(self.candidates, now)
 
-    def parse(self, messages: Sequence[dict[str, str]], max_tokens: int) -> RequestInfo:
-        return request_info(messages, max_tokens, self._blocks)
+    def parse(
+        self, messages: Sequence[dict[str, str]], max_tokens: int, user: str | None = None
+    ) -> RequestInfo:
+        return request_info(messages, max_tokens, self._blocks, user)
 
     def pick(self, request: RequestInfo, now: float, rng: random.Random) -> int:
         chosen = self.policy.pick(self.candidates, now, rng, request)

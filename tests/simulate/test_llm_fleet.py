@@ -52,3 +52,41 @@ def test_a_tailgate_router_takes_prefix_fields_and_flags_and_rejects_unknown_one
     assert policy.home_blocks == 0 and policy.load_bound == 1.0
     with pytest.raises(ValueError, match="no-home"):
         build_replica_policy("tailgate weighted_score no-home")
+
+
+def test_each_session_sends_a_user_key_shared_by_sessions_per_user_consecutive_sessions() -> None:
+    from loadtests.simulate.llm_fleet import user_key
+    from loadtests.simulate.llm_tailgate import request_info
+
+    assert len({user_key(n, 1) for n in range(8)}) == 8
+    assert [user_key(n, 4) for n in range(8)] == ["user-0"] * 4 + ["user-1"] * 4
+    chat = [{"role": "user", "content": "hi"}]
+    assert request_info(chat, 8, blocks=True, user="user-3").session == "user-3"
+    assert request_info(chat, 8, blocks=True).session is None
+
+
+def test_session_affinity_is_a_router_word_that_turns_the_config_field_on() -> None:
+    from gateway.balancer.prefix_aware import PrefixAware
+    from loadtests.simulate.llm_tailgate import build_replica_policy
+
+    on = build_replica_policy("tailgate prefix_aware session_affinity")
+    off = build_replica_policy("tailgate prefix_aware")
+    assert isinstance(on, PrefixAware) and isinstance(off, PrefixAware)
+    assert on.session_affinity and not off.session_affinity
+    with pytest.raises(ValueError, match="session_affinity"):
+        build_replica_policy("tailgate weighted_score session_affinity")
+
+
+def test_session_affinity_keeps_follow_ups_and_the_bound_spreads_a_shared_key() -> None:
+    """Across four replicas the session key keeps more follow-ups on their pod than the prompt
+    alone; one key for every session piles work onto its home, but the load bound hands the
+    overflow on, so its busiest pod serves well under half of the requests."""
+    spec = LlmFleetSpec(pods=20, replicas=4, duration_s=3.0)
+    plain = simulate(spec, "tailgate prefix_aware")
+    per_session = simulate(spec, "tailgate prefix_aware session_affinity")
+    one_key = simulate(
+        replace(spec, sessions_per_user=10_000), "tailgate prefix_aware session_affinity"
+    )
+    assert per_session.requests == plain.requests == one_key.requests
+    assert per_session.kept_share > plain.kept_share + 0.1
+    assert per_session.busiest_x < one_key.busiest_x < spec.pods / 2
