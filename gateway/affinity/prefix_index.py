@@ -4,7 +4,11 @@ What a backend holds in its prefix cache is learnt from what this gateway sent i
 records its prompt's block hashes against the backend. Each backend's record is an LRU of at
 most its capacity in hashes (about what its KV cache holds: a cache evicts the least recently
 used blocks too): the size the backend reports where it does (:meth:`PrefixIndex.set_capacities`,
-from its /metrics), ``capacity_blocks`` otherwise; so memory is bounded by backends x capacity.
+from its /metrics), ``capacity_blocks`` otherwise, and never more than ``max_blocks`` shared by
+the fleet (``max_blocks // backends`` each). A block held by one backend costs about 400 bytes
+(its LRU entry and its reverse-map entry), so without the shared bound 1,000 backends of
+4,096 blocks would take ~1.6 GB; with it the index stays under ~400 MB at the default
+``max_blocks`` whatever the fleet size, and small fleets keep their whole per-backend bound.
 A backend that leaves, is ejected, restarts or fails is forgotten at once (its cache is gone
 or cold, or it is not where a session should stay).
 
@@ -24,19 +28,25 @@ from collections.abc import Mapping, Sequence
 class PrefixIndex:
     """Block hash -> backends that recently received it; see the module docstring."""
 
-    __slots__ = ("_capacity", "_held", "_holders", "capacity_blocks")
+    __slots__ = ("_capacity", "_held", "_holders", "_share", "capacity_blocks", "max_blocks")
 
-    def __init__(self, capacity_blocks: int) -> None:
+    def __init__(self, capacity_blocks: int, max_blocks: int | None = None) -> None:
         if capacity_blocks < 1:
             raise ValueError("capacity_blocks must be >= 1")
+        if max_blocks is not None and max_blocks < 1:
+            raise ValueError("max_blocks must be >= 1")
         self.capacity_blocks = capacity_blocks  # for a backend that reports no size
+        self.max_blocks = max_blocks  # over the whole fleet (None: no shared bound)
+        self._share = max_blocks if max_blocks is not None else capacity_blocks  # per backend
         self._capacity: dict[str, int] = {}  # per backend, from what it reports
         self._held: dict[str, OrderedDict[int, None]] = {}  # per backend, oldest first
         self._holders: dict[int, set[str]] = {}
 
     def capacity_of(self, backend: str) -> int:
-        """The most block hashes kept for ``backend``."""
-        return self._capacity.get(backend, self.capacity_blocks)
+        """The most block hashes kept for ``backend``: its own bound, within its share of
+        ``max_blocks``."""
+        own = self._capacity.get(backend, self.capacity_blocks)
+        return own if self.max_blocks is None else min(own, self._share)
 
     def set_capacities(self, reported: Mapping[str, int]) -> None:
         """The backends whose KV cache reports a size, and that size in blocks: each record
@@ -68,7 +78,7 @@ class PrefixIndex:
         self._trim(backend, held)
 
     def _trim(self, backend: str, held: OrderedDict[int, None]) -> None:
-        capacity = self._capacity.get(backend, self.capacity_blocks)
+        capacity = self.capacity_of(backend)
         while len(held) > capacity:
             old, _ = held.popitem(last=False)
             self._drop_holder(old, backend)
@@ -112,9 +122,18 @@ class PrefixIndex:
             self._drop_holder(h, backend)
 
     def retain(self, backends: set[str]) -> None:
-        """Forget every backend not in ``backends`` (after a membership change, or ejected)."""
+        """Forget every backend not in ``backends`` (after a membership change, or ejected),
+        and share ``max_blocks`` among them: a fleet that grew trims each record at once."""
         for backend in [b for b in self._held if b not in backends]:
             self.forget(backend)
+        if self.max_blocks is not None:
+            share = max(1, self.max_blocks // max(1, len(backends)))
+            if share != self._share:
+                shrank = share < self._share
+                self._share = share
+                if shrank:
+                    for backend, held in self._held.items():
+                        self._trim(backend, held)
 
     def blocks_held(self, backend: str) -> int:
         """How many block hashes are recorded against ``backend``."""

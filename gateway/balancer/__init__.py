@@ -35,6 +35,7 @@ POLICIES: dict[str, Callable[[BalancerConfig], Policy]] = {
         c.prefix.load_bound,
         c.prefix.session_affinity,
         c.prefix.queue_weight,
+        max_blocks=c.prefix.max_blocks,
     ),
 }
 

@@ -153,11 +153,12 @@ class PrefixAware(WeightedScore):
         queue_weight: float = 0.1,
         home_blocks: int = HOME_BLOCKS,
         trust_home: bool = True,
+        max_blocks: int | None = None,
     ) -> None:
         super().__init__(alpha, beta, "p2c", default_latency_s)
         self.home_blocks = home_blocks  # 0: no home, the learnt index alone
         self.trust_home = trust_home  # credit the home with the whole prompt (see the docstring)
-        self.index = PrefixIndex(capacity_blocks)
+        self.index = PrefixIndex(capacity_blocks, max_blocks)
         self.load_bound = load_bound
         self.session_affinity = session_affinity
         self.queue_weight = queue_weight

@@ -164,6 +164,12 @@ class PrefixConfig:
         check=positive,
         doc="prompt blocks (~64 tokens each) remembered per backend that reports no KV size",
     )
+    max_blocks: int = field(
+        1 << 20,
+        check=positive,
+        doc="prompt blocks remembered over all backends (~400 bytes each): each backend's "
+        "bound is at most this / backends",
+    )
     load_bound: float = field(
         1.0,
         check=non_negative,

@@ -81,3 +81,17 @@ def test_ring_spreads_homes_and_moves_few_when_a_backend_leaves() -> None:
     assert max(Counter(homes).values()) < 2 * 4000 / 8
     moved = sum(1 for k, h in zip(keys, homes, strict=True) if next(smaller.walk(k)) != h)
     assert moved == homes.count("pod-0")  # only the departed backend's prefixes move
+
+
+def test_max_blocks_is_shared_by_the_fleet_and_a_grown_fleet_trims_at_once() -> None:
+    index = PrefixIndex(capacity_blocks=10, max_blocks=12)
+    index.retain({"a"})
+    assert index.capacity_of("a") == 10  # alone, its own bound is the smaller
+    index.record("a", chain(1, 8))
+    index.retain({"a", "b", "c"})  # 12 // 3 = 4 each
+    assert index.capacity_of("a") == 4 and index.blocks_held("a") == 4
+    index.record("b", chain(2, 8))
+    assert index.blocks_held("b") == 4
+    assert sum(index.blocks_held(n) for n in "abc") <= 12
+    index.set_capacities({"c": 2})  # a reported size below the share still binds
+    assert index.capacity_of("c") == 2
