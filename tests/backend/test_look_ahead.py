@@ -104,3 +104,30 @@ def test_a_row_ending_on_eos_with_the_next_step_in_flight_drops_that_token(model
     assert ahead_reasons[1] == "stop"
     for tokens, full in zip(ahead, baseline, strict=True):  # the others run on unharmed
         assert tokens == full[: len(tokens)]
+
+
+def test_the_bench_times_both_modes_on_the_same_tokens() -> None:
+    """What ``--scenarios`` runs: each mode twice, alternating, every run the first's tokens."""
+    from backend.tools.scenarios import engine_decode_compared
+
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 2, 256)
+    runner = ModelRunner.start(spec, None)
+    compared = engine_decode_compared(runner, 256, batch=2, rounds=2)
+    assert len(compared["off_itl_ms"]) == len(compared["on_itl_ms"]) == 2
+    assert compared["tokens_equal"] and compared["ratio"] > 0
+
+
+def test_idle_gaps_are_counted_between_the_union_of_device_work() -> None:
+    from backend.tools.engine_trace import gap_summary, idle_gaps_us
+
+    # Two overlapping kernels, a 100 us gap, a kernel inside the one before, a 30 us gap.
+    busy = [(0.0, 10.0), (5.0, 20.0), (120.0, 200.0), (150.0, 160.0), (230.0, 240.0)]
+    assert idle_gaps_us(busy, min_gap_us=0.0) == [100.0, 30.0]
+    assert idle_gaps_us(list(reversed(busy)), min_gap_us=50.0) == [100.0]
+    summary = gap_summary([100.0, 30.0], steps=2)
+    assert summary == {
+        "gaps": 2,
+        "gaps_per_step": 1.0,
+        "median_gap_us": 65.0,
+        "idle_us_per_step": 65.0,
+    }
