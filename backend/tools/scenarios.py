@@ -78,7 +78,7 @@ def _engine(
     max_model_len: int,
     budget: int,
     max_batch_size: int = 8,
-    look_ahead: bool = False,
+    look_ahead: bool = True,  # the engine's default
     first: Sequence[Request] = (),
 ) -> Engine:
     """A started, warmed-up engine; ``first`` are queued before it starts, so they are
