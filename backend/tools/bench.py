@@ -51,6 +51,7 @@ GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
 PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
 ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
+ITL_ROUNDS = 2  # each budget timed one step at a time, then with look-ahead, this many times
 ENGINE_BATCHES = (1, 8)  # streams decoded together through the engine
 ENGINE_ROUNDS = 3  # engine decode timed off, then with look-ahead, this many times over
 PREFILL_GRAPH_TOKENS = BackendConfig.prefill_graph_tokens  # what a server captures by default
@@ -299,8 +300,11 @@ def run_case(case: Case) -> dict[str, Any]:
                 engine_decode_compared(runner, spec.max_model_len, batch, case.engine_rounds)
                 for batch in case.engine_batches
             ]
-            result["itl"] = [
-                itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
+            result["itl"] = [  # alternating, so the look-ahead's effect shows beside the noise
+                itl_under_long_prefill(runner, spec.max_model_len, budget, look_ahead=look_ahead)
+                for budget in ITL_BUDGETS
+                for _ in range(ITL_ROUNDS)
+                for look_ahead in (False, True)
             ]
         if case.cuda_graphs:
             for seqs in PARITY_SEQS:

@@ -85,10 +85,11 @@ def scenario_lines(result: dict[str, Any]) -> list[str]:
             f"greedy tokens {'equal' if d['tokens_equal'] else 'DIFFER'}"
         )
     for itl in result.get("itl", []):
+        how = "look-ahead" if itl["look_ahead"] else "one step at a time"
         lines.append(
-            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']}: a running stream's "
-            f"steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token prompt "
-            f"prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
+            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']} ({how}): a running "
+            f"stream's steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token "
+            f"prompt prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
             f"{itl['mean_itl_during_prefill_ms']:.1f} ms (its TTFT {itl['long_ttft_ms']:.0f} ms)"
         )
     return lines

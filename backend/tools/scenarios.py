@@ -155,16 +155,21 @@ def prefix_cached_ttft(
 
 
 def itl_under_long_prefill(
-    runner: ModelRunner, max_model_len: int, budget: int, long_len: int = 4000
+    runner: ModelRunner,
+    max_model_len: int,
+    budget: int,
+    long_len: int = 4000,
+    look_ahead: bool = True,
 ) -> dict[str, Any]:
     """Inter-token latency of a running stream while a ``long_len``-token prompt arrives.
 
     ``budget`` is the engine's ``max_num_batched_tokens``: at or above ``long_len`` the whole
     prompt is prefilled in one pass (the stream stalls for it); below, in chunks between the
-    stream's decode steps.
+    stream's decode steps. ``look_ahead`` is the engine's (it applies only while nothing else
+    needs the model: before and after the long prompt).
     """
     vocab = runner.config.vocab_size
-    engine = _engine(runner, max_model_len, budget)
+    engine = _engine(runner, max_model_len, budget, look_ahead=look_ahead)
     try:
         stream = _submit(engine, random_prompt(vocab, 128, seed=7), 400)
         stream.wait_tokens(20)
@@ -183,6 +188,7 @@ def itl_under_long_prefill(
     return {
         "budget": budget,
         "long_len": long_len,
+        "look_ahead": look_ahead,
         "steady_itl_ms": statistics.median(steady[5:]),
         "max_itl_during_prefill_ms": max(window),
         "mean_itl_during_prefill_ms": statistics.mean(window),
