@@ -14,9 +14,9 @@ greedy and far from its length limit), each decode step is launched before the p
 tokens are read: its input tokens are the previous step's picks, still on the device, and its
 positions and blocks are known ahead. The host's work between two steps (reading one step's
 tokens, sending their events, building the next step) then runs while the GPU computes, instead
-of leaving it idle: on an H200 the time between a stream's tokens fell by 16% (``1b``, batch
-1) to 30% (``1b``, batch 32) and by 8-9% on ``8b``, with the same greedy tokens
-(BENCHMARKS-backend.md). A row that ends on an EOS in step N has also run step N+1; that
+of leaving it idle: on an H200 the time between a stream's tokens fell by 11-25% (``1b``,
+batch 1, to 1.12 ms: 51% of the bandwidth floor) and by 4-10% on ``8b``, with the same greedy
+tokens (BENCHMARKS-backend.md). A row that ends on an EOS in step N has also run step N+1; that
 token is dropped, and its K/V went to a position of the row's own, uncommitted blocks, which
 are released with it.
 """
