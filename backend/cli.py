@@ -69,6 +69,15 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         help="decode rows + prompt-chunk tokens per scheduling round (chunked prefill)",
     )
     p.add_argument(
+        "--look-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=BackendConfig.look_ahead,
+        help=(
+            "launch each decode step before the previous one's tokens are read back, so the "
+            "host's work overlaps the GPU's (default: on; the same tokens either way)"
+        ),
+    )
+    p.add_argument(
         "--cuda-graphs",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -130,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> BackendConfig:
         block_size=a.block_size,
         num_kv_blocks=a.num_kv_blocks,
         max_num_batched_tokens=a.max_num_batched_tokens,
+        look_ahead=a.look_ahead,
         cuda_graphs=a.cuda_graphs,
         prefill_graph_tokens=a.prefill_graph_tokens,
         compile=a.compile,

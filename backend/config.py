@@ -59,6 +59,9 @@ class BackendConfig:
     num_kv_blocks: int = 0
     # Chunked prefill: decode rows plus prompt tokens per scheduling round.
     max_num_batched_tokens: int = 512
+    # Launch each decode step before the previous one's tokens are read back, so the host's
+    # per-step work overlaps the GPU's (backend.engine; same greedy tokens, BENCHMARKS-backend.md).
+    look_ahead: bool = True
     # Decode through CUDA graphs (backend.graphs), at any TP degree over NCCL; None: on for
     # --device cuda unless TP > 1 runs over gloo (float32 greedy tokens equal eager's on an
     # H200, BENCHMARKS-backend.md).

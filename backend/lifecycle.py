@@ -14,13 +14,14 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 
 import torch
 from aiohttp import web
 
 from backend import ranks, sharding
 from backend.config import BackendConfig, ConfigError
-from backend.engine import Engine
+from backend.engine import Engine, Runner
 from backend.metrics import BackendMetrics
 from backend.runner import ModelRunner, RunnerSpec, worker_main
 from backend.server import BackendState, build_app
@@ -46,6 +47,27 @@ def runner_spec(config: BackendConfig, store_port: int) -> RunnerSpec:
         cuda_graphs=config.use_cuda_graphs,
         prefill_graph_tokens=config.prefill_graph_tokens,
         compile=config.compile,
+    )
+
+
+def build_engine(
+    config: BackendConfig,
+    runner_factory: Callable[[], Runner],
+    on_fatal: Callable[[str], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> Engine:
+    """The engine with the scheduling settings of ``config``; not started."""
+    return Engine(
+        runner_factory,
+        max_batch_size=config.max_batch_size,
+        max_model_len=config.max_model_len,
+        max_queue=config.max_queue,
+        rng=random.Random(config.seed),
+        heartbeat_s=config.heartbeat_s,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        look_ahead=config.look_ahead,
+        on_fatal=on_fatal,
+        on_ready=on_ready,
     )
 
 
@@ -96,14 +118,9 @@ class Lifecycle:
         spec = runner_spec(cfg, store.port if store else 0)
         workers = ranks.Workers.launch(cfg.tp, worker_main, (spec,))
         workers.watch(self.fatal)
-        engine = Engine(
+        engine = build_engine(
+            cfg,
             lambda: ModelRunner.start(spec, store),
-            max_batch_size=cfg.max_batch_size,
-            max_model_len=cfg.max_model_len,
-            max_queue=cfg.max_queue,
-            rng=random.Random(cfg.seed),
-            heartbeat_s=cfg.heartbeat_s,
-            max_num_batched_tokens=cfg.max_num_batched_tokens,
             on_fatal=self.fatal,
             on_ready=lambda: self._loop.call_soon_threadsafe(self._mark_ready),
         )

@@ -40,14 +40,20 @@ from backend.tools.parity import (
     random_prompt,
 )
 from backend.tools.report import parity_lines, scenario_lines, table
-from backend.tools.scenarios import engine_decode, itl_under_long_prefill, prefix_cached_ttft
+from backend.tools.scenarios import (
+    engine_decode_compared,
+    itl_under_long_prefill,
+    prefix_cached_ttft,
+)
 from backend.weights import ModelSource
 
 GIB = 1024**3
 PARITY_TOKENS = 24  # greedy tokens per prompt in the graph-vs-eager check
 PARITY_SEQS = ([0, 1, 2, 3], [0, 2, 5])  # a full bucket of 4; 3 rows in bucket 4, one padding
 ITL_BUDGETS = (8192, 512)  # max_num_batched_tokens: a 4,000-token prompt in one pass, in chunks
-ENGINE_BATCHES = (1, 8)  # streams decoded together through the engine (its batch limit: 8)
+ITL_ROUNDS = 2  # each budget timed one step at a time, then with look-ahead, this many times
+ENGINE_BATCHES = (1, 8)  # streams decoded together through the engine
+ENGINE_ROUNDS = 3  # engine decode timed off, then with look-ahead, this many times over
 PREFILL_GRAPH_TOKENS = BackendConfig.prefill_graph_tokens  # what a server captures by default
 
 
@@ -68,6 +74,8 @@ class Case:
     scenarios: bool = False  # also time prefix-cached TTFT and ITL under a long prefill
     compile: bool = False  # fuse the elementwise work with torch.compile
     profile: bool = False  # print the top kernels of one eager batch-1 decode step
+    engine_batches: tuple[int, ...] = ENGINE_BATCHES  # with scenarios: engine decode batches
+    engine_rounds: int = ENGINE_ROUNDS
 
 
 def _sync(device: torch.device) -> None:
@@ -259,7 +267,7 @@ def run_case(case: Case) -> dict[str, Any]:
         world=case.world,
         device_type=case.device_type,
         dtype=case.dtype,
-        max_batch_size=max(*case.batches, 8),
+        max_batch_size=max(*case.batches, *case.engine_batches, 8),
         max_model_len=max(needed, case.max_model_len),
         timeout_s=120,
         cuda_graphs=case.cuda_graphs,
@@ -289,12 +297,14 @@ def run_case(case: Case) -> dict[str, Any]:
                 result["ttft_cached"].append(ttft | {"prefill_graphs": prefill_graphs})
             runner.use_prefill_graphs = runner.shard.prefill_graphs is not None
             result["engine_decode"] = [
-                engine_decode(runner, spec.max_model_len, batch, look_ahead)
-                for batch in ENGINE_BATCHES
-                for look_ahead in (False, True)
+                engine_decode_compared(runner, spec.max_model_len, batch, case.engine_rounds)
+                for batch in case.engine_batches
             ]
-            result["itl"] = [
-                itl_under_long_prefill(runner, spec.max_model_len, budget) for budget in ITL_BUDGETS
+            result["itl"] = [  # alternating, so the look-ahead's effect shows beside the noise
+                itl_under_long_prefill(runner, spec.max_model_len, budget, look_ahead=look_ahead)
+                for budget in ITL_BUDGETS
+                for _ in range(ITL_ROUNDS)
+                for look_ahead in (False, True)
             ]
         if case.cuda_graphs:
             for seqs in PARITY_SEQS:
@@ -332,6 +342,8 @@ def _report(case: Case, result: dict[str, Any]) -> bool:
         print(result["profile"])
     lines, passed = parity_lines(result)
     lines += scenario_lines(result)
+    # Both modes replay the same graphs on the same batches: any differing token is a bug.
+    passed &= all(d["tokens_equal"] for d in result.get("engine_decode", []))
     print("\n".join(lines), flush=True)
     return passed
 
@@ -361,6 +373,7 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
     cuda = a.device == "cuda"
     worlds = [w for w in (int(t) for t in a.tp.split(",")) if not cuda or w <= gpus]
     batches = tuple(int(b) for b in a.batches.split(","))
+    engine_batches = tuple(int(b) for b in a.engine_batches.split(","))
     lengths = [int(n) for n in a.max_model_lens.split(",")]
     scenario_presets = set(filter(None, a.scenarios.split(",")))
     timed = [
@@ -375,6 +388,8 @@ def _cases(a: argparse.Namespace, gpus: int) -> list[Case]:
             a.cuda_graphs,
             max_model_len=length,
             scenarios=preset in scenario_presets and length == lengths[0],
+            engine_batches=engine_batches,
+            engine_rounds=a.engine_rounds,
         )
         for preset in a.presets.split(",")
         for w in worlds
@@ -442,6 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         default="8b",
         help="presets also timed through the engine: prefix-cached TTFT, ITL under prefill",
     )
+    p.add_argument(
+        "--engine-batches",
+        default=",".join(map(str, ENGINE_BATCHES)),
+        help="with --scenarios: streams decoded together through the engine, per timing",
+    )
+    p.add_argument(
+        "--engine-rounds",
+        type=int,
+        default=ENGINE_ROUNDS,
+        help="engine decode timed one step at a time, then with look-ahead, this many times",
+    )
     p.add_argument("--steps", type=int, default=64, help="timed decode steps per batch size")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: smoke test")
     p.add_argument("--copy-gib", type=float, default=4.0, help="size of the bandwidth copy")
@@ -461,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         # A hang inside a replayed collective is invisible to NCCL's watchdog: show where.
         faulthandler.dump_traceback_later(max(1.0, a.case_timeout - 10), exit=True)
         case = json.loads(a.one)
-        result = run_case(Case(**{**case, "batches": tuple(case["batches"])}))
+        batches = {k: tuple(case[k]) for k in ("batches", "engine_batches")}
+        result = run_case(Case(**{**case, **batches}))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     device = ranks.device_for(0, a.device)

@@ -33,6 +33,10 @@ def table(bandwidth: float, results: list[dict[str, Any]], batches: list[int]) -
     return "\n".join(rows)
 
 
+def _runs(values: list[float]) -> str:
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -74,16 +78,18 @@ def scenario_lines(result: dict[str, Any]) -> list[str]:
             f"{ttft['hit_tokens']} of {ttft['query_tokens']} prompt tokens hit)"
         )
     for d in result.get("engine_decode", []):
-        how = "look-ahead" if d["look_ahead"] else "one step at a time"
         lines.append(
-            f"engine decode {result['preset']} batch {d['batch']} ({how}): "
-            f"{d['itl_ms']:.2f} ms between a stream's tokens (median)"
+            f"engine decode {result['preset']} batch {d['batch']}, median ms between a stream's "
+            f"tokens per run: one step at a time {_runs(d['off_itl_ms'])}, look-ahead "
+            f"{_runs(d['on_itl_ms'])}; look-ahead / one step at a time {d['ratio']:.3f}; "
+            f"greedy tokens {'equal' if d['tokens_equal'] else 'DIFFER'}"
         )
     for itl in result.get("itl", []):
+        how = "look-ahead" if itl["look_ahead"] else "one step at a time"
         lines.append(
-            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']}: a running stream's "
-            f"steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token prompt "
-            f"prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
+            f"ITL {result['preset']} max_num_batched_tokens={itl['budget']} ({how}): a running "
+            f"stream's steady {itl['steady_itl_ms']:.1f} ms/token; while a {itl['long_len']}-token "
+            f"prompt prefills: max {itl['max_itl_during_prefill_ms']:.1f} ms, mean "
             f"{itl['mean_itl_during_prefill_ms']:.1f} ms (its TTFT {itl['long_ttft_ms']:.0f} ms)"
         )
     return lines

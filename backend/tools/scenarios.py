@@ -11,6 +11,7 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,16 +47,18 @@ class Borrowed:
 
 @dataclass
 class Timeline:
-    """Arrival times (``time.perf_counter``) of one request's tokens."""
+    """Arrival times (``time.perf_counter``) and ids of one request's tokens."""
 
     submitted_s: float = 0.0
     token_s: list[float] = field(default_factory=list)
+    token_ids: list[int | None] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     _arrived: threading.Condition = field(default_factory=threading.Condition)
 
     def on_event(self, event: TokenEvent) -> None:
         with self._arrived:
             self.token_s.append(time.perf_counter())
+            self.token_ids.append(event.token_id)
             self._arrived.notify_all()
         if event.finish_reason is not None:
             self.done.set()
@@ -70,27 +73,43 @@ class Timeline:
         return self.token_s[0] - self.submitted_s
 
 
-def _engine(runner: ModelRunner, max_model_len: int, budget: int) -> Engine:
+def _engine(
+    runner: ModelRunner,
+    max_model_len: int,
+    budget: int,
+    max_batch_size: int = 8,
+    look_ahead: bool = True,  # the engine's default
+    first: Sequence[Request] = (),
+) -> Engine:
+    """A started, warmed-up engine; ``first`` are queued before it starts, so they are
+    admitted in the same rounds whatever the timing (the batches of every step repeat)."""
     engine = Engine(
         lambda: Borrowed(runner),
-        max_batch_size=8,
+        max_batch_size=max_batch_size,
         max_model_len=max_model_len,
-        max_queue=16,
+        max_queue=max(16, len(first)),
         rng=random.Random(0),
         max_num_batched_tokens=budget,
+        look_ahead=look_ahead,
     )
+    for request in first:
+        engine.submit(request)
     engine.start()
     if not engine.ready.wait(TIMEOUT_S):
         raise RuntimeError("engine did not warm up")
     return engine
 
 
-def _submit(engine: Engine, prompt: list[int], max_tokens: int) -> Timeline:
-    timeline = Timeline()
+def _request(prompt: list[int], max_tokens: int) -> tuple[Request, Timeline]:
+    timeline = Timeline(submitted_s=time.perf_counter())
     request = Request(
         prompt_ids=prompt, max_tokens=max_tokens, ignore_eos=True, on_event=timeline.on_event
     )
-    timeline.submitted_s = time.perf_counter()
+    return request, timeline
+
+
+def _submit(engine: Engine, prompt: list[int], max_tokens: int) -> Timeline:
+    request, timeline = _request(prompt, max_tokens)
     engine.submit(request)
     return timeline
 
@@ -136,16 +155,21 @@ def prefix_cached_ttft(
 
 
 def itl_under_long_prefill(
-    runner: ModelRunner, max_model_len: int, budget: int, long_len: int = 4000
+    runner: ModelRunner,
+    max_model_len: int,
+    budget: int,
+    long_len: int = 4000,
+    look_ahead: bool = True,
 ) -> dict[str, Any]:
     """Inter-token latency of a running stream while a ``long_len``-token prompt arrives.
 
     ``budget`` is the engine's ``max_num_batched_tokens``: at or above ``long_len`` the whole
     prompt is prefilled in one pass (the stream stalls for it); below, in chunks between the
-    stream's decode steps.
+    stream's decode steps. ``look_ahead`` is the engine's (it applies only while nothing else
+    needs the model: before and after the long prompt).
     """
     vocab = runner.config.vocab_size
-    engine = _engine(runner, max_model_len, budget)
+    engine = _engine(runner, max_model_len, budget, look_ahead=look_ahead)
     try:
         stream = _submit(engine, random_prompt(vocab, 128, seed=7), 400)
         stream.wait_tokens(20)
@@ -164,6 +188,7 @@ def itl_under_long_prefill(
     return {
         "budget": budget,
         "long_len": long_len,
+        "look_ahead": look_ahead,
         "steady_itl_ms": statistics.median(steady[5:]),
         "max_itl_during_prefill_ms": max(window),
         "mean_itl_during_prefill_ms": statistics.mean(window),
@@ -178,15 +203,13 @@ def engine_decode(
 
     What a client sees per token at a steady batch, the host's per-step work included; with
     ``look_ahead`` the engine launches each step before reading the previous one's tokens.
-    The first tokens (admission, prefill) are left out.
+    The first tokens (admission, prefill) are left out. ``tokens`` holds every stream's ids.
     """
     vocab = runner.config.vocab_size
-    engine = _engine(runner, max_model_len, budget=max_model_len)
-    engine.look_ahead = look_ahead
+    pairs = [_request(random_prompt(vocab, 128, seed=50 + i), tokens) for i in range(batch)]
+    engine = _engine(runner, max_model_len, max_model_len, batch, look_ahead, [r for r, _ in pairs])
+    streams = [timeline for _, timeline in pairs]
     try:
-        streams = [
-            _submit(engine, random_prompt(vocab, 128, seed=50 + i), tokens) for i in range(batch)
-        ]
         for stream in streams:
             _finish(stream)
     finally:
@@ -197,4 +220,32 @@ def engine_decode(
         for s in streams
         for a, b in zip(s.token_s[skip:], s.token_s[skip + 1 :], strict=False)
     ]
-    return {"batch": batch, "look_ahead": look_ahead, "itl_ms": statistics.median(gaps_ms)}
+    return {
+        "batch": batch,
+        "look_ahead": look_ahead,
+        "itl_ms": statistics.median(gaps_ms),
+        "tokens": [s.token_ids for s in streams],
+    }
+
+
+def engine_decode_compared(
+    runner: ModelRunner, max_model_len: int, batch: int, rounds: int
+) -> dict[str, Any]:
+    """:func:`engine_decode` one step at a time and with the look-ahead, alternating for
+    ``rounds`` rounds on one loaded model, so drift between calls cancels out of the ratio and
+    the spread of one mode's rounds shows the noise; and whether every run gave the first's
+    greedy tokens."""
+    runs = [
+        engine_decode(runner, max_model_len, batch, look_ahead)
+        for _ in range(rounds)
+        for look_ahead in (False, True)
+    ]
+    off = [r["itl_ms"] for r in runs if not r["look_ahead"]]
+    on = [r["itl_ms"] for r in runs if r["look_ahead"]]
+    return {
+        "batch": batch,
+        "off_itl_ms": off,
+        "on_itl_ms": on,
+        "ratio": statistics.median(on) / statistics.median(off),
+        "tokens_equal": all(r["tokens"] == runs[0]["tokens"] for r in runs),
+    }

@@ -7,6 +7,7 @@ batch shrinks by length and when a row ends on an EOS with the next step already
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 import threading
@@ -15,7 +16,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from backend.cli import parse_args  # noqa: E402
+from backend.config import BackendConfig  # noqa: E402
 from backend.engine import Engine, Request  # noqa: E402
+from backend.lifecycle import build_engine  # noqa: E402
 from backend.model import Step  # noqa: E402
 from backend.runner import ModelRunner, RunnerSpec  # noqa: E402
 from backend.tools.scenarios import Borrowed  # noqa: E402
@@ -47,12 +51,19 @@ class Logged(Borrowed):
         return super().forward(step)
 
 
-def generate(model: ModelRunner, look_ahead: bool, eos: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
-    """Every prompt's tokens and finish reason, all decoded in one batch; and the timeline."""
+def generate(model: ModelRunner, look_ahead: bool | None, eos: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
+    """Every prompt's tokens and finish reason, all decoded in one batch; and the timeline.
+
+    ``look_ahead`` None: the engine a server builds with no settings.
+    """
     log: list[str] = []
-    engine = Engine(
-        lambda: Logged(model, log, eos), 4, 64, 8, random.Random(0), look_ahead=look_ahead
-    )
+    if look_ahead is None:
+        config = parse_args(["--device", "cpu"]).validate()
+        engine = build_engine(config, lambda: Logged(model, log, eos))
+    else:
+        engine = Engine(
+            lambda: Logged(model, log, eos), 4, 64, 8, random.Random(0), look_ahead=look_ahead
+        )
     done = [threading.Event() for _ in PROMPTS]
     reasons: list[str | None] = [None] * len(PROMPTS)
 
@@ -94,6 +105,15 @@ def test_look_ahead_gives_the_tokens_of_one_step_at_a_time(model: ModelRunner) -
     assert launched_ahead(ahead_log) and not launched_ahead(serial_log)
 
 
+def test_the_server_decodes_with_look_ahead_by_default(model: ModelRunner) -> None:
+    default, reasons, log = generate(model, look_ahead=None)
+    serial, _, _ = generate(model, look_ahead=False)
+    assert launched_ahead(log) and default == serial and reasons == ["length"] * 3
+    engine_default = inspect.signature(Engine).parameters["look_ahead"].default
+    assert BackendConfig().look_ahead is engine_default is True  # the two defaults agree
+    assert parse_args(["--device", "cpu", "--no-look-ahead"]).look_ahead is False
+
+
 def test_a_row_ending_on_eos_with_the_next_step_in_flight_drops_that_token(model) -> None:
     baseline, _, _ = generate(model, look_ahead=False)
     stop = baseline[1][2]  # the second prompt's third token ends it
@@ -104,3 +124,30 @@ def test_a_row_ending_on_eos_with_the_next_step_in_flight_drops_that_token(model
     assert ahead_reasons[1] == "stop"
     for tokens, full in zip(ahead, baseline, strict=True):  # the others run on unharmed
         assert tokens == full[: len(tokens)]
+
+
+def test_the_bench_times_both_modes_on_the_same_tokens() -> None:
+    """What ``--scenarios`` runs: each mode twice, alternating, every run the first's tokens."""
+    from backend.tools.scenarios import engine_decode_compared
+
+    spec = RunnerSpec(ModelSource(preset="tiny"), 1, "cpu", "float32", 2, 256)
+    runner = ModelRunner.start(spec, None)
+    compared = engine_decode_compared(runner, 256, batch=2, rounds=2)
+    assert len(compared["off_itl_ms"]) == len(compared["on_itl_ms"]) == 2
+    assert compared["tokens_equal"] and compared["ratio"] > 0
+
+
+def test_idle_gaps_are_counted_between_the_union_of_device_work() -> None:
+    from backend.tools.engine_trace import gap_summary, idle_gaps_us
+
+    # Two overlapping kernels, a 100 us gap, a kernel inside the one before, a 30 us gap.
+    busy = [(0.0, 10.0), (5.0, 20.0), (120.0, 200.0), (150.0, 160.0), (230.0, 240.0)]
+    assert idle_gaps_us(busy, min_gap_us=0.0) == [100.0, 30.0]
+    assert idle_gaps_us(list(reversed(busy)), min_gap_us=50.0) == [100.0]
+    summary = gap_summary([100.0, 30.0], steps=2)
+    assert summary == {
+        "gaps": 2,
+        "gaps_per_step": 1.0,
+        "median_gap_us": 65.0,
+        "idle_us_per_step": 65.0,
+    }
