@@ -10,13 +10,18 @@ one bisect, O(log(backends x VNODES)).
 Walking on from the home gives the next distinct backends: the ring's successors are where a
 home over its load bound hands the prefix, as consistent hashing with bounded loads does
 (Mirrokni et al.), so overflow also lands in the same place on every replica.
+
+``rendezvous`` orders a few backends for a key by highest random weight: each key prefers one
+of them, the keys spread evenly over them, and every replica agrees on the order, without a
+ring of their own. Session affinity uses it to place a conversation among the first few
+successors of its system prompt's home.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 VNODES = 64
 
@@ -53,3 +58,9 @@ class HashRing:
                 yield owner
                 if len(seen) == len(self.members):
                     return
+
+
+def rendezvous(key: bytes, members: Iterable[str]) -> list[str]:
+    """``members`` in ``key``'s order of preference: highest random weight (BLAKE2b of the key
+    and the name) first. Removing a member moves only the keys that preferred it."""
+    return sorted(members, key=lambda name: _point(key + b"\0" + name.encode()), reverse=True)

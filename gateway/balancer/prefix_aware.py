@@ -110,7 +110,14 @@ import random
 import statistics
 from collections.abc import Sequence
 
-from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex, block_hashes
+from gateway.affinity import (
+    BLOCK_CHARS,
+    CHARS_PER_TOKEN,
+    HashRing,
+    PrefixIndex,
+    block_hashes,
+    rendezvous,
+)
 from gateway.balancer.base import Candidate, effective_weight, sample_two
 from gateway.balancer.weighted_score import OUTLIER_LATENCY, WeightedScore
 from gateway.request_info import RequestInfo
@@ -121,6 +128,9 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # Holders of the deepest block scored per pick: any of them holds it all, so two give a choice
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
+# Successors of a prompt's home that its sessions are spread over (session_affinity): the
+# system prompt's prefill is paid on at most this many caches. Chosen in BENCHMARKS-prefix.md.
+SESSION_SPREAD = 2
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
@@ -153,6 +163,7 @@ class PrefixAware(WeightedScore):
         queue_weight: float = 0.1,
         home_blocks: int = HOME_BLOCKS,
         trust_home: bool = True,
+        session_spread: int = SESSION_SPREAD,
     ) -> None:
         super().__init__(alpha, beta, "p2c", default_latency_s)
         self.home_blocks = home_blocks  # 0: no home, the learnt index alone
@@ -160,6 +171,7 @@ class PrefixAware(WeightedScore):
         self.index = PrefixIndex(capacity_blocks)
         self.load_bound = load_bound
         self.session_affinity = session_affinity
+        self.session_spread = session_spread  # prompt-home successors a session may go to
         self.queue_weight = queue_weight
         self._ring = HashRing(())
         self._successors: dict[int, tuple[str, ...]] = {}  # ring key -> its first successors
@@ -288,9 +300,9 @@ class PrefixAware(WeightedScore):
             return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
         if session:
-            found = self._home(_key(session.encode()), allowed, now)
+            found = self._session_home(session, blocks, allowed, now)
             if found is not None:
-                return found[0]
+                return found
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
@@ -417,15 +429,43 @@ class PrefixAware(WeightedScore):
         """The first backend from ``key``'s place on the ring that may take it within the
         load bound and is trusted, with its queue depth and effective weight (None when the
         first ``RING_STEPS`` may not)."""
+        return self._first_open(self._walk(key), allowed, now)
+
+    def _session_home(
+        self, session: str, blocks: Sequence[int], allowed: dict[str, Candidate], now: float
+    ) -> Candidate | None:
+        """Where the conversation keyed ``session`` goes before any score: the first open
+        backend in the key's rendezvous order over the first ``session_spread`` successors of
+        the prompt's home, so the system prompt is prefilled on at most that many caches
+        (None when none is open: the pick scores). A prompt without a full block has no
+        prompt home: the key's own place on the ring, walked ``RING_STEPS`` on."""
+        key = session.encode()
+        if not blocks or self.home_blocks <= 0:
+            found = self._home(_key(key), allowed, now)
+            return None if found is None else found[0]
+        prompt_home = blocks[min(len(blocks), self.home_blocks) - 1]
+        spread = self._walk(prompt_home)[: self.session_spread]
+        found = self._first_open(rendezvous(key, spread), allowed, now)
+        return None if found is None else found[0]
+
+    def _walk(self, key: int) -> tuple[str, ...]:
+        """The first ``RING_STEPS`` backends from ``key``'s place on the ring, cached."""
         successors = self._successors.get(key)
         if successors is None:
             if len(self._successors) >= SUCCESSOR_CACHE:
                 self._successors.clear()
             successors = tuple(itertools.islice(self._ring.walk(key), RING_STEPS))
             self._successors[key] = successors
+        return successors
+
+    def _first_open(
+        self, names: Sequence[str], allowed: dict[str, Candidate], now: float
+    ) -> tuple[Candidate, float, float] | None:
+        """The first of ``names`` that is a candidate, not failing, trusted and within the
+        load bound, with its queue depth and effective weight."""
         limit = self._load_limit
         failed_at = self._failed_at
-        for name in successors:
+        for name in names:
             c = allowed.get(name)
             if c is None or (failed_at and self._failing(name, now)):
                 continue
