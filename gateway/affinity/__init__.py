@@ -10,4 +10,11 @@ from gateway.affinity.blocks import BLOCK_CHARS, CHARS_PER_TOKEN, block_hashes
 from gateway.affinity.prefix_index import PrefixIndex
 from gateway.affinity.ring import HashRing, rendezvous
 
-__all__ = ["BLOCK_CHARS", "CHARS_PER_TOKEN", "HashRing", "PrefixIndex", "block_hashes", "rendezvous"]
+__all__ = [
+    "BLOCK_CHARS",
+    "CHARS_PER_TOKEN",
+    "HashRing",
+    "PrefixIndex",
+    "block_hashes",
+    "rendezvous",
+]

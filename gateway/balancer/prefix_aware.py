@@ -91,13 +91,20 @@ backend without their history (LLM harness, equal pods: follow-ups kept 93% vs 9
 hits 83% vs 88%; simulator, M = 100: hits 73% vs 75% at G = 1, 66% vs 68% at G = 8). The TTFT
 term, not the bound, is what keeps work off a busy or slow backend.
 
-Session affinity (``session_affinity``): a request with a session key goes to its session's
-home on the ring, the first one within the load bound, before any score. Off by default: in
-the LLM fleet simulator (M = 100) it paid only with G = 8 replicas and one key per
-conversation (follow-ups kept 88% vs 47%, TTFT p50 14.9 vs 16.4 ms), cost hits at G = 1 (62%
-vs 76%: the session's home is not its system prompt's), and a key shared by several
-conversations spread them cold over the home's successors (TTFT p50 68-79 ms).
-BENCHMARKS-prefix.md.
+Session affinity (``session_affinity``): a request with a session key goes, before any score,
+to the first backend open to it (not failing, trusted, within the load bound) in the key's
+rendezvous order over the prompt home's first ``SESSION_SPREAD`` (4) ring backends, the home
+itself first; none open, it is scored as without a key. Every replica agrees on that order, so
+a conversation stays on one backend while its system prompt is prefilled on at most four
+caches. The session's own ring home, unrelated to its system prompt's, cost hits: in the LLM
+fleet simulator (M = 100, one key per conversation) 62% vs 76% at G = 1 and 59% vs 67% at
+G = 8, and a key shared by a user's conversations spread them cold (TTFT p50 68-79 ms). Among
+the prompt home's backends: hits 73% / 71% at G = 1 / 8, TTFT p50 14.4 / 15.1 ms (plain
+prefix_aware 12.8 / 16.4), a shared key no slower than none at p50 (14.7-15.8 ms). Two
+backends kept hits a point higher but a hot system prompt's few backends were over the bound
+more often (follow-ups kept 57% vs 67% at G = 8), eight lost two points of hits for 0.4 ms of
+p50. Off by default: on one gateway the index alone does better. A prompt without a full block
+has no prompt home: the key's own place on the ring. BENCHMARKS-prefix.md.
 
 A request without prompt blocks (not JSON, no prompt, a tool) is scored as weighted_score.
 """
@@ -128,9 +135,10 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # Holders of the deepest block scored per pick: any of them holds it all, so two give a choice
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
-# Successors of a prompt's home that its sessions are spread over (session_affinity): the
-# system prompt's prefill is paid on at most this many caches. Chosen in BENCHMARKS-prefix.md.
-SESSION_SPREAD = 2
+# Backends of a prompt home's ring walk (the home first) that its sessions are spread over
+# (session_affinity): the system prompt is prefilled on at most this many caches. 2 to 8
+# measured in BENCHMARKS-prefix.md: fewer caches, but a hot prompt's few were over the bound.
+SESSION_SPREAD = 4
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
@@ -300,9 +308,9 @@ class PrefixAware(WeightedScore):
             return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
         if session:
-            found = self._session_home(session, blocks, allowed, now)
-            if found is not None:
-                return found
+            session_home = self._session_home(session, blocks, allowed, now)
+            if session_home is not None:
+                return session_home
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
@@ -435,10 +443,11 @@ class PrefixAware(WeightedScore):
         self, session: str, blocks: Sequence[int], allowed: dict[str, Candidate], now: float
     ) -> Candidate | None:
         """Where the conversation keyed ``session`` goes before any score: the first open
-        backend in the key's rendezvous order over the first ``session_spread`` successors of
-        the prompt's home, so the system prompt is prefilled on at most that many caches
-        (None when none is open: the pick scores). A prompt without a full block has no
-        prompt home: the key's own place on the ring, walked ``RING_STEPS`` on."""
+        backend in the key's rendezvous order over the first ``session_spread`` backends of
+        the prompt home's ring walk (the home first; at most ``RING_STEPS``), so the system
+        prompt is prefilled on at most that many caches (None when none is open: the pick
+        scores). A prompt without a full block has no prompt home: the key's own place on
+        the ring, walked ``RING_STEPS`` on."""
         key = session.encode()
         if not blocks or self.home_blocks <= 0:
             found = self._home(_key(key), allowed, now)
