@@ -11,10 +11,10 @@ Walking on from the home gives the next distinct backends: the ring's successors
 home over its load bound hands the prefix, as consistent hashing with bounded loads does
 (Mirrokni et al.), so overflow also lands in the same place on every replica.
 
-``rendezvous`` orders a few backends for a key by highest random weight: each key prefers one
-of them, the keys spread evenly over them, and every replica agrees on the order, without a
-ring of their own. Session affinity uses it to place a conversation among the first few
-successors of its system prompt's home.
+``HashRing.rendezvous`` orders a few members for a key by highest random weight: each key
+prefers one of them, the keys spread evenly over them, and every replica agrees on the order.
+Session affinity uses it to place a conversation among the first few successors of its system
+prompt's home.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 
 VNODES = 64
+MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _point(data: bytes) -> int:
@@ -33,10 +34,11 @@ def _point(data: bytes) -> int:
 class HashRing:
     """Backend names placed on a 64-bit ring; see the module docstring."""
 
-    __slots__ = ("_owners", "_points", "members")
+    __slots__ = ("_name_points", "_owners", "_points", "members")
 
     def __init__(self, members: Sequence[str], vnodes: int = VNODES) -> None:
         self.members = tuple(members)
+        self._name_points = {name: _point(name.encode()) for name in self.members}
         placed = sorted(
             (_point(f"{name}#{i}".encode()), name) for name in self.members for i in range(vnodes)
         )
@@ -48,7 +50,7 @@ class HashRing:
         points = self._points
         if not points:
             return
-        start = bisect.bisect_left(points, key & 0xFFFF_FFFF_FFFF_FFFF)
+        start = bisect.bisect_left(points, key & MASK)
         seen: set[str] = set()
         count = len(points)
         for step in range(count):
@@ -59,8 +61,17 @@ class HashRing:
                 if len(seen) == len(self.members):
                     return
 
+    def rendezvous(self, key: int, names: Iterable[str]) -> list[str]:
+        """``names`` (members) in ``key``'s order of preference: highest random weight first,
+        the weight a 64-bit mix of the key and the name's point, integer operations rather than
+        a hash per name (four names: 3 us against 12 with BLAKE2b). Removing a name moves only
+        the keys that preferred it."""
+        points = self._name_points
+        return sorted(names, key=lambda name: _mix(key ^ points[name]), reverse=True)
 
-def rendezvous(key: bytes, members: Iterable[str]) -> list[str]:
-    """``members`` in ``key``'s order of preference: highest random weight (BLAKE2b of the key
-    and the name) first. Removing a member moves only the keys that preferred it."""
-    return sorted(members, key=lambda name: _point(key + b"\0" + name.encode()), reverse=True)
+
+def _mix(z: int) -> int:
+    """splitmix64's finaliser: every input bit moves about half of the output bits."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)

@@ -99,12 +99,13 @@ a conversation stays on one backend while its system prompt is prefilled on at m
 caches. The session's own ring home, unrelated to its system prompt's, cost hits: in the LLM
 fleet simulator (M = 100, one key per conversation) 62% vs 76% at G = 1 and 59% vs 67% at
 G = 8, and a key shared by a user's conversations spread them cold (TTFT p50 68-79 ms). Among
-the prompt home's backends: hits 73% / 71% at G = 1 / 8, TTFT p50 14.4 / 15.1 ms (plain
-prefix_aware 12.8 / 16.4), a shared key no slower than none at p50 (14.7-15.8 ms). Two
-backends kept hits a point higher but a hot system prompt's few backends were over the bound
-more often (follow-ups kept 57% vs 67% at G = 8), eight lost two points of hits for 0.4 ms of
-p50. Off by default: on one gateway the index alone does better. A prompt without a full block
-has no prompt home: the key's own place on the ring. BENCHMARKS-prefix.md.
+the prompt home's four: hits 73% / 71% at G = 1 / 8 (plain prefix_aware 76% / 67%), TTFT p50
+14.4 / 15.1 ms (12.8 / 16.4), p99 level or better, and a key shared by 4 or 16 conversations
+14.7-15.8 ms. One to three backends: a hot system prompt's few were over the bound more
+often, and its conversations moved (G = 8: p50 15.7-15.9 ms, follow-ups kept 57-63% vs 67%);
+six or eight: hits 2 points lower. Off by default: on one gateway the index alone does better
+(p50 12.8 vs 14.4 ms). A prompt without a full block has no prompt home: the key's own place
+on the ring. BENCHMARKS-prefix.md.
 
 A request without prompt blocks (not JSON, no prompt, a tool) is scored as weighted_score.
 """
@@ -123,7 +124,6 @@ from gateway.affinity import (
     HashRing,
     PrefixIndex,
     block_hashes,
-    rendezvous,
 )
 from gateway.balancer.base import Candidate, effective_weight, sample_two
 from gateway.balancer.weighted_score import OUTLIER_LATENCY, WeightedScore
@@ -448,13 +448,13 @@ class PrefixAware(WeightedScore):
         prompt is prefilled on at most that many caches (None when none is open: the pick
         scores). A prompt without a full block has no prompt home: the key's own place on
         the ring, walked ``RING_STEPS`` on."""
-        key = session.encode()
+        key = _key(session.encode())
         if not blocks or self.home_blocks <= 0:
-            found = self._home(_key(key), allowed, now)
+            found = self._home(key, allowed, now)
             return None if found is None else found[0]
         prompt_home = blocks[min(len(blocks), self.home_blocks) - 1]
         spread = self._walk(prompt_home)[: self.session_spread]
-        found = self._first_open(rendezvous(key, spread), allowed, now)
+        found = self._first_open(self._ring.rendezvous(key, spread), allowed, now)
         return None if found is None else found[0]
 
     def _walk(self, key: int) -> tuple[str, ...]:

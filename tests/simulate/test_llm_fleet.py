@@ -73,6 +73,11 @@ def test_session_affinity_is_a_router_word_that_turns_the_config_field_on() -> N
     off = build_replica_policy("tailgate prefix_aware")
     assert isinstance(on, PrefixAware) and isinstance(off, PrefixAware)
     assert on.session_affinity and not off.session_affinity
+    spread = build_replica_policy("tailgate prefix_aware session_affinity session_spread=2")
+    assert isinstance(spread, PrefixAware) and spread.session_spread == 2
+    assert on.session_spread != 2  # the policy's own default otherwise
+    with pytest.raises(ValueError, match="session_spread"):
+        build_replica_policy("tailgate weighted_score session_spread=2")
     with pytest.raises(ValueError, match="session_affinity"):
         build_replica_policy("tailgate weighted_score session_affinity")
 

@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from gateway.affinity import HashRing, PrefixIndex, rendezvous
+from gateway.affinity import HashRing, PrefixIndex
 
 
 def chain(tag: int, n: int) -> tuple[int, ...]:
@@ -84,10 +84,11 @@ def test_ring_spreads_homes_and_moves_few_when_a_backend_leaves() -> None:
 
 
 def test_rendezvous_spreads_keys_and_a_removed_member_moves_only_its_own() -> None:
-    members = ["a", "b", "c", "d"]
-    first = {key: rendezvous(f"k{key}".encode(), members)[0] for key in range(400)}
+    ring = HashRing(["a", "b", "c", "d"])
+    first = {key: ring.rendezvous(key * 7919, "abcd")[0] for key in range(400)}
     assert all(n > 60 for n in Counter(first.values()).values())  # ~100 each
-    without_b = {key: rendezvous(f"k{key}".encode(), ["a", "c", "d"])[0] for key in range(400)}
+    without_b = {key: ring.rendezvous(key * 7919, "acd")[0] for key in range(400)}
     moved = {key for key in first if first[key] != without_b[key]}
     assert moved == {key for key, member in first.items() if member == "b"}
-    assert rendezvous(b"k1", members) == rendezvous(b"k1", list(reversed(members)))
+    assert ring.rendezvous(11, "abcd") == ring.rendezvous(11, "dcba")
+    assert ring.rendezvous(11, "abcd") == HashRing(["d", "c", "b", "a"]).rendezvous(11, "abcd")
