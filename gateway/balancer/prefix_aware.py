@@ -93,19 +93,18 @@ term, not the bound, is what keeps work off a busy or slow backend.
 
 Session affinity (``session_affinity``): a request with a session key goes, before any score,
 to the first backend open to it (not failing, trusted, within the load bound) in the key's
-rendezvous order over the prompt home's first ``SESSION_SPREAD`` (4) ring backends, the home
+rendezvous order over the prompt home's first ``SESSION_SPREAD`` (6) ring backends, the home
 itself first; none open, it is scored as without a key. Every replica agrees on that order, so
-a conversation stays on one backend while its system prompt is prefilled on at most four
-caches. The session's own ring home, unrelated to its system prompt's, cost hits: in the LLM
-fleet simulator (M = 100, one key per conversation) 62% vs 76% at G = 1 and 59% vs 67% at
-G = 8, and a key shared by a user's conversations spread them cold (TTFT p50 68-79 ms). Among
-the prompt home's four: hits 73% / 71% at G = 1 / 8 (plain prefix_aware 76% / 67%), TTFT p50
-14.4 / 15.1 ms (12.8 / 16.4), p99 level or better, and a key shared by 4 or 16 conversations
-14.7-15.8 ms. One to three backends: a hot system prompt's few were over the bound more
-often, and its conversations moved (G = 8: p50 15.7-15.9 ms, follow-ups kept 57-63% vs 67%);
-six or eight: hits 2 points lower. Off by default: on one gateway the index alone does better
-(p50 12.8 vs 14.4 ms). A prompt without a full block has no prompt home: the key's own place
-on the ring. BENCHMARKS-prefix.md.
+a conversation stays on one backend while its system prompt is prefilled on at most six
+caches. The key's own ring home, unrelated to its system prompt's, cost hits (LLM fleet
+simulator, M = 100, a key per conversation: 62% vs plain prefix_aware's 76% at G = 1, 59% vs
+67% at G = 8), and a key shared by a user's conversations spread them cold (TTFT p50 68-79
+ms). Among the prompt home's six: hits 72% / 69% at G = 1 / 8, TTFT p50 14.0 / 14.9 ms (plain
+12.8 / 16.4), and a shared key 14.5-15.3 ms. Fewer backends were over the bound more often for
+a hot system prompt, whose conversations then moved (G = 8, four: p50 15.3-16.3 ms over three
+seeds against 14.9-15.2); eight lost a point or two of hits. Off by default: on one gateway
+the index alone does better (p50 12.8 vs 14.0 ms, hits 76% vs 72%). A prompt without a full
+block has no prompt home: the key's own place on the ring. BENCHMARKS-prefix.md.
 
 A request without prompt blocks (not JSON, no prompt, a tool) is scored as weighted_score.
 """
@@ -136,9 +135,10 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
 # Backends of a prompt home's ring walk (the home first) that its sessions are spread over
-# (session_affinity): the system prompt is prefilled on at most this many caches. 2 to 8
-# measured in BENCHMARKS-prefix.md: fewer caches, but a hot prompt's few were over the bound.
-SESSION_SPREAD = 4
+# (session_affinity): the system prompt is prefilled on at most this many caches. 1 to 8
+# measured (BENCHMARKS-prefix.md): with fewer a hot prompt's few were over the load bound and
+# its conversations moved; with eight, hits fell. At most RING_STEPS.
+SESSION_SPREAD = 6
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
