@@ -117,13 +117,7 @@ import random
 import statistics
 from collections.abc import Sequence
 
-from gateway.affinity import (
-    BLOCK_CHARS,
-    CHARS_PER_TOKEN,
-    HashRing,
-    PrefixIndex,
-    block_hashes,
-)
+from gateway.affinity import BLOCK_CHARS, CHARS_PER_TOKEN, HashRing, PrefixIndex, block_hashes
 from gateway.balancer.base import Candidate, effective_weight, sample_two
 from gateway.balancer.weighted_score import OUTLIER_LATENCY, WeightedScore
 from gateway.request_info import RequestInfo
