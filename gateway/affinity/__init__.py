@@ -2,7 +2,8 @@
 
 ``blocks`` cuts a prompt into chained block hashes; ``prefix_index`` learns which backends
 recently received each block (bounded per backend, forgotten when a backend leaves);
-``ring`` gives a prefix a deterministic home that every gateway replica agrees on.
+``ring`` gives a prefix a deterministic home that every gateway replica agrees on, and orders
+a few backends for a session key (``HashRing.rendezvous``).
 """
 
 from gateway.affinity.blocks import BLOCK_CHARS, CHARS_PER_TOKEN, block_hashes

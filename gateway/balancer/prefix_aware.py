@@ -91,13 +91,20 @@ backend without their history (LLM harness, equal pods: follow-ups kept 93% vs 9
 hits 83% vs 88%; simulator, M = 100: hits 73% vs 75% at G = 1, 66% vs 68% at G = 8). The TTFT
 term, not the bound, is what keeps work off a busy or slow backend.
 
-Session affinity (``session_affinity``): a request with a session key goes to its session's
-home on the ring, the first one within the load bound, before any score. Off by default: in
-the LLM fleet simulator (M = 100) it paid only with G = 8 replicas and one key per
-conversation (follow-ups kept 88% vs 47%, TTFT p50 14.9 vs 16.4 ms), cost hits at G = 1 (62%
-vs 76%: the session's home is not its system prompt's), and a key shared by several
-conversations spread them cold over the home's successors (TTFT p50 68-79 ms).
-BENCHMARKS-prefix.md.
+Session affinity (``session_affinity``): a request with a session key goes, before any score,
+to the first backend open to it (not failing, trusted, within the load bound) in the key's
+rendezvous order over the prompt home's first ``SESSION_SPREAD`` (6) ring backends, the home
+itself first; none open, it is scored as without a key. Every replica agrees on that order, so
+a conversation stays on one backend while its system prompt is prefilled on at most six
+caches. The key's own ring home, unrelated to its system prompt's, cost hits (LLM fleet
+simulator, M = 100, a key per conversation: 62% vs plain prefix_aware's 76% at G = 1, 59% vs
+67% at G = 8), and a key shared by a user's conversations spread them cold (TTFT p50 68-79
+ms). Among the prompt home's six: hits 72% / 69% at G = 1 / 8, TTFT p50 14.0 / 14.9 ms (plain
+12.8 / 16.4), and a shared key 14.5-15.3 ms. Fewer backends were over the bound more often for
+a hot system prompt, whose conversations then moved (G = 8, four: p50 15.3-16.3 ms over three
+seeds against 14.9-15.2); eight lost a point or two of hits. Off by default: on one gateway
+the index alone does better (p50 12.8 vs 14.0 ms, hits 76% vs 72%). A prompt without a full
+block has no prompt home: the key's own place on the ring. BENCHMARKS-prefix.md.
 
 A request without prompt blocks (not JSON, no prompt, a tool) is scored as weighted_score.
 """
@@ -121,6 +128,11 @@ HOME_BLOCKS = 4  # ~256 tokens: the opening of a system prompt decides where it 
 # Holders of the deepest block scored per pick: any of them holds it all, so two give a choice
 # by load, and each one more costs a score (~3 us at 1,000 backends).
 MAX_HOLDERS = 2
+# Backends of a prompt home's ring walk (the home first) that its sessions are spread over
+# (session_affinity): the system prompt is prefilled on at most this many caches. 1 to 8
+# measured (BENCHMARKS-prefix.md): with fewer a hot prompt's few were over the load bound and
+# its conversations moved; with eight, hits fell. At most RING_STEPS.
+SESSION_SPREAD = 6
 RING_STEPS = 8  # successors a home over its bound may hand over to, before giving up
 # Ring walks remembered (key -> its first RING_STEPS backends, ~200 bytes each); cleared when full
 # and when the membership changes. A pick then costs a dict lookup instead of a walk.
@@ -154,6 +166,7 @@ class PrefixAware(WeightedScore):
         home_blocks: int = HOME_BLOCKS,
         trust_home: bool = True,
         max_blocks: int | None = None,
+        session_spread: int = SESSION_SPREAD,
     ) -> None:
         super().__init__(alpha, beta, "p2c", default_latency_s)
         self.home_blocks = home_blocks  # 0: no home, the learnt index alone
@@ -161,6 +174,7 @@ class PrefixAware(WeightedScore):
         self.index = PrefixIndex(capacity_blocks, max_blocks)
         self.load_bound = load_bound
         self.session_affinity = session_affinity
+        self.session_spread = session_spread  # prompt-home successors a session may go to
         self.queue_weight = queue_weight
         self._ring = HashRing(())
         self._successors: dict[int, tuple[str, ...]] = {}  # ring key -> its first successors
@@ -289,9 +303,9 @@ class PrefixAware(WeightedScore):
             return super().pick(candidates, now, rng, request)
         allowed = self._allowed_for(candidates)
         if session:
-            found = self._home(_key(session.encode()), allowed, now)
-            if found is not None:
-                return found[0]
+            session_home = self._session_home(session, blocks, allowed, now)
+            if session_home is not None:
+                return session_home
         if not blocks:
             return super().pick(candidates, now, rng, request)
         index = self.index
@@ -418,15 +432,44 @@ class PrefixAware(WeightedScore):
         """The first backend from ``key``'s place on the ring that may take it within the
         load bound and is trusted, with its queue depth and effective weight (None when the
         first ``RING_STEPS`` may not)."""
+        return self._first_open(self._walk(key), allowed, now)
+
+    def _session_home(
+        self, session: str, blocks: Sequence[int], allowed: dict[str, Candidate], now: float
+    ) -> Candidate | None:
+        """Where the conversation keyed ``session`` goes before any score: the first open
+        backend in the key's rendezvous order over the first ``session_spread`` backends of
+        the prompt home's ring walk (the home first; at most ``RING_STEPS``), so the system
+        prompt is prefilled on at most that many caches (None when none is open: the pick
+        scores). A prompt without a full block has no prompt home: the key's own place on
+        the ring, walked ``RING_STEPS`` on."""
+        key = _key(session.encode())
+        if not blocks or self.home_blocks <= 0:
+            found = self._home(key, allowed, now)
+            return None if found is None else found[0]
+        prompt_home = blocks[min(len(blocks), self.home_blocks) - 1]
+        spread = self._walk(prompt_home)[: self.session_spread]
+        found = self._first_open(self._ring.rendezvous(key, spread), allowed, now)
+        return None if found is None else found[0]
+
+    def _walk(self, key: int) -> tuple[str, ...]:
+        """The first ``RING_STEPS`` backends from ``key``'s place on the ring, cached."""
         successors = self._successors.get(key)
         if successors is None:
             if len(self._successors) >= SUCCESSOR_CACHE:
                 self._successors.clear()
             successors = tuple(itertools.islice(self._ring.walk(key), RING_STEPS))
             self._successors[key] = successors
+        return successors
+
+    def _first_open(
+        self, names: Sequence[str], allowed: dict[str, Candidate], now: float
+    ) -> tuple[Candidate, float, float] | None:
+        """The first of ``names`` that is a candidate, not failing, trusted and within the
+        load bound, with its queue depth and effective weight."""
         limit = self._load_limit
         failed_at = self._failed_at
-        for name in successors:
+        for name in names:
             c = allowed.get(name)
             if c is None or (failed_at and self._failing(name, now)):
                 continue

@@ -28,9 +28,8 @@ mean per pod: how far affinity piles work onto one pod (the load bound caps it).
 
 Every chat body carries OpenAI's ``user`` field, as a client SDK sends it: one key per session,
 or one per ``sessions_per_user`` consecutive sessions (a user who opens several conversations
-at once), whose conversations, different system prompts and all, session affinity sends to
-one key's home (and, past the load bound, its ring successors). Only ``tailgate prefix_aware
-session_affinity`` reads it.
+at once), whose conversations session affinity places by key among the first successors of
+each one's system prompt home. Only ``tailgate prefix_aware session_affinity`` reads it.
 """
 
 from __future__ import annotations

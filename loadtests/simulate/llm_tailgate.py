@@ -15,7 +15,8 @@ A router is named ``tailgate POLICY`` or, for prefix_aware, ``tailgate prefix_aw
 no-home`` (the consistent-hash home off, the learnt index alone), to measure what the home
 is worth across replicas, or ``tailgate prefix_aware session_affinity`` (the policy with
 ``balancer.prefix.session_affinity`` on: each chat body carries its session's ``user``, as a
-client SDK sends it, and the key goes to its home on the ring).
+client SDK sends it, and the key picks its pod among the first successors of its prompt's
+home; ``session_spread=K`` sets how many).
 """
 
 from __future__ import annotations
@@ -44,24 +45,25 @@ FLAGS = {
     "no-home": lambda p: setattr(p, "home_blocks", 0),
     "home-learnt": lambda p: setattr(p, "trust_home", False),
 }
+# prefix_aware attributes that are no config field, set as ``name=value`` (an integer)
+SETTINGS = ("session_spread",)
 REFRESH_S = 0.25  # gateway.maintenance's policy refresh
 MODEL = "sim"
 
 
 def build_replica_policy(router: str) -> Policy:
     """The policy a replica runs for ``router``: ``tailgate POLICY`` then optional words, each
-    a numeric ``balancer.prefix`` field as ``name=value``, the name of a boolean one (turned
-    on, e.g. ``session_affinity``) or a flag of :data:`FLAGS`; built from the gateway's
-    default config with only those changed."""
+    a numeric ``balancer.prefix`` field or one of :data:`SETTINGS` as ``name=value``, the name
+    of a boolean field (turned on, e.g. ``session_affinity``) or a flag of :data:`FLAGS`;
+    built from the gateway's default config with only those changed."""
     name, *words = router.removeprefix("tailgate ").split()
     base = GatewayConfig()
     defaults = base.balancer.prefix
     switches = {
         f.name for f in dataclasses.fields(defaults) if isinstance(getattr(defaults, f.name), bool)
     }
-    fields: dict[str, float | bool] = {
-        k: float(v) for k, _, v in (w.partition("=") for w in words if "=" in w)
-    }
+    pairs = [(k, v) for k, _, v in (w.partition("=") for w in words if "=" in w)]
+    fields: dict[str, float | bool] = {k: float(v) for k, v in pairs if k not in SETTINGS}
     fields.update((w, True) for w in words if w in switches)
     prefix = dataclasses.replace(defaults, **fields)  # type: ignore[arg-type]
     balancer = dataclasses.replace(base.balancer, policy=name, prefix=prefix)
@@ -72,6 +74,11 @@ def build_replica_policy(router: str) -> Policy:
             raise ValueError(f"{router!r}: {word!r} is not a prefix_aware flag of {known}")
         if word in FLAGS:
             FLAGS[word](policy)
+    for k, v in pairs:
+        if k in SETTINGS:
+            if not isinstance(policy, PrefixAware):
+                raise ValueError(f"{router!r}: {k!r} is a prefix_aware setting")
+            setattr(policy, k, int(v))
     return policy
 
 

@@ -73,14 +73,20 @@ def test_session_affinity_is_a_router_word_that_turns_the_config_field_on() -> N
     off = build_replica_policy("tailgate prefix_aware")
     assert isinstance(on, PrefixAware) and isinstance(off, PrefixAware)
     assert on.session_affinity and not off.session_affinity
+    spread = build_replica_policy("tailgate prefix_aware session_affinity session_spread=2")
+    assert isinstance(spread, PrefixAware) and spread.session_spread == 2
+    assert on.session_spread != 2  # the policy's own default otherwise
+    with pytest.raises(ValueError, match="session_spread"):
+        build_replica_policy("tailgate weighted_score session_spread=2")
     with pytest.raises(ValueError, match="session_affinity"):
         build_replica_policy("tailgate weighted_score session_affinity")
 
 
 def test_session_affinity_keeps_follow_ups_and_the_bound_spreads_a_shared_key() -> None:
     """Across four replicas the session key keeps more follow-ups on their pod than the prompt
-    alone; one key for every session piles work onto its home, but the load bound hands the
-    overflow on, so its busiest pod serves well under half of the requests."""
+    alone; one key for every session sends all the conversations of a system prompt to one of
+    its home's first successors, but the load bound hands the overflow on, so its busiest pod
+    serves well under half of the requests."""
     spec = LlmFleetSpec(pods=20, replicas=4, duration_s=3.0)
     plain = simulate(spec, "tailgate prefix_aware")
     per_session = simulate(spec, "tailgate prefix_aware session_affinity")

@@ -95,3 +95,14 @@ def test_max_blocks_is_shared_by_the_fleet_and_a_grown_fleet_trims_at_once() -> 
     assert sum(index.blocks_held(n) for n in "abc") <= 12
     index.set_capacities({"c": 2})  # a reported size below the share still binds
     assert index.capacity_of("c") == 2
+
+
+def test_rendezvous_spreads_keys_and_a_removed_member_moves_only_its_own() -> None:
+    ring = HashRing(["a", "b", "c", "d"])
+    first = {key: ring.rendezvous(key * 7919, "abcd")[0] for key in range(400)}
+    assert all(n > 60 for n in Counter(first.values()).values())  # ~100 each
+    without_b = {key: ring.rendezvous(key * 7919, "acd")[0] for key in range(400)}
+    moved = {key for key in first if first[key] != without_b[key]}
+    assert moved == {key for key, member in first.items() if member == "b"}
+    assert ring.rendezvous(11, "abcd") == ring.rendezvous(11, "dcba")
+    assert ring.rendezvous(11, "abcd") == HashRing(["d", "c", "b", "a"]).rendezvous(11, "abcd")

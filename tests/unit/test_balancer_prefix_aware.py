@@ -10,7 +10,12 @@ import pytest
 
 from gateway.affinity import BLOCK_CHARS
 from gateway.balancer.base import SimpleCandidate
-from gateway.balancer.prefix_aware import HOME_BLOCKS, TOKENS_PER_BLOCK, PrefixAware
+from gateway.balancer.prefix_aware import (
+    HOME_BLOCKS,
+    SESSION_SPREAD,
+    TOKENS_PER_BLOCK,
+    PrefixAware,
+)
 from gateway.balancer.weighted_score import WeightedScore
 from gateway.request_info import RequestInfo
 from gateway.request_parse import parse_request
@@ -381,3 +386,112 @@ def test_a_holder_a_little_slower_than_the_fleet_keeps_its_affinity() -> None:
     rng = random.Random(8)
     follow_up = chat("sys-warm ", "hello ", "again ")
     assert sum(p.pick(pods, 0.0, rng, follow_up) is holder for _ in range(100)) >= 90
+
+
+def session_chat(system: str, session: str, *turns: str) -> RequestInfo:
+    """A chat body whose ``user`` field is the session key."""
+    messages = [{"role": "system", "content": system * (8 * BLOCK_CHARS // len(system))}]
+    messages += [{"role": "user", "content": t * (2 * BLOCK_CHARS // len(t))} for t in turns]
+    body = {"messages": messages, "user": session}
+    return parse_request(json.dumps(body).encode(), {}, with_blocks=True)
+
+
+def spread_of(p: PrefixAware, request: RequestInfo) -> tuple[str, ...]:
+    """The first ``SESSION_SPREAD`` ring successors of the prompt's home."""
+    return p._walk(request.blocks[HOME_BLOCKS - 1])[:SESSION_SPREAD]
+
+
+def test_a_session_stays_on_one_backend_across_turns_and_replicas() -> None:
+    """Every turn of the conversation shares the system prompt's home, so the key keeps it
+    on one backend, the same on a replica that never saw its earlier turns."""
+    pods = fleet(16)
+    p = policy(load_bound=1.0, session_affinity=True)
+    p.refresh(pods, 0.0)
+    rng = random.Random(0)
+    turns = ("first ", "second ", "third ", "fourth ")
+    first = session_chat("sys-s ", "conv-7", turns[0])
+    chosen = p.pick(pods, 0.0, rng, first)
+    assert chosen.name in spread_of(p, first)
+    for n in range(1, len(turns) + 1):
+        request = session_chat("sys-s ", "conv-7", *turns[:n])
+        picked = p.pick(pods, 0.0, rng, request)
+        assert picked is chosen
+        send(p, picked, request)
+        finish(picked)
+        p.refresh(pods, 0.0)
+    other, other_pods = policy(load_bound=1.0, session_affinity=True), fleet(16)
+    other.refresh(other_pods, 0.0)
+    last = session_chat("sys-s ", "conv-7", *turns)
+    assert other.pick(other_pods, 0.0, rng, last).name == chosen.name
+
+
+def test_the_sessions_of_one_system_prompt_spread_over_its_first_successors_only() -> None:
+    pods = fleet(16)
+    p = policy(load_bound=1.0, session_affinity=True)
+    p.refresh(pods, 0.0)
+    rng = random.Random(1)
+    requests = [session_chat("sys-shared ", f"conv-{i}", "hello ") for i in range(200)]
+    got = Counter(p.pick(pods, 0.0, rng, r).name for r in requests)
+    spread = spread_of(p, requests[0])
+    assert len(spread) == SESSION_SPREAD and set(got) == set(spread)
+    assert min(got.values()) > 200 // (2 * SESSION_SPREAD)
+
+
+@pytest.mark.parametrize("closed_by", ["load", "failure", "silence"])
+def test_a_session_skips_a_successor_over_the_bound_failing_or_not_answering(
+    closed_by: str,
+) -> None:
+    """The session's first choice closed, it goes to the next of the prompt home's successors
+    in its order; with all of them closed it has no session home, and the pick scores."""
+    pods = fleet(16)  # most answer: the fleet's latency stays that of an answering backend
+    p = policy(load_bound=0.25, session_affinity=True)
+    for pod in pods:
+        measured(pod, 0.025)
+    p.refresh(pods, 0.0)
+    request = session_chat("sys-closed ", "conv-3", "hello ")
+    rng = random.Random(2)
+    clock = [0.0]
+
+    def close(c: SimpleCandidate) -> None:
+        if closed_by == "load":  # 5 requests, far over (1 + 0.25) x the mean + 1
+            for _ in range(5):
+                c.signals.request_started(clock[0])
+        elif closed_by == "failure":
+            p.failed(c.name, clock[0])
+        else:  # a try left unanswered for 20x the fleet's latency
+            c.signals.request_started(clock[0])
+            clock[0] += 0.5
+        p.refresh(pods, clock[0])
+
+    order = [p.pick(pods, 0.0, rng, request)]
+    for _ in range(SESSION_SPREAD):
+        close(order[-1])
+        found = p._session_home("conv-3", request.blocks, p._allowed_for(pods), clock[0])
+        if found is None:
+            break
+        order.append(found)
+    assert len(order) == SESSION_SPREAD  # each closed one handed over, the last to none
+    assert {c.name for c in order} == set(spread_of(p, request))
+    keyed = [p.pick(pods, clock[0], random.Random(i), request) for i in range(20)]
+    p.session_affinity = False
+    assert keyed == [p.pick(pods, clock[0], random.Random(i), request) for i in range(20)]
+
+
+def test_a_prompt_without_a_full_block_keeps_the_session_ring() -> None:
+    """No full block, no prompt home: the key's own place on the ring, so such sessions
+    spread over the whole fleet."""
+    pods = fleet(8)
+    p = policy(session_affinity=True)
+    p.refresh(pods, 0.0)
+    rng = random.Random(3)
+
+    def short(session: str) -> RequestInfo:
+        body = {"messages": [{"role": "user", "content": "hi"}], "user": session}
+        return parse_request(json.dumps(body).encode(), {}, with_blocks=True)
+
+    assert not short("u1").blocks and short("u1").session == "u1"
+    for i in range(20):
+        assert p.pick(pods, 0.0, rng, short(f"u{i}")) is p.pick(
+            pods, 0.0, rng, RequestInfo(session=f"u{i}")
+        )
+    assert len({p.pick(pods, 0.0, rng, short(f"u{i}")).name for i in range(400)}) == 8
