@@ -73,7 +73,7 @@ async def relay(
         if streaming and _resumable(ctx):
             transcript = Transcript(config.retries.buffer_limit)
         out = Relay(ctx, response, observer, transcript)
-        await out.stream(source, streaming, att, endpoint)
+        await out.stream(source, streaming, att, endpoint, watched=upstream)
         if transcript is not None and ctx.failure is None:
             _answer_relayed(ctx, transcript)
     except ConnectionError:  # the client left (aiohttp's reset error is one too)
@@ -112,6 +112,7 @@ class Relay:
         att: Attempt,
         endpoint: Endpoint,
         continuation: bool = False,
+        watched: UpstreamResponse | None = None,
     ) -> None:
         """Relay body chunks as they arrive (an event stream whole events at a time, when it
         could be resumed). A stream's first chunk that is not only the chat opening event (the
@@ -120,7 +121,9 @@ class Relay:
         an event stream on another backend where it can (``gateway.relay_resume``), else ends
         it with an OpenAI-shaped error event and a clean end (the client's SDK raises on it; a
         cut chunked encoding looks like a network fault); any other response is cut off, so
-        it is never mistaken for a whole one."""
+        it is never mistaken for a whole one. A backend that goes silent (``watched``'s
+        silence watch: ``timeouts.per_try`` to the first token, ``timeouts.stream_idle``
+        after it) is such a break."""
         clock = self.ctx.runtime.clock
         while True:
             try:
@@ -135,6 +138,8 @@ class Relay:
                 break
             if att.first_body_at is None and not is_opening_role_only(chunk):
                 att.got_first_body_byte()  # a stream's first token, once
+                if watched is not None:
+                    watched.answering()
             if self.transcript is not None:
                 chunk = self.transcript.feed(chunk)
             if continuation and chunk:

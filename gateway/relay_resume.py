@@ -51,7 +51,7 @@ async def resume(relay: Relay, transcript: Transcript) -> bool:
             ctx.backend = endpoint.name
             ctx.count_break("resumed")
             try:
-                await relay.stream(upstream, True, one.attempt, endpoint, True)
+                await relay.stream(upstream, True, one.attempt, endpoint, True, watched=upstream)
             except ConnectionError:  # the client left during the continuation
                 one.attempt.failed(Failure.CLIENT_GONE)
                 upstream.close()

@@ -26,7 +26,7 @@ from gateway.request_context import (
     failure_response,
 )
 from gateway.resume import is_opening_role_only, read_to_first_token
-from gateway.upstream import UpstreamError, UpstreamResponse
+from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamStalled
 
 
 @dataclass(eq=False, slots=True)
@@ -129,14 +129,20 @@ async def send(
         streaming = upstream.content_type == "text/event-stream"
         reported = upstream.headers.get(config.balancer.queue_depth.header)
         one.attempt.got_headers(upstream.status, streaming, reported)
+        # A hung backend must not hold a started answer: its first token within per_try of
+        # the head, then never stream_idle without a byte (gateway.upstream's watch).
+        upstream.watch_silence(timeouts.per_try, timeouts.stream_idle)
         first_chunk = b""
         if read_ahead and streaming and upstream.status < 300:
             try:
                 first_chunk = await read_to_first_token(upstream)
+            except UpstreamStalled:  # no first token within per_try: the try timed out
+                raise UpstreamFailure(Failure.TIMEOUT, "no first token in time") from None
             except UpstreamError as exc:  # nothing relayed yet: still a clean failure
                 raise UpstreamFailure(Failure.RESET, str(exc)[:200]) from None
             if not is_opening_role_only(first_chunk):  # else the relay's next one is
                 one.attempt.got_first_body_byte()
+                upstream.answering()
     except BaseException:
         upstream.close()
         raise

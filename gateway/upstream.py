@@ -55,6 +55,11 @@ class UpstreamClosed(UpstreamError):
     """The connection broke, or the upstream sent something that is not valid HTTP/1.1."""
 
 
+class UpstreamStalled(UpstreamError):
+    """The response body went silent for longer than its watch allows (see
+    :meth:`UpstreamResponse.watch_silence`): the connection is dropped."""
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where connections go: one pool per origin."""
@@ -297,8 +302,12 @@ class UpstreamResponse:
         "_conn",
         "_content_type",
         "_error",
+        "_first_gap_s",
+        "_idle_s",
+        "_last_at",
         "_paused",
         "_released",
+        "_silence_timer",
         "_waiter",
         "complete",
         "headers",
@@ -325,6 +334,10 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
         self._content_type: str | None = None
+        self._silence_timer: SlotTimer | None = None  # see watch_silence
+        self._first_gap_s = 0.0
+        self._idle_s = 0.0
+        self._last_at = 0.0
 
     @property
     def content_type(self) -> str:
@@ -362,8 +375,57 @@ class UpstreamResponse:
             self._conn.resume_reading()
         return data
 
+    # -- the silence watch ---------------------------------------------------------------------
+
+    def watch_silence(self, first_gap_s: float, idle_s: float) -> None:
+        """Fail the body (:class:`UpstreamStalled`, the connection dropped) once the upstream
+        goes silent: ``first_gap_s`` from the head until :meth:`answering` (an event stream's
+        first token comes after the prefill, which the head and a chat stream's opening event
+        precede), ``idle_s`` between any two chunks after it. A hung backend otherwise holds
+        a started answer until the route deadline. Silence while the body waits for the
+        client to read it (the socket paused, chunks unread) is the client's, never counted.
+        One slot timer per response, re-armed only when it fires: a chunk costs a clock read;
+        a body already whole (most small answers by the time their head is read) arms none."""
+        if self.complete:
+            return
+        self._first_gap_s, self._idle_s = first_gap_s, idle_s
+        self._last_at = self._conn._pool.loop.time()
+        self._arm_silence(self._last_at + first_gap_s)
+
+    def answering(self) -> None:
+        """The answer has begun (a stream's first token): from now on ``idle_s`` applies."""
+        if self._first_gap_s == self._idle_s:
+            return  # already answering (called per chunk of a body that is not a stream)
+        self._first_gap_s = self._idle_s
+        if self._silence_timer is not None:  # armed for the first gap: bring it forward
+            self._silence_timer.cancel()
+            self._arm_silence(self._last_at + self._idle_s)
+
+    def _arm_silence(self, when: float) -> None:
+        self._silence_timer = self._conn._pool.client.timers.call_at(when, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._silence_timer = None
+        if self.complete or self._released or self._error is not None:
+            return
+        now = self._conn._pool.loop.time()
+        if self._paused or self._chunks:  # waiting on the client's reads, not the upstream
+            self._last_at = now
+        allowed_s = self._first_gap_s
+        silent_s = now - self._last_at
+        if silent_s < allowed_s:
+            self._arm_silence(self._last_at + allowed_s)
+            return
+        self._conn.fail(UpstreamStalled(f"no response bytes for {silent_s:.1f} s"))
+
+    def _stop_watch(self) -> None:
+        if self._silence_timer is not None:
+            self._silence_timer.cancel()
+            self._silence_timer = None
+
     def release(self) -> None:
         """Done with this response: the connection goes back to the pool if it is clean."""
+        self._stop_watch()
         if self._released:
             return
         self._released = True
@@ -380,6 +442,7 @@ class UpstreamResponse:
             conn.close()
 
     def close(self) -> None:
+        self._stop_watch()
         if not self._released:
             self._released = True
             self._conn.close()
@@ -387,6 +450,8 @@ class UpstreamResponse:
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._silence_timer is not None:
+            self._last_at = self._conn._pool.loop.time()
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused:
@@ -396,6 +461,7 @@ class UpstreamResponse:
 
     def _finish(self) -> None:
         self.complete = True
+        self._stop_watch()
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:

@@ -223,8 +223,18 @@ class BalancerConfig:
 @dataclasses.dataclass(frozen=True)
 class TimeoutsConfig:
     connect: float = _duration(1.0, positive)
-    per_try: float = _duration(30.0, positive)
+    per_try: float = _duration(
+        30.0,
+        positive,
+        "a try's response head, and an event stream's first token after it, within this",
+    )
     total: float = _duration(60.0, positive)
+    stream_idle: float = _duration(
+        10.0,
+        positive,
+        "longest silence of an upstream body once it began; past it the backend is taken for "
+        "hung and the response broken (an event stream resumes on another backend)",
+    )
     request_header: float = _duration(10.0, positive, "a client must send its headers within this")
     request_body_idle: float = _duration(
         5.0, positive, "longest pause between two pieces of a request body before a 408"

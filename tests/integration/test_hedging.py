@@ -36,6 +36,7 @@ class Backend:
     break_after: int | None = None  # close the connection after this many chunks
     stall_first_chunk: bool = False  # a stream's head goes out, its first chunk never
     stall_after_role: bool = False  # a chat stream's role event goes out, its first token never
+    stall_after: int | None = None  # a hung engine: this many tokens, then silence, still open
     started: int = 0
     continuations: int = 0
     disconnects: int = 0
@@ -78,6 +79,8 @@ class Backend:
             if self.stall_after_role:  # as vLLM does: the role at once, the token after prefill
                 await asyncio.Event().wait()
         for sent, i in enumerate(range(start, end)):
+            if self.stall_after is not None and sent == self.stall_after:
+                await asyncio.Event().wait()
             if self.break_after is not None and sent == self.break_after:
                 assert request.transport is not None
                 request.transport.abort()  # a dying pod: no terminating chunk
@@ -288,3 +291,60 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tailgate.access"]
     resumed = [e for e in access if e.get("stream_break") == "resumed"]
     assert len(resumed) == dying.started and all(e["tries"] == 2 for e in resumed)
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+async def test_a_stream_gone_silent_mid_way_is_continued_on_another_backend(kind: str) -> None:
+    """A hung engine keeps its connection open and sends nothing more: after
+    timeouts.stream_idle of silence the gateway takes the stream for broken and resumes it."""
+    hung, healthy = (
+        Backend("hung", stream_chunks=6, stall_after=2),
+        Backend("healthy", stream_chunks=6),
+    )
+    payload: dict = {"max_tokens": 6, "stream": True}
+    if kind == "chat":
+        payload["messages"] = [{"role": "user", "content": "x"}]
+    else:
+        payload["prompt"] = "x"
+    extra = ROUTE_CONFIG + "timeouts: {stream_idle: 300ms}\nhedging: {enabled: false}\n"
+    async with (
+        backends_and_gateway([hung, healthy], extra) as (_, gw),
+        aiohttp.ClientSession() as client,
+    ):
+        texts = []
+        for _ in range(2):  # round robin: one of them starts on the hung backend
+            async with client.post(f"{base(gw)}{PATHS[kind]}", json=payload) as resp:
+                assert resp.status == 200
+                raw = await resp.text()
+                assert raw.endswith("data: [DONE]\n\n") and "error" not in raw
+                texts.append(streamed_text(raw))
+        assert texts == ["t0 t1 t2 t3 t4 t5 "] * 2
+        assert hung.started >= 1 and healthy.continuations == hung.started
+        await wait_until(lambda: hung.disconnects == hung.started)  # its connections dropped
+        labels = {"route": "default", "result": "resumed"}
+        resumed = gw.runtime.metrics.registry.get_sample_value(
+            "tailgate_broken_streams_total", labels
+        )
+        assert resumed == hung.started
+
+
+async def test_a_first_token_that_never_comes_is_a_per_try_timeout_and_retried() -> None:
+    """vLLM sends the head and a chat stream's role event before prefill: a backend that then
+    hangs is bounded by timeouts.per_try (head to first token), not by the route's total."""
+    hung, healthy = Backend("hung", stall_after_role=True), Backend("healthy")
+    payload = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    extra = ROUTE_CONFIG + "timeouts: {per_try: 300ms, total: 20s}\nhedging: {enabled: false}\n"
+    async with (
+        backends_and_gateway([hung, healthy], extra) as (_, gw),
+        aiohttp.ClientSession() as client,
+    ):
+        texts = []
+        for _ in range(2):
+            async with client.post(f"{base(gw)}{PATHS['chat']}", json=payload) as resp:
+                assert resp.status == 200
+                raw = await resp.text()
+                assert "error" not in raw and raw.count('"role"') <= 1
+                texts.append(streamed_text(raw))
+        assert texts == ["t0 t1 t2 "] * 2
+        assert hung.started >= 1
+        await wait_until(lambda: hung.disconnects == hung.started)
