@@ -257,6 +257,16 @@ def streamed_text(sse: str) -> str:
     return "".join(text)
 
 
+def six_token_stream(kind: str) -> dict:
+    """A streamed completions or chat request for at most six tokens."""
+    payload: dict = {"max_tokens": 6, "stream": True}
+    if kind == "chat":
+        payload["messages"] = [{"role": "user", "content": "x"}]
+    else:
+        payload["prompt"] = "x"
+    return payload
+
+
 @pytest.mark.parametrize("kind", ["completions", "chat"])
 async def test_a_stream_broken_mid_way_is_continued_on_another_backend(
     kind: str, caplog: pytest.LogCaptureFixture
@@ -265,11 +275,7 @@ async def test_a_stream_broken_mid_way_is_continued_on_another_backend(
         Backend("dying", stream_chunks=6, break_after=2),
         Backend("healthy", stream_chunks=6),
     )
-    payload: dict = {"max_tokens": 6, "stream": True}
-    if kind == "chat":
-        payload["messages"] = [{"role": "user", "content": "x"}]
-    else:
-        payload["prompt"] = "x"
+    payload = six_token_stream(kind)
     async with (
         backends_and_gateway([dying, healthy], ROUTE_CONFIG, access_log=True) as (_, gw),
         aiohttp.ClientSession() as client,
@@ -301,11 +307,7 @@ async def test_a_stream_gone_silent_mid_way_is_continued_on_another_backend(kind
         Backend("hung", stream_chunks=6, stall_after=2),
         Backend("healthy", stream_chunks=6),
     )
-    payload: dict = {"max_tokens": 6, "stream": True}
-    if kind == "chat":
-        payload["messages"] = [{"role": "user", "content": "x"}]
-    else:
-        payload["prompt"] = "x"
+    payload = six_token_stream(kind)
     extra = ROUTE_CONFIG + "timeouts: {stream_idle: 300ms}\nhedging: {enabled: false}\n"
     async with (
         backends_and_gateway([hung, healthy], extra) as (_, gw),
