@@ -297,12 +297,12 @@ class UpstreamResponse:
     """The response head, plus its body as a stream (``readany``) that must be released."""
 
     __slots__ = (
+        "_allowed_gap_s",
         "_buffered",
         "_chunks",
         "_conn",
         "_content_type",
         "_error",
-        "_first_gap_s",
         "_idle_s",
         "_last_at",
         "_paused",
@@ -335,7 +335,7 @@ class UpstreamResponse:
         self._released = False
         self._content_type: str | None = None
         self._silence_timer: SlotTimer | None = None  # see watch_silence
-        self._first_gap_s = 0.0
+        self._allowed_gap_s = 0.0
         self._idle_s = 0.0
         self._last_at = 0.0
 
@@ -388,15 +388,15 @@ class UpstreamResponse:
         a body already whole (most small answers by the time their head is read) arms none."""
         if self.complete:
             return
-        self._first_gap_s, self._idle_s = first_gap_s, idle_s
+        self._allowed_gap_s, self._idle_s = first_gap_s, idle_s
         self._last_at = self._conn._pool.loop.time()
         self._arm_silence(self._last_at + first_gap_s)
 
     def answering(self) -> None:
         """The answer has begun (a stream's first token): from now on ``idle_s`` applies."""
-        if self._first_gap_s == self._idle_s:
+        if self._allowed_gap_s == self._idle_s:
             return  # already answering (called per chunk of a body that is not a stream)
-        self._first_gap_s = self._idle_s
+        self._allowed_gap_s = self._idle_s
         if self._silence_timer is not None:  # armed for the first gap: bring it forward
             self._silence_timer.cancel()
             self._arm_silence(self._last_at + self._idle_s)
@@ -411,7 +411,7 @@ class UpstreamResponse:
         now = self._conn._pool.loop.time()
         if self._paused or self._chunks:  # waiting on the client's reads, not the upstream
             self._last_at = now
-        allowed_s = self._first_gap_s
+        allowed_s = self._allowed_gap_s
         silent_s = now - self._last_at
         if silent_s < allowed_s:
             self._arm_silence(self._last_at + allowed_s)
