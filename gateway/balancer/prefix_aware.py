@@ -312,20 +312,15 @@ class PrefixAware(WeightedScore):
         # name -> (backend, cached blocks, queue depth, effective weight): each backend's load
         # is read once per pick, for the bound and for the score.
         options: dict[str, tuple[Candidate, int, float, float]] = {}
-        limit = self._load_limit
         depth, holders = index.deepest_holders(blocks)
-        failed_at = self._failed_at
         for name in itertools.islice(holders, MAX_HOLDERS):
-            holder = allowed.get(name)
-            if holder is None or (failed_at and self._failing(name, now)):
-                continue
-            if not self._distrusted(holder, now):
-                queued, weight = _load_of(holder, now)
-                if queued <= limit * weight:
-                    options[name] = (holder, depth, queued, weight)
+            open_holder = self._first_open((name,), allowed, now)
+            if open_holder is not None:
+                holder, queued, weight = open_holder
+                options[name] = (holder, depth, queued, weight)
         if self.home_blocks > 0:
             home_blocks = min(len(blocks), self.home_blocks)
-            found = self._home(blocks[home_blocks - 1], allowed, now)
+            found = self._home(self._prompt_home_key(blocks), allowed, now)
             if found is not None:
                 home, queued, weight = found
                 trusted = self.trust_home and depth <= home_blocks and not self._slow(home)
@@ -447,10 +442,13 @@ class PrefixAware(WeightedScore):
         if not blocks or self.home_blocks <= 0:
             found = self._home(key, allowed, now)
             return None if found is None else found[0]
-        prompt_home = blocks[min(len(blocks), self.home_blocks) - 1]
-        spread = self._walk(prompt_home)[: self.session_spread]
+        spread = self._walk(self._prompt_home_key(blocks))[: self.session_spread]
         found = self._first_open(self._ring.rendezvous(key, spread), allowed, now)
         return None if found is None else found[0]
+
+    def _prompt_home_key(self, blocks: Sequence[int]) -> int:
+        """The ring key of a prompt's home: its first ``home_blocks`` blocks' chained hash."""
+        return blocks[min(len(blocks), self.home_blocks) - 1]
 
     def _walk(self, key: int) -> tuple[str, ...]:
         """The first ``RING_STEPS`` backends from ``key``'s place on the ring, cached."""
@@ -505,10 +503,6 @@ class PrefixAware(WeightedScore):
     def _failing(self, backend: str, now: float) -> bool:
         at = self._failed_at.get(backend)
         return at is not None and now - at < FAILED_AFFINITY_S
-
-    def _within_bound(self, candidate: Candidate, now: float) -> bool:
-        queued, weight = _load_of(candidate, now)
-        return queued <= self._load_limit * weight
 
 
 def _load_of(candidate: Candidate, now: float) -> tuple[float, float]:
