@@ -33,7 +33,7 @@ from gateway.hedged_race import hedged
 from gateway.listener import UNSUPPORTED_VERSION
 from gateway.pending_queue import Priority
 from gateway.proxy import BodyTooLarge, RequestBody, UpstreamFailure
-from gateway.relay import answer
+from gateway.relay import answer_try
 from gateway.request_context import (
     RequestContext,
     RetryableTry,
@@ -46,7 +46,7 @@ from gateway.request_parse import parse_request
 from gateway.routing import find_model
 from gateway.runtime import Runtime
 from gateway.tenants import Refusal
-from gateway.tries import acquire, failed_try, send, start_try
+from gateway.tries import acquire, send, start_try
 
 
 class ProxyHandler:
@@ -225,14 +225,7 @@ class ProxyHandler:
         if delay_s is not None:
             return await hedged(ctx, first, delay_s)
         with first.attempt:
-            try:
-                head = await send(ctx, first, read_ahead=False)
-            except UpstreamFailure as failure:
-                return failed_try(ctx, first.attempt, failure.failure)
-            except BodyTooLarge:
-                first.attempt.failed(Failure.BODY_TOO_LARGE)
-                raise
-            return await answer(ctx, first, head)
+            return await answer_try(ctx, first, send(ctx, first, read_ahead=False))
 
     def _finish(self, ctx: RequestContext, response: web.StreamResponse | None) -> None:
         request, config = ctx.request, ctx.config

@@ -11,10 +11,10 @@ import contextlib
 from aiohttp import web
 
 from gateway.failures import Failure
-from gateway.proxy import BodyTooLarge, UpstreamFailure
-from gateway.relay import answer
+from gateway.proxy import UpstreamFailure
+from gateway.relay import answer_try
 from gateway.request_context import RequestContext
-from gateway.tries import Head, Try, failed_try, send, start_try
+from gateway.tries import Head, Try, send, start_try
 
 
 async def hedged(ctx: RequestContext, first: Try, delay_s: float) -> web.StreamResponse:
@@ -32,14 +32,7 @@ async def hedged(ctx: RequestContext, first: Try, delay_s: float) -> web.StreamR
     with contextlib.ExitStack() as stack:
         stack.push(winner.attempt)  # begun at launch; ends (recorded once) on the way out
         assert winner.task is not None
-        try:
-            head = winner.task.result()
-        except UpstreamFailure as failure:
-            return failed_try(ctx, winner.attempt, failure.failure)
-        except BodyTooLarge:
-            winner.attempt.failed(Failure.BODY_TOO_LARGE)
-            raise
-        return await answer(ctx, winner, head)
+        return await answer_try(ctx, winner, winner.task)  # done: its head or its failure
 
 
 def _launch(ctx: RequestContext, one: Try) -> None:

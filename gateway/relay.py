@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,16 +17,31 @@ from gateway.cache import CACHE_HEADER, ChunkSource
 from gateway.endpoint import Endpoint
 from gateway.failures import Failure, consequence
 from gateway.llm_stream import AnswerObserver
+from gateway.proxy import BodyTooLarge, UpstreamFailure
 from gateway.relay_resume import resume
 from gateway.request_context import RequestContext, RetryableTry, abort
 from gateway.resume import Transcript, is_opening_role_only, without_opening_role
 from gateway.token_metrics import record_answer
-from gateway.tries import Head, Try, may_retry
+from gateway.tries import Head, Try, failed_try, may_retry
 from gateway.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("tailgate")
 
 _ANSWER_TYPES = frozenset({"application/json", "text/event-stream"})
+
+
+async def answer_try(ctx: RequestContext, one: Try, head_of: Awaitable[Head]) -> web.StreamResponse:
+    """``one``'s head once it comes, answered (:func:`answer`); a try that got none is
+    answered or retried as its failure says (``failed_try``). The unhedged try and a hedge
+    race's winner both end here."""
+    try:
+        head = await head_of
+    except UpstreamFailure as failure:
+        return failed_try(ctx, one.attempt, failure.failure)
+    except BodyTooLarge:
+        one.attempt.failed(Failure.BODY_TOO_LARGE)
+        raise
+    return await answer(ctx, one, head)
 
 
 async def answer(ctx: RequestContext, one: Try, head: Head) -> web.StreamResponse:
