@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -126,12 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     png = args.plot or args.out / "latency.png"
     written = plot(results, png, f"tailgate vs peers, {args.duration} per run")
     trouble = [s.name for s in scenarios if s.trouble]
-    cmd = "python -m loadtests " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    cmd = report.command_line("loadtests", argv)
     plot_ref = str(png) if written else "(matplotlib not installed: no plot)"
     text = render(results, trouble, plot_ref, cmd)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    report.publish(text, args.markdown)
     return 0
 
 

@@ -7,8 +7,11 @@ lower error rate breaking ties. The no-proxy row is a reference, never the best 
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from loadtests.runner import RowResult
 from loadtests.scenarios import SCENARIOS, service_floor_p99_s
@@ -261,3 +264,15 @@ def lag_note(results: Sequence[RowResult]) -> str:
 def notes(results: Sequence[RowResult]) -> str:
     missing = [f"- {r.scenario} / {r.peer}: {r.note}" for r in results if r.note]
     return "\n".join(missing)
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run (``python -m MODULE ARGS``), as reports quote it."""
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+
+def publish(text: str, markdown: Path | None) -> None:
+    """Print a report, and write it to ``markdown`` too when one is given."""
+    print(text)
+    if markdown:
+        markdown.write_text(text)

@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +24,7 @@ from loadtests.llm.runner import LLM_BUDGET, LLM_PEERS, LlmRow, run_all, tailgat
 from loadtests.llm.scenarios import SCENARIOS
 from loadtests.llm.summary import Slo
 from loadtests.peers import Peer
+from loadtests.report import command_line, publish
 from loadtests.runner import Settings
 
 
@@ -110,11 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(dump, indent=1, default=str))
     png = args.plot or args.out / "ttft.png"
     written = report.plot_ttft(rows, png, f"LLM fleet, TTFT per peer, {args.duration} per row")
-    cmd = "python -m loadtests.llm " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    cmd = command_line("loadtests.llm", argv)
     text = render(rows, slo, str(png) if written else "(matplotlib not installed: no plot)", cmd)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(text, args.markdown)
     return 0
 
 

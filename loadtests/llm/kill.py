@@ -23,7 +23,6 @@ import asyncio
 import datetime as dt
 import json
 import random
-import shlex
 import signal
 import sys
 import time
@@ -42,6 +41,7 @@ from loadtests.llm.scenarios import LlmScenario
 from loadtests.llm.tokens import answer_start, answer_token, chat_tokens
 from loadtests.llm.workloads import WorkloadSpec, system_prompt
 from loadtests.peers import SHIPPED_DEFAULTS, Peer
+from loadtests.report import command_line, publish
 from loadtests.runner import Settings, _run_async, tailgate_counter
 
 KILL_PEERS: dict[str, Peer] = {
@@ -314,11 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         rows.append(run_row(KILL_PEERS[label], plan, settings))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    cmd = "python -m loadtests.llm.kill " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    cmd = command_line("loadtests.llm.kill", argv)
     text = render(rows, plan, cmd)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(text, args.markdown)
     return 0
 
 
