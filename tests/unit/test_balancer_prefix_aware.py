@@ -5,6 +5,7 @@ prompt."""
 import json
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -305,6 +306,18 @@ def measured(c: SimpleCandidate, latency_s: float, now: float = 0.0) -> None:
     c.signals.request_finished(latency_s, now, started_at=now - latency_s, headers_seen=True)
 
 
+def measured_fleet(
+    n: int, latency_s: float, **policy_args: Any
+) -> tuple[list[SimpleCandidate], PrefixAware]:
+    """``n`` backends that each answered once in ``latency_s``, and a policy refreshed on them."""
+    pods = fleet(n)
+    p = policy(**policy_args)
+    for pod in pods:
+        measured(pod, latency_s)
+    p.refresh(pods, 0.0)
+    return pods, p
+
+
 def home_of(p: PrefixAware, pods: list[SimpleCandidate], request: RequestInfo) -> SimpleCandidate:
     found = p._home(request.blocks[HOME_BLOCKS - 1], p._allowed_for(pods), 0.0)
     assert found is not None
@@ -314,12 +327,8 @@ def home_of(p: PrefixAware, pods: list[SimpleCandidate], request: RequestInfo) -
 def test_a_home_with_requests_stuck_waiting_hands_over_and_is_not_picked() -> None:
     """A hung home: what it holds has waited 20x its usual answer. Its affinity goes to its
     ring successor, and the pick sends the prompt elsewhere, though it holds the cache."""
-    pods = fleet(4)
-    p = policy(load_bound=1.0)
+    pods, p = measured_fleet(4, 0.025, load_bound=1.0)
     request = chat("sys-hang ", "hello ")
-    for pod in pods:
-        measured(pod, 0.025)
-    p.refresh(pods, 0.0)
     home = home_of(p, pods, request)
     send(p, home, request)  # it holds the prompt too
     home.signals.request_started(0.0)  # and one more, unanswered since
@@ -335,12 +344,8 @@ def test_a_home_with_requests_stuck_waiting_hands_over_and_is_not_picked() -> No
 def test_a_hung_home_whose_tries_lost_to_their_hedges_does_not_look_idle() -> None:
     """Its stuck tries were cancelled (their hedges answered), so it holds nothing in flight:
     the lower bounds those tries taught its latency keep it out of affinity."""
-    pods = fleet(3)
-    p = policy(load_bound=1.0)
+    pods, p = measured_fleet(3, 0.025, load_bound=1.0)
     request = chat("sys-hedged ", "hello ")
-    for pod in pods:
-        measured(pod, 0.025)
-    p.refresh(pods, 0.0)
     home = home_of(p, pods, request)
     for pod in pods:
         if pod is not home:
@@ -374,12 +379,8 @@ def test_a_holder_a_little_slower_than_the_fleet_keeps_its_affinity() -> None:
     """Only a backend at OUTLIER_LATENCY x the fleet's latency loses its affinity: one 1.25x
     slower (a cold prefill just measured: 50 ms, the fleet 40) still draws the turns whose
     cache it holds."""
-    pods = fleet(4)
-    p = policy(load_bound=1.0)
+    pods, p = measured_fleet(4, 0.04, load_bound=1.0)
     request = chat("sys-warm ", "hello ")
-    for pod in pods:
-        measured(pod, 0.04)
-    p.refresh(pods, 0.0)
     holder = p.pick(pods, 0.0, random.Random(7), request)
     send(p, holder, request)
     finish(holder)  # its answer took 50 ms
@@ -445,11 +446,8 @@ def test_a_session_skips_a_successor_over_the_bound_failing_or_not_answering(
 ) -> None:
     """The session's first choice closed, it goes to the next of the prompt home's successors
     in its order; with all of them closed it has no session home, and the pick scores."""
-    pods = fleet(16)  # most answer: the fleet's latency stays that of an answering backend
-    p = policy(load_bound=0.25, session_affinity=True)
-    for pod in pods:
-        measured(pod, 0.025)
-    p.refresh(pods, 0.0)
+    # most answer: the fleet's latency stays that of an answering backend
+    pods, p = measured_fleet(16, 0.025, load_bound=0.25, session_affinity=True)
     request = session_chat("sys-closed ", "conv-3", "hello ")
     rng = random.Random(2)
     clock = [0.0]
